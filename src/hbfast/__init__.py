@@ -1,0 +1,16 @@
+"""hbfast: hybrid batch training and evaluation of multilingual retrievers, with fused kernels."""
+from ._ext import build_info, get_num_threads, set_num_threads
+from .sampling import BatchPlan, HybridBatchSampler, hybrid_batches
+from . import reference
+
+__version__ = build_info()["version"]
+
+__all__ = [
+    "BatchPlan",
+    "HybridBatchSampler",
+    "build_info",
+    "get_num_threads",
+    "hybrid_batches",
+    "reference",
+    "set_num_threads",
+]

@@ -1,0 +1,164 @@
+"""Plain numpy / PyTorch twins of every hbfast kernel, with the kernels' signatures.
+
+They are the specification the compiled kernels are tested against: written for clarity, not speed.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_STREAM_STEP = 0xD1B54A32D192ED03
+_PERM, _KIND, _LANG, _QUERY_LANG, _PASSAGE_LANG = range(5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Counter-based random numbers (csrc/common/hbfast_common.h), on numpy uint64 arrays.
+def _mix64(z: np.ndarray) -> np.ndarray:
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def rng_key(seed: int, epoch: int) -> int:
+    inner = int(_mix64(np.array([(seed * _GOLDEN + 1) & _MASK64], dtype=np.uint64))[0])
+    return int(_mix64(np.array([(inner + epoch * _GOLDEN) & _MASK64], dtype=np.uint64))[0])
+
+
+def rng_draw(key: int, stream: int, counters) -> np.ndarray:
+    c = np.asarray(counters, dtype=np.uint64)
+    base = np.uint64((key + stream * _STREAM_STEP) & _MASK64)
+    return _mix64(base + (c + np.uint64(1)) * np.uint64(_GOLDEN))
+
+
+def rng_bounded(x: np.ndarray, n) -> np.ndarray:
+    return ((x >> np.uint64(32)) * np.asarray(n, dtype=np.uint64)) >> np.uint64(32)
+
+
+def rng_unit(x: np.ndarray) -> np.ndarray:
+    return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+# ----------------------------------------------------------------------------------------------
+# Hybrid batch plans (csrc/cpu/sampler_cpu.cpp).
+def hybrid_batch_plan(availability, weights, alpha, global_batch, seed, epoch, drop_last):
+    """Twin of ``_C.hybrid_batches`` on validated arguments; returns (items, query_lang, passage_lang, mono)."""
+    avail = np.asarray(availability, dtype=bool)
+    N, L = avail.shape
+    G = int(global_batch)
+    key = rng_key(seed, epoch)
+
+    ids = np.arange(N, dtype=np.int64)
+    if N > 1:
+        positions = np.arange(N - 1, 0, -1, dtype=np.uint64)
+        swaps = rng_bounded(rng_draw(key, _PERM, positions), positions + np.uint64(1)).astype(np.int64)
+        for i, j in zip(positions.astype(np.int64).tolist(), swaps.tolist()):
+            ids[i], ids[j] = ids[j], ids[i]
+    langs = avail[ids]                       # [N, L] availability in shuffled order
+    n_langs = langs.sum(axis=1)
+    used = np.zeros(N, dtype=bool)
+    lang_left = langs.sum(axis=0).astype(np.int64)
+    cross_left = int((n_langs >= 2).sum())
+    cursor = [0] * (L + 1)
+    batches = []  # (is_mono, [(item, q, p)], batch_index)
+
+    def take(p):
+        nonlocal cross_left
+        used[p] = True
+        lang_left[langs[p]] -= 1
+        if n_langs[p] >= 2:
+            cross_left -= 1
+
+    def cross_row(p, row):
+        available = np.flatnonzero(langs[p])
+        k = len(available)
+        a = int(rng_bounded(rng_draw(key, _QUERY_LANG, [row]), k)[0])
+        c = int(rng_bounded(rng_draw(key, _PASSAGE_LANG, [row]), k - 1)[0])
+        if c >= a:
+            c += 1
+        return int(ids[p]), int(available[a]), int(available[c])
+
+    def can_fill(l):
+        return weights[l] > 0 and lang_left[l] >= G
+
+    b = 0
+    while True:
+        mono_ok = alpha > 0 and any(can_fill(l) for l in range(L))
+        cross_ok = alpha < 1 and cross_left >= G
+        if not mono_ok and not cross_ok:
+            break
+        want_mono = rng_unit(rng_draw(key, _KIND, [b]))[0] < alpha
+        if want_mono and not mono_ok:
+            want_mono = False
+        if not want_mono and not cross_ok:
+            want_mono = True
+        rows = []
+        if want_mono:
+            eligible = [l for l in range(L) if can_fill(l)]
+            total = 0.0
+            for l in eligible:
+                total += weights[l]
+            target = rng_unit(rng_draw(key, _LANG, [b]))[0] * total
+            acc, chosen = 0.0, eligible[-1]
+            for l in eligible:
+                acc += weights[l]
+                if acc > target:
+                    chosen = l
+                    break
+            p = cursor[chosen]
+            while len(rows) < G:
+                if not used[p] and langs[p, chosen]:
+                    take(p)
+                    rows.append((int(ids[p]), chosen, chosen))
+                p += 1
+            cursor[chosen] = p
+        else:
+            p = cursor[L]
+            while len(rows) < G:
+                if not used[p] and n_langs[p] >= 2:
+                    take(p)
+                    rows.append(cross_row(p, b * G + len(rows)))
+                p += 1
+            cursor[L] = p
+        batches.append((bool(want_mono), rows))
+        b += 1
+
+    if not drop_last:
+        if alpha < 1:
+            rows = []
+            for p in range(N):
+                if used[p] or n_langs[p] < 2:
+                    continue
+                take(p)
+                rows.append(cross_row(p, len(batches) * G + len(rows)))
+                if len(rows) == G:
+                    batches.append((False, rows))
+                    rows = []
+            if rows:
+                batches.append((False, rows))
+        if alpha > 0:
+            for l in range(L):
+                if weights[l] <= 0:
+                    continue
+                rows = []
+                for p in range(N):
+                    if used[p] or not langs[p, l]:
+                        continue
+                    take(p)
+                    rows.append((int(ids[p]), l, l))
+                    if len(rows) == G:
+                        batches.append((True, rows))
+                        rows = []
+                if rows:
+                    batches.append((True, rows))
+
+    nb = len(batches)
+    items = np.full((nb, G), -1, dtype=np.int64)
+    query_lang = np.full((nb, G), -1, dtype=np.int32)
+    passage_lang = np.full((nb, G), -1, dtype=np.int32)
+    mono = np.zeros(nb, dtype=bool)
+    for bi, (is_mono, rows) in enumerate(batches):
+        mono[bi] = is_mono
+        for r, (item, q, pl) in enumerate(rows):
+            items[bi, r], query_lang[bi, r], passage_lang[bi, r] = item, q, pl
+    return items, query_lang, passage_lang, mono
