@@ -43,6 +43,20 @@ int64_t hybrid_batches(py::array_t<uint8_t, py::array::c_style> availability, py
   return hbfast::hybrid_batches_cpu(av, N, L, w, alpha, batch, seed, epoch, drop_last, it, ql, pl, mo, max_batches);
 }
 
+py::tuple availability_counts(py::array_t<uint8_t, py::array::c_style> availability) {
+  if (availability.ndim() != 2) throw std::invalid_argument("availability must be 2-D");
+  int64_t N = availability.shape(0), L = availability.shape(1);
+  py::array_t<int64_t> counts(L);
+  int64_t* c = counts.mutable_data();
+  const uint8_t* av = availability.data();
+  int64_t n_multi;
+  {
+    py::gil_scoped_release release;
+    n_multi = hbfast::availability_counts_cpu(av, N, L, c);
+  }
+  return py::make_tuple(counts, n_multi);
+}
+
 py::dict build_info() {
   py::dict info;
   info["version"] = HBFAST_VERSION;
@@ -75,4 +89,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("get_num_threads", &hbfast::get_num_threads);
   m.def("set_num_threads", &hbfast::set_num_threads);
   m.def("hybrid_batches", &hybrid_batches);
+  m.def("availability_counts", &availability_counts);
 }

@@ -8,6 +8,7 @@
 //  3. when neither kind can be filled: stop (drop_last) or emit the leftovers as padded batches.
 #include "cpu/sampler_cpu.h"
 
+#include <mutex>
 #include <stdexcept>
 #include <vector>
 
@@ -148,14 +149,48 @@ struct Planner {
     }
   }
 
-  void run(const uint8_t* availability, bool drop_last) {
-    ids.resize(N);
-    for (int64_t i = 0; i < N; ++i) ids[i] = i;
+  // Fisher-Yates on ids; the swap targets depend only on counters, so they are computed ahead and
+  // prefetched. For L <= 32 each slot carries (mask << 32 | id), so the shuffle also moves the masks.
+  template <class Slot>
+  void shuffle(Slot* slots) {
+    constexpr int64_t kAhead = 16;
+    int64_t target[kAhead];
+    auto swap_target = [&](int64_t i) {
+      return static_cast<int64_t>(rng_bounded(rng_draw(key, kPerm, static_cast<uint64_t>(i)), static_cast<uint64_t>(i + 1)));
+    };
+    for (int64_t i = N - 1; i > 0 && i > N - 1 - kAhead; --i) target[i % kAhead] = swap_target(i);
     for (int64_t i = N - 1; i > 0; --i) {
-      int64_t j = rng_bounded(rng_draw(key, kPerm, static_cast<uint64_t>(i)), static_cast<uint64_t>(i + 1));
-      std::swap(ids[i], ids[j]);
+      int64_t j = target[i % kAhead];
+      if (i - kAhead > 0) {
+        int64_t next = swap_target(i - kAhead);
+        target[(i - kAhead) % kAhead] = next;
+        __builtin_prefetch(slots + next, 1);
+      }
+      std::swap(slots[i], slots[j]);
     }
+  }
+
+  void lay_out(const uint8_t* availability) {
+    ids.resize(N);
     masks.assign(N * W, 0);
+    if (L <= 32) {
+      std::vector<uint64_t> slots(N);
+      parallel_for(N, 1 << 16, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const uint8_t* a = availability + i * L;
+          uint64_t m = 0;
+          for (int64_t l = 0; l < L; ++l) m |= static_cast<uint64_t>(a[l] != 0) << l;
+          slots[i] = (m << 32) | static_cast<uint64_t>(i);
+        }
+      });
+      shuffle(slots.data());
+      parallel_for(N, 1 << 16, [&](int64_t begin, int64_t end) {
+        for (int64_t p = begin; p < end; ++p) ids[p] = static_cast<int64_t>(slots[p] & 0xFFFFFFFFULL), masks[p] = slots[p] >> 32;
+      });
+      return;
+    }
+    for (int64_t i = 0; i < N; ++i) ids[i] = i;
+    shuffle(ids.data());
     parallel_for(N, 1 << 16, [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
         const uint8_t* a = availability + ids[p] * L;
@@ -163,6 +198,10 @@ struct Planner {
         for (int64_t l = 0; l < L; ++l) m[l >> 6] |= static_cast<uint64_t>(a[l] != 0) << (l & 63);
       }
     });
+  }
+
+  void run(const uint8_t* availability, bool drop_last) {
+    lay_out(availability);
     used.assign(N, 0);
     lang_left.assign(L, 0);
     for (int64_t p = 0; p < N; ++p) {
@@ -205,6 +244,30 @@ struct Planner {
 };
 
 }  // namespace
+
+int64_t availability_counts_cpu(const uint8_t* availability, int64_t N, int64_t L, int64_t* counts) {
+  std::mutex lock;
+  std::fill(counts, counts + L, 0);
+  int64_t n_multi = 0;
+  parallel_for(N, 1 << 16, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> local(L, 0);
+    int64_t multi = 0;
+    for (int64_t i = begin; i < end; ++i) {
+      const uint8_t* a = availability + i * L;
+      int64_t c = 0;
+      for (int64_t l = 0; l < L; ++l) {
+        int64_t bit = a[l] != 0;
+        local[l] += bit;
+        c += bit;
+      }
+      multi += c >= 2;
+    }
+    std::lock_guard<std::mutex> guard(lock);
+    for (int64_t l = 0; l < L; ++l) counts[l] += local[l];
+    n_multi += multi;
+  });
+  return n_multi;
+}
 
 int64_t hybrid_batches_cpu(const uint8_t* availability, int64_t N, int64_t L, const double* weights,
                            double alpha, int64_t batch, uint64_t seed, uint64_t epoch, bool drop_last,

@@ -12,4 +12,7 @@ int64_t hybrid_batches_cpu(const uint8_t* availability, int64_t N, int64_t L, co
                            int64_t* items, int32_t* query_lang, int32_t* passage_lang, uint8_t* mono,
                            int64_t max_batches);
 
+// counts[l] = items available in language l; returns the number of items with >= 2 languages.
+int64_t availability_counts_cpu(const uint8_t* availability, int64_t N, int64_t L, int64_t* counts);
+
 }  // namespace hbfast

@@ -101,14 +101,14 @@ def _validate(availability, batch_size, alpha, seed, epoch, lang_weights, rank, 
     rank = _check_int("rank", rank, 0)
     if rank >= world_size:
         raise ValueError(f"rank must be < world_size ({world_size}), got {rank}")
-    counts = avail.sum(axis=0, dtype=np.int64)
+    counts, n_multi = _C.availability_counts(avail)  # [L] items per language, items with >= 2
     weights = _language_weights(lang_weights, counts)
     global_batch = batch_size * world_size
     capacity = []
     if alpha > 0:
         capacity.append(int(counts[weights > 0].max(initial=0)))
     if alpha < 1:
-        capacity.append(int((avail.sum(axis=1, dtype=np.int64) >= 2).sum()))
+        capacity.append(int(n_multi))
     if global_batch > max(capacity):
         raise ValueError(
             f"batch_size * world_size = {global_batch} is larger than any batch kind allowed by "
@@ -126,6 +126,25 @@ def _plan_kernel(avail, weights, alpha, global_batch, seed, epoch, drop_last):
     mono = np.empty(max_batches, dtype=np.uint8)
     nb = _C.hybrid_batches(avail, weights, alpha, global_batch, seed, epoch, drop_last, items, query_lang, passage_lang, mono)
     return items[:nb], query_lang[:nb], passage_lang[:nb], mono[:nb].view(np.bool_)
+
+
+def _spread_padded_batches(items, ql, pl, world_size):
+    """Deal the real rows of padded global batches round-robin over ranks, so that rank sizes in
+    a step differ by at most one row (no rank gets an empty batch while another gets a full one)."""
+    padded = np.flatnonzero(items[:, -1] < 0)  # padding always sits at the end of a global batch
+    if len(padded) == 0:
+        return items, ql, pl
+    items, ql, pl = items.copy(), ql.copy(), pl.copy()
+    batch_size = items.shape[1] // world_size
+    j = np.arange(items.shape[1])
+    dealt = (j % world_size) * batch_size + j // world_size  # column of the j-th real row
+    for b in padded:
+        n = int((items[b] >= 0).sum())
+        for a in (items, ql, pl):
+            row = np.full(a.shape[1], -1, dtype=a.dtype)
+            row[dealt[:n]] = a[b, :n]
+            a[b] = row
+    return items, ql, pl
 
 
 def hybrid_batches(
@@ -153,7 +172,8 @@ def hybrid_batches(
     exactly once, single-language items only in X-X batches).
 
     Distributed: the plan is made for the global batch ``batch_size * world_size`` and rank r gets
-    rows ``[r*batch_size, (r+1)*batch_size)`` of each, so all ranks share kind and language at
+    rows ``[r*batch_size, (r+1)*batch_size)`` of each (the rows of a padded last batch are dealt
+    round-robin, so ranks differ by at most one row), so all ranks share kind and language at
     each step. Deterministic in (seed, epoch, world_size); rank only selects the slice.
     """
     check_impl(impl)
@@ -168,8 +188,9 @@ def hybrid_batches(
         items, ql, pl, mono = hybrid_batch_plan(avail.view(np.bool_), weights, alpha, global_batch, seed, epoch, drop_last)
     else:
         items, ql, pl, mono = _plan_kernel(avail, weights, alpha, global_batch, seed, epoch, drop_last)
-    rows = slice(rank * batch_size, (rank + 1) * batch_size)
     if world_size > 1:
+        items, ql, pl = _spread_padded_batches(items, ql, pl, world_size)
+        rows = slice(rank * batch_size, (rank + 1) * batch_size)
         items, ql, pl = (np.ascontiguousarray(a[:, rows]) for a in (items, ql, pl))
     return BatchPlan(items, ql, pl, mono)
 

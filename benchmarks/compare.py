@@ -1,0 +1,23 @@
+"""Run every family's comparison in one go and print ratios against the baselines.
+
+    python benchmarks/compare.py                # all families
+    python benchmarks/compare.py sampling loss  # some
+Each family lives in benchmarks/compare_<family>.py with a main() that checks correctness first.
+"""
+import importlib
+import pathlib
+import sys
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def main():
+    sys.path.insert(0, str(HERE))
+    families = sys.argv[1:] or sorted(p.stem[len("compare_"):] for p in HERE.glob("compare_*.py"))
+    for family in families:
+        print(f"==== {family} ====", flush=True)
+        importlib.import_module(f"compare_{family}").main([])
+
+
+if __name__ == "__main__":
+    main()
