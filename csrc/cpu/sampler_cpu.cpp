@@ -204,13 +204,7 @@ struct Planner {
     lay_out(availability);
     used.assign(N, 0);
     lang_left.assign(L, 0);
-    for (int64_t p = 0; p < N; ++p) {
-      const uint64_t* m = mask(p);
-      int c = 0;
-      for (int64_t w = 0; w < W; ++w)
-        for (uint64_t x = m[w]; x; x &= x - 1, ++c) ++lang_left[w * 64 + __builtin_ctzll(x)];
-      if (c >= 2) ++cross_left;
-    }
+    cross_left = availability_counts_cpu(availability, N, L, lang_left.data());  // parallel, shared with validation
     cursor.assign(L + 1, 0);
 
     for (uint64_t b = 0;; ++b) {
