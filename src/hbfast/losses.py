@@ -24,7 +24,7 @@ from torch import Tensor
 from . import _C
 from ._ext import check_impl, require_cuda
 
-DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of float32 score blocks kept from forward to backward
+DEFAULT_MEMORY_BUDGET = 768 << 20  # bytes of float32 score blocks kept from forward to backward
 BLOCK_BYTES = 64 << 20  # the row-block working buffer
 _MAX_BLOCK_ROWS = 65535  # CUDA grid limit on the gradient kernel's rows
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -172,6 +172,9 @@ def _setup_context(ctx, inputs, output):
     q, keys, scale, groups, n_batch, row_offset, with_columns, n_cached = inputs
     row_lse, col_lse, _, cache = output
     ctx.save_for_backward(q, keys, scale, groups, row_lse, col_lse, cache)
+    # No zero-filled gradients for outputs nobody used (the kept blocks are as large as the cache).
+    ctx.mark_non_differentiable(cache)
+    ctx.set_materialize_grads(False)
     ctx.n_batch, ctx.row_offset, ctx.with_columns = n_batch, row_offset, with_columns
 
 
