@@ -274,7 +274,7 @@ def _check_options(symmetric, reduction, memory_budget) -> None:
 # ---- distributed gather ---------------------------------------------------------------------------
 
 class _GatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward sums every rank's gradient for this rank's slice (all_reduce),
+    """all_gather (same shape on every rank) whose backward sums every rank's gradient for this rank's slice (all_reduce),
     which works on every backend (gloo has no reduce_scatter)."""
 
     @staticmethod
@@ -396,7 +396,8 @@ def contrastive_loss(
         b = q.shape[0]
         p_all = _GatherWithGrad.apply(pf)  # [world * b, D]
         groups_all = None if groups is None else _gather_plain(groups)
-        keys = p_all if hf is None else torch.cat([p_all, hf], 0)
+        # every rank's hard negatives join the global batch's negatives (same M on every rank)
+        keys = p_all if hf is None else torch.cat([p_all, _GatherWithGrad.apply(hf)], 0)
         row_lse, _, positive, _ = _one_direction(qf.contiguous(), keys.contiguous(), scale, groups_all, world * b,
                                                  rank * b, False, memory_budget)
         per_row = row_lse - positive
