@@ -79,7 +79,8 @@ def _forward_op(
     if q.device.type == "cuda":
         require_cuda("hbfast.contrastive_loss")
     for name, t in (("q", q), ("p", keys)):
-        if not bool(torch.isfinite(t).all()):
+        # A sum is finite only when every element is (one cheap pass); if it is not, look closer.
+        if not math.isfinite(float(t.sum())) and not bool(torch.isfinite(t).all()):
             raise ValueError(f"contrastive_loss: {name} (or hard_negatives) contains NaN or Inf")
     s = float(scale)
     if not math.isfinite(s) or s <= 0:
@@ -105,7 +106,7 @@ def _forward_op(
             cuda, stream,
         )
     col_lse = col_max + col_sum.log()
-    if not bool(torch.isfinite(row_lse).all()) or not bool(torch.isfinite(col_lse).all()):
+    if not math.isfinite(float(row_lse.sum() + col_lse.sum() + positive.sum())):
         raise ValueError("contrastive_loss: scores overflow float32; scale down the inputs or the logit scale")
     return row_lse, col_lse, positive * s, cache
 
@@ -129,12 +130,14 @@ def _backward_op(
     n_cached = cache.shape[0]
     codes = _group_codes(groups)
     f32 = dict(dtype=torch.float32, device=q.device)
-    grad_q = torch.zeros_like(q)
-    grad_keys = torch.zeros_like(keys)
+    grad_q = torch.empty_like(q) if need_q else torch.zeros_like(q)
+    grad_keys = torch.empty_like(keys) if need_keys else torch.zeros_like(keys)
     dscale = torch.zeros((), dtype=torch.float64, device=q.device)
-    row_coef = grad_row_lse.contiguous()
-    col_coef = None if grad_col_lse is None else grad_col_lse.contiguous()
-    diag_coef = grad_positive.contiguous()  # positive_i = S_ii
+    # The kernels write scale * G (G = dL/dS is linear in the upstream gradients), so the block
+    # products below give grad_q = scale * G @ keys and grad_keys = scale * G.T @ q directly.
+    row_coef = (grad_row_lse * s).contiguous()
+    col_coef = None if grad_col_lse is None else (grad_col_lse * s).contiguous()
+    diag_coef = (grad_positive * s).contiguous()  # positive_i = S_ii
     blocks = _blocks(R, N, n_cached)
     work = torch.empty(max(hi - lo for lo, hi in blocks), N, **f32)
     keys_t = keys.t()
@@ -155,10 +158,11 @@ def _backward_op(
         if need_q:
             torch.mm(g, keys, out=grad_q[lo:hi])  # [rows, D]
         if need_keys:
-            grad_keys.addmm_(g.t(), q[lo:hi])  # [N, D]
-    grad_q.mul_(s)
-    grad_keys.mul_(s)
-    dscale = (dscale + dscale_host).to(torch.float32)
+            if lo == 0:
+                torch.mm(g.t(), q[lo:hi], out=grad_keys)  # [N, D]
+            else:
+                grad_keys.addmm_(g.t(), q[lo:hi])
+    dscale = ((dscale + dscale_host) / s).to(torch.float32)  # sum(scale * G * X) / scale
     return grad_q, grad_keys, dscale
 
 
