@@ -13,6 +13,7 @@ registrations, so ``torch.compile(fullgraph=True)`` can trace a model that uses 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from numbers import Real
 from typing import List, Optional, Tuple
@@ -60,6 +61,11 @@ def _stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
 
 
+def _on_device(device: torch.device):
+    """Launch on the inputs' GPU (the kernels use the current device and stream)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _group_codes(groups: Optional[Tensor]) -> Optional[Tensor]:
     if groups is None:
         return None
@@ -97,14 +103,15 @@ def _forward_op(
     work = torch.empty(max((hi - lo for lo, hi in blocks if lo >= n_cached), default=0), N, **f32)
     keys_t = keys.t()
     cuda, stream = q.device.type == "cuda", _stream(q.device)
-    for lo, hi in blocks:
-        x = cache[lo:hi] if hi <= n_cached else work[: hi - lo]
-        torch.mm(q[lo:hi], keys_t, out=x)  # [rows, N] raw dot products
-        _C.contrastive_forward_block(
-            x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, s, _ptr(codes), row_lse[lo:].data_ptr(),
-            positive[lo:].data_ptr(), _ptr(col_max) if with_columns else 0, _ptr(col_sum) if with_columns else 0,
-            cuda, stream,
-        )
+    with _on_device(q.device):
+        for lo, hi in blocks:
+            x = cache[lo:hi] if hi <= n_cached else work[: hi - lo]
+            torch.mm(q[lo:hi], keys_t, out=x)  # [rows, N] raw dot products
+            _C.contrastive_forward_block(
+                x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, s, _ptr(codes), row_lse[lo:].data_ptr(),
+                positive[lo:].data_ptr(), _ptr(col_max) if with_columns else 0, _ptr(col_sum) if with_columns else 0,
+                cuda, stream,
+            )
     col_lse = col_max + col_sum.log()
     if not math.isfinite(float(row_lse.sum() + col_lse.sum() + positive.sum())):
         raise ValueError("contrastive_loss: scores overflow float32; scale down the inputs or the logit scale")
@@ -143,25 +150,26 @@ def _backward_op(
     keys_t = keys.t()
     cuda, stream = q.device.type == "cuda", _stream(q.device)
     dscale_host = 0.0
-    for lo, hi in blocks:
-        g = work[: hi - lo]
-        if hi <= n_cached:
-            x = cache[lo:hi]
-        else:
-            x = g
-            torch.mm(q[lo:hi], keys_t, out=x)  # recompute [rows, N]; G overwrites it in place
-        dscale_host += _C.contrastive_backward_block(
-            x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, s, _ptr(codes), row_lse[lo:].data_ptr(),
-            _ptr(col_lse) if col_coef is not None else 0, row_coef[lo:].data_ptr(), _ptr(col_coef),
-            diag_coef[lo:].data_ptr(), g.data_ptr(), N, cuda, stream, dscale.data_ptr(),
-        )
-        if need_q:
-            torch.mm(g, keys, out=grad_q[lo:hi])  # [rows, D]
-        if need_keys:
-            if lo == 0:
-                torch.mm(g.t(), q[lo:hi], out=grad_keys)  # [N, D]
+    with _on_device(q.device):
+        for lo, hi in blocks:
+            g = work[: hi - lo]
+            if hi <= n_cached:
+                x = cache[lo:hi]
             else:
-                grad_keys.addmm_(g.t(), q[lo:hi])
+                x = g
+                torch.mm(q[lo:hi], keys_t, out=x)  # recompute [rows, N]; G overwrites it in place
+            dscale_host += _C.contrastive_backward_block(
+                x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, s, _ptr(codes), row_lse[lo:].data_ptr(),
+                _ptr(col_lse) if col_coef is not None else 0, row_coef[lo:].data_ptr(), _ptr(col_coef),
+                diag_coef[lo:].data_ptr(), g.data_ptr(), N, cuda, stream, dscale.data_ptr(),
+            )
+            if need_q:
+                torch.mm(g, keys, out=grad_q[lo:hi])  # [rows, D]
+            if need_keys:
+                if lo == 0:
+                    torch.mm(g.t(), q[lo:hi], out=grad_keys)  # [N, D]
+                else:
+                    grad_keys.addmm_(g.t(), q[lo:hi])
     dscale = ((dscale + dscale_host) / s).to(torch.float32)  # sum(scale * G * X) / scale
     return grad_q, grad_keys, dscale
 
