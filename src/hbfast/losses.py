@@ -26,7 +26,8 @@ from . import _C
 from ._ext import check_impl, require_cuda
 
 DEFAULT_MEMORY_BUDGET = 768 << 20  # bytes of float32 score blocks kept from forward to backward
-BLOCK_BYTES = 64 << 20  # the row-block working buffer
+BLOCK_BYTES = 16 << 20  # the row-block working buffer (small enough for malloc to reuse it)
+MIN_BLOCK_ROWS = 256  # fewer rows make the grad_keys += G.T @ q updates memory-bound
 _MAX_BLOCK_ROWS = 65535  # CUDA grid limit on the gradient kernel's rows
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _REDUCTIONS = ("mean", "sum", "none")
@@ -35,8 +36,9 @@ _REDUCTIONS = ("mean", "sum", "none")
 # ---- block planning -------------------------------------------------------------------------------
 
 def block_rows(n_rows: int, n_cols: int) -> int:
-    """Rows per block so that one float32 block [rows, n_cols] takes about BLOCK_BYTES."""
-    rows = max(16, BLOCK_BYTES // (4 * max(n_cols, 1)))
+    """Rows per block: one float32 block [rows, n_cols] takes about BLOCK_BYTES, but has at least
+    MIN_BLOCK_ROWS rows (each block's grad_keys update reads and writes all of grad_keys)."""
+    rows = max(MIN_BLOCK_ROWS, BLOCK_BYTES // (4 * max(n_cols, 1)), 1)
     return int(min(n_rows, rows, _MAX_BLOCK_ROWS))
 
 
