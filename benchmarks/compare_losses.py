@@ -1,7 +1,8 @@
 """hbfast.contrastive_loss against the losses people use today, measured in one run.
 
 Checks correctness first (every baseline against the float64 reference on small inputs), then
-times forward + backward of the symmetric loss and measures peak extra memory for each
+times forward + backward of the symmetric loss (wall clock, and the process's CPU time, which
+is steadier on a shared machine; speedups are naive / impl) and measures peak extra memory for each
 configuration in a fresh subprocess (peak RSS from resource.getrusage minus the RSS once the
 inputs exist), and prints ratios against the naive PyTorch loss.
 
@@ -160,14 +161,16 @@ def child(impl: str, B: int, D: int, repeats: int) -> dict:
     warm = [torch.randn(8, D, requires_grad=True) for _ in range(2)]
     fn(*warm, 1.0 / TEMPERATURE).backward()  # imports and library start-up stay out of the figures
     base = _rss_mb()
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
         q.grad = p.grad = None
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn(q, p, 1.0 / TEMPERATURE).backward()
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
-    return {"impl": impl, "B": B, "D": D, "best_s": min(times), "times": times, "peak_extra_mb": peak - base}
+    return {"impl": impl, "B": B, "D": D, "best_s": min(times), "times": times, "best_cpu_s": min(cpu_times),
+            "peak_extra_mb": peak - base}
 
 
 def run_child(impl: str, B: int, D: int, repeats: int) -> dict:
@@ -206,14 +209,17 @@ def main(argv=None) -> None:
         base = results.get("naive", {})
         print(f"\nB={B} D={D} (fp32, symmetric, forward+backward, best of {args.repeats}; "
               f"torch threads={torch.get_num_threads()})")
-        print(f"{'impl':10s} {'time s':>8s} {'speedup':>8s} {'peak extra MiB':>15s} {'mem ratio':>9s}")
+        print(f"{'impl':10s} {'time s':>8s} {'speedup':>8s} {'cpu s':>8s} {'cpu ratio':>9s} {'peak extra MiB':>15s} "
+              f"{'mem ratio':>9s}")
         for impl, r in results.items():
             if "error" in r:
                 print(f"{impl:10s} {r['error']}")
                 continue
             speed = base["best_s"] / r["best_s"] if "best_s" in base else float("nan")
             mem = r["peak_extra_mb"] / base["peak_extra_mb"] if "peak_extra_mb" in base else float("nan")
-            print(f"{impl:10s} {r['best_s']:8.3f} {speed:7.2f}x {r['peak_extra_mb']:15.0f} {mem:9.3f}")
+            cpu = base["best_cpu_s"] / r["best_cpu_s"] if "best_cpu_s" in base else float("nan")
+            print(f"{impl:10s} {r['best_s']:8.3f} {speed:7.2f}x {r['best_cpu_s']:8.3f} {cpu:8.2f}x "
+                  f"{r['peak_extra_mb']:15.0f} {mem:9.3f}")
 
 
 if __name__ == "__main__":

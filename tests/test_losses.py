@@ -89,8 +89,7 @@ def test_unnormalised_inputs_and_normalize_option():
 def test_kept_partially_kept_and_recomputed_blocks_agree(monkeypatch):
     q, p, h = make_inputs(97, 24, M=9, seed=4)
     groups = torch.arange(97) % 13
-    monkeypatch.setattr(losses, "BLOCK_BYTES", 1)
-    monkeypatch.setattr(losses, "MIN_BLOCK_ROWS", 16)  # 16-row blocks: 7 of them
+    monkeypatch.setattr(losses, "BLOCK_ROWS", 16)  # 16-row blocks: 7 of them
     n_cols = 97 + 9
     for budget in (0, 4 * n_cols * 40, 1 << 30):  # none kept, 40 rows kept (blocks straddle), all kept
         assert_matches_reference(q, p, h, group_ids=groups, memory_budget=budget)

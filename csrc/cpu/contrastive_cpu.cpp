@@ -1,6 +1,10 @@
 // CPU epilogues of the fused contrastive loss: one pass over each row block of raw dot products,
-// vectorised by GCC (AVX2+FMA clone chosen at run time, portable fallback otherwise) and split over
-// hbfast's threads by rows. Only per-row and per-column log-sum-exp pairs survive the forward.
+// auto-vectorised by GCC and split over hbfast's threads by rows. Only per-row and per-column
+// log-sum-exp pairs survive the forward. Instruction sets: the hot functions are compiled three
+// times (target_clones: x86-64-v4 = AVX-512, x86-64-v3 = AVX2+FMA, and the x86-64 baseline) and the
+// loader picks the best one the CPU supports, so an older CPU runs the portable clone instead of
+// failing. The reductions keep kLanes independent partial results so they vectorise without
+// -ffast-math (which would break fast_exp's rounding trick).
 #include "cpu/contrastive_cpu.h"
 
 #include <algorithm>

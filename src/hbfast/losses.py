@@ -26,8 +26,8 @@ from . import _C
 from ._ext import check_impl, require_cuda
 
 DEFAULT_MEMORY_BUDGET = 768 << 20  # bytes of float32 score blocks kept from forward to backward
-BLOCK_BYTES = 16 << 20  # the row-block working buffer (small enough for malloc to reuse it)
-MIN_BLOCK_ROWS = 256  # fewer rows make the grad_keys += G.T @ q updates memory-bound
+BLOCK_ROWS = 1024  # rows per block of the score matrix (each block's grad_keys update reads and
+BLOCK_BYTES = 64 << 20  # writes all of grad_keys, so not fewer), unless a block exceeds this
 _MAX_BLOCK_ROWS = 65535  # CUDA grid limit on the gradient kernel's rows
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _REDUCTIONS = ("mean", "sum", "none")
@@ -36,9 +36,9 @@ _REDUCTIONS = ("mean", "sum", "none")
 # ---- block planning -------------------------------------------------------------------------------
 
 def block_rows(n_rows: int, n_cols: int) -> int:
-    """Rows per block: one float32 block [rows, n_cols] takes about BLOCK_BYTES, but has at least
-    MIN_BLOCK_ROWS rows (each block's grad_keys update reads and writes all of grad_keys)."""
-    rows = max(MIN_BLOCK_ROWS, BLOCK_BYTES // (4 * max(n_cols, 1)), 1)
+    """Rows per block: BLOCK_ROWS, fewer (at least 16) when a float32 block [rows, n_cols] would
+    take more than BLOCK_BYTES."""
+    rows = max(16, min(BLOCK_ROWS, BLOCK_BYTES // (4 * max(n_cols, 1))))
     return int(min(n_rows, rows, _MAX_BLOCK_ROWS))
 
 
