@@ -80,6 +80,12 @@ def test_hard_negatives_groups_and_logit_scale(reduction):
     assert_matches_reference(q, p, h, logit_scale, group_ids=groups, reduction=reduction, symmetric=False)
 
 
+def test_wider_than_one_column_chunk_with_negatives_and_groups():
+    q, p, h = make_inputs(2100, 8, M=40, seed=18)  # > 2 column chunks of the CPU epilogue
+    groups = torch.randint(0, 300, (2100,), generator=torch.Generator().manual_seed(3))
+    assert_matches_reference(q, p, h, group_ids=groups, reduction="none")
+
+
 def test_unnormalised_inputs_and_normalize_option():
     q, p, h = make_inputs(50, 16, M=5, seed=3, norm=False)
     assert_matches_reference(q, p, h, temperature=2.0)
