@@ -128,6 +128,10 @@ double contrastive_backward_block(uintptr_t x, int64_t ld, int64_t rows, int64_t
                                                 as_ptr<const float>(diag_coef), as_ptr<float>(g), ldg);
 }
 
+void contrastive_advise_huge_pages(uintptr_t ptr, int64_t nbytes) {
+  hbfast::advise_huge_pages(as_ptr<void>(ptr), nbytes);
+}
+
 void contrastive_fast_exp(uintptr_t x, uintptr_t y, int64_t n) {
   py::gil_scoped_release release;
   hbfast::fast_exp_cpu(as_ptr<const float>(x), as_ptr<float>(y), n);
@@ -145,4 +149,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("contrastive_forward_block", &contrastive_forward_block);
   m.def("contrastive_backward_block", &contrastive_backward_block);
   m.def("contrastive_fast_exp", &contrastive_fast_exp);
+  m.def("contrastive_advise_huge_pages", &contrastive_advise_huge_pages);
 }

@@ -8,8 +8,12 @@
 #include "cpu/contrastive_cpu.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <limits>
 #include <vector>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "common/contrastive_math.h"
 #include "common/parallel.h"
@@ -289,6 +293,18 @@ double contrastive_backward_block_cpu(const float* x, int64_t ld, int64_t rows, 
   double total = 0.0;
   for (double v : part_total) total += v;
   return total;
+}
+
+void advise_huge_pages(void* ptr, int64_t nbytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  uintptr_t begin = (reinterpret_cast<uintptr_t>(ptr) + kHuge - 1) & ~(kHuge - 1);
+  uintptr_t end = (reinterpret_cast<uintptr_t>(ptr) + static_cast<uintptr_t>(nbytes)) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // advice only
+#else
+  (void)ptr;
+  (void)nbytes;
+#endif
 }
 
 void fast_exp_cpu(const float* x, float* y, int64_t n) {

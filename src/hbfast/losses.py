@@ -68,6 +68,14 @@ def _on_device(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
+def _empty_block(rows: int, cols: int, device: torch.device) -> Tensor:
+    """A float32 [rows, cols] buffer; large CPU ones get huge pages before their first write."""
+    t = torch.empty(rows, cols, dtype=torch.float32, device=device)
+    if device.type == "cpu" and t.numel() >= (1 << 20):
+        _C.contrastive_advise_huge_pages(t.data_ptr(), t.numel() * 4)
+    return t
+
+
 def _group_codes(groups: Optional[Tensor]) -> Optional[Tensor]:
     if groups is None:
         return None
@@ -100,9 +108,9 @@ def _forward_op(
     positive = torch.empty(R, **f32)
     col_max = torch.full((n_batch if with_columns else 0,), -math.inf, **f32)
     col_sum = torch.zeros(n_batch if with_columns else 0, **f32)
-    cache = torch.empty(n_cached, N, **f32)
+    cache = _empty_block(n_cached, N, q.device)
     blocks = _blocks(R, N, n_cached)
-    work = torch.empty(max((hi - lo for lo, hi in blocks if lo >= n_cached), default=0), N, **f32)
+    work = _empty_block(max((hi - lo for lo, hi in blocks if lo >= n_cached), default=0), N, q.device)
     keys_t = keys.t()
     cuda, stream = q.device.type == "cuda", _stream(q.device)
     with _on_device(q.device):
@@ -138,7 +146,6 @@ def _backward_op(
     R, N = q.shape[0], keys.shape[0]
     n_cached = cache.shape[0]
     codes = _group_codes(groups)
-    f32 = dict(dtype=torch.float32, device=q.device)
     grad_q = torch.empty_like(q) if need_q else torch.zeros_like(q)
     grad_keys = torch.empty_like(keys) if need_keys else torch.zeros_like(keys)
     dscale = torch.zeros((), dtype=torch.float64, device=q.device)
@@ -148,7 +155,7 @@ def _backward_op(
     col_coef = None if grad_col_lse is None else (grad_col_lse * s).contiguous()
     diag_coef = (grad_positive * s).contiguous()  # positive_i = S_ii
     blocks = _blocks(R, N, n_cached)
-    work = torch.empty(max(hi - lo for lo, hi in blocks), N, **f32)
+    work = _empty_block(max(hi - lo for lo, hi in blocks), N, q.device)
     keys_t = keys.t()
     cuda, stream = q.device.type == "cuda", _stream(q.device)
     dscale_host = 0.0
