@@ -11,8 +11,10 @@
 
 #include "common/parallel.h"
 #include "cpu/sampler_cpu.h"
+#include "cpu/contrastive_cpu.h"
 #ifdef HBFAST_WITH_CUDA
 #include "cuda/runtime_cuda.h"
+#include "cuda/contrastive_cuda.h"
 #endif
 
 namespace py = pybind11;
@@ -81,6 +83,74 @@ py::dict build_info() {
   return info;
 }
 
+// ---- contrastive loss ----
+// Pointers arrive as integers (tensor.data_ptr()); Python has checked shapes, dtypes (float32 tiles,
+// int32 group codes), devices and contiguity. Pointer 0 means "absent" (no groups, no columns).
+template <class T>
+T* as_ptr(uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+void contrastive_forward_block(uintptr_t x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
+                               int64_t n_batch, double scale, uintptr_t groups, uintptr_t row_lse, uintptr_t diag,
+                               uintptr_t col_max, uintptr_t col_sum, bool cuda, uintptr_t stream) {
+  if (rows <= 0 || n_cols < n_batch || row_begin < 0 || row_begin + rows > n_batch || ld < n_cols)
+    throw std::invalid_argument("contrastive_forward_block: inconsistent sizes");
+  bool with_columns = col_max != 0;
+  py::gil_scoped_release release;
+  if (cuda) {
+#ifdef HBFAST_WITH_CUDA
+    hbfast::contrastive_forward_block_cuda(as_ptr<const float>(x), ld, rows, row_begin, n_cols, n_batch, float(scale),
+                                           as_ptr<const int32_t>(groups), with_columns, as_ptr<float>(row_lse),
+                                           as_ptr<float>(diag), as_ptr<float>(col_max), as_ptr<float>(col_sum),
+                                           reinterpret_cast<void*>(stream));
+    return;
+#else
+    throw std::runtime_error("hbfast was built without CUDA kernels");
+#endif
+  }
+  hbfast::contrastive_forward_block_cpu(as_ptr<const float>(x), ld, rows, row_begin, n_cols, n_batch, float(scale),
+                                        as_ptr<const int32_t>(groups), with_columns, as_ptr<float>(row_lse),
+                                        as_ptr<float>(diag), as_ptr<float>(col_max), as_ptr<float>(col_sum));
+}
+
+// On CUDA the sum(G * X) is accumulated into dscale_sum (a float64 device scalar) and 0 is returned.
+double contrastive_backward_block(uintptr_t x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
+                                  int64_t n_batch, double scale, uintptr_t groups, uintptr_t row_lse, uintptr_t col_lse,
+                                  uintptr_t row_coef, uintptr_t col_coef, uintptr_t diag_coef, uintptr_t g, int64_t ldg, bool cuda,
+                                  uintptr_t stream, uintptr_t dscale_sum) {
+  if (rows <= 0 || n_cols < n_batch || row_begin < 0 || row_begin + rows > n_batch || ld < n_cols || ldg < n_cols)
+    throw std::invalid_argument("contrastive_backward_block: inconsistent sizes");
+  py::gil_scoped_release release;
+  if (cuda) {
+#ifdef HBFAST_WITH_CUDA
+    hbfast::contrastive_backward_block_cuda(as_ptr<const float>(x), ld, rows, row_begin, n_cols, n_batch, float(scale),
+                                            as_ptr<const int32_t>(groups), as_ptr<const float>(row_lse),
+                                            as_ptr<const float>(col_lse), as_ptr<const float>(row_coef),
+                                            as_ptr<const float>(col_coef), as_ptr<const float>(diag_coef),
+                                            as_ptr<float>(g), ldg,
+                                            as_ptr<double>(dscale_sum), reinterpret_cast<void*>(stream));
+    return 0.0;
+#else
+    throw std::runtime_error("hbfast was built without CUDA kernels");
+#endif
+  }
+  return hbfast::contrastive_backward_block_cpu(as_ptr<const float>(x), ld, rows, row_begin, n_cols, n_batch,
+                                                float(scale), as_ptr<const int32_t>(groups),
+                                                as_ptr<const float>(row_lse), as_ptr<const float>(col_lse),
+                                                as_ptr<const float>(row_coef), as_ptr<const float>(col_coef),
+                                                as_ptr<const float>(diag_coef), as_ptr<float>(g), ldg);
+}
+
+void contrastive_advise_huge_pages(uintptr_t ptr, int64_t nbytes) {
+  hbfast::advise_huge_pages(as_ptr<void>(ptr), nbytes);
+}
+
+void contrastive_fast_exp(uintptr_t x, uintptr_t y, int64_t n) {
+  py::gil_scoped_release release;
+  hbfast::fast_exp_cpu(as_ptr<const float>(x), as_ptr<float>(y), n);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -90,4 +160,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_num_threads", &hbfast::set_num_threads);
   m.def("hybrid_batches", &hybrid_batches);
   m.def("availability_counts", &availability_counts);
+  // ---- contrastive loss ----
+  m.def("contrastive_forward_block", &contrastive_forward_block);
+  m.def("contrastive_backward_block", &contrastive_backward_block);
+  m.def("contrastive_fast_exp", &contrastive_fast_exp);
+  m.def("contrastive_advise_huge_pages", &contrastive_advise_huge_pages);
 }

@@ -162,3 +162,39 @@ def hybrid_batch_plan(availability, weights, alpha, global_batch, seed, epoch, d
         for r, (item, q, pl) in enumerate(rows):
             items[bi, r], query_lang[bi, r], passage_lang[bi, r] = item, q, pl
     return items, query_lang, passage_lang, mono
+
+
+# ---- contrastive loss --------------------------------------------------------------------------
+# The plain PyTorch twin of hbfast.contrastive_loss: full B x (B + M) logits and F.cross_entropy,
+# computed in the input dtype (so it is also "what plain PyTorch makes" in float16/bfloat16).
+
+
+def contrastive_loss(q, p, *, temperature=0.05, logit_scale=None, symmetric=True, group_ids=None,
+                     hard_negatives=None, reduction="mean", normalize=False):
+    """Reference in-batch contrastive loss; same arguments and meaning as hbfast.contrastive_loss."""
+    import torch
+    import torch.nn.functional as F
+
+    if normalize:
+        q, p = F.normalize(q, dim=-1), F.normalize(p, dim=-1)
+        if hard_negatives is not None:
+            hard_negatives = F.normalize(hard_negatives, dim=-1)
+    scale = logit_scale.exp().to(q.dtype) if logit_scale is not None else 1.0 / temperature
+    B = q.shape[0]
+    logits = scale * (q @ p.t())  # [B, B]
+    if group_ids is not None:
+        same = group_ids[:, None] == group_ids[None, :]
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, float("-inf"))
+    labels = torch.arange(B, device=q.device)
+    row_logits = logits
+    if hard_negatives is not None and hard_negatives.shape[0] > 0:
+        row_logits = torch.cat([logits, scale * (q @ hard_negatives.t())], 1)  # [B, B + M]
+    per_row = F.cross_entropy(row_logits, labels, reduction="none")
+    if symmetric:
+        per_row = 0.5 * (per_row + F.cross_entropy(logits.t(), labels, reduction="none"))
+    if reduction == "mean":
+        return per_row.mean()
+    if reduction == "sum":
+        return per_row.sum()
+    return per_row

@@ -1,0 +1,125 @@
+// Per-element math of the fused contrastive loss, shared by the CPU epilogue (where GCC
+// auto-vectorises loops over these functions) and the CUDA kernels, so CPU tests exercise the
+// arithmetic the GPU runs. Everything is plain float arithmetic: no libm calls, no branches that
+// block vectorisation.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "common/hbfast_common.h"
+
+namespace hbfast {
+
+HBFAST_HOST_DEVICE float float_from_bits(int32_t bits) {
+#if defined(__CUDA_ARCH__)
+  return __int_as_float(bits);
+#else
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+#endif
+}
+
+HBFAST_HOST_DEVICE int32_t bits_from_float(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_int(f);
+#else
+  int32_t bits;
+  std::memcpy(&bits, &f, sizeof(bits));
+  return bits;
+#endif
+}
+
+HBFAST_HOST_DEVICE float fmax_plain(float a, float b) { return a > b ? a : b; }
+
+// exp(x) for float x, relative error ~1 ulp on [-87.3, 88.7]; 0 below (including -inf), so a
+// masked score (-inf) contributes nothing. Range reduction x = n ln2 + r with |r| <= ln2/2 (n by
+// the round-to-nearest "magic number" trick, which needs no float->int conversion instruction),
+// then a degree-6 minimax polynomial for exp(r) and 2^n built in the exponent bits.
+HBFAST_HOST_DEVICE float fast_exp(float x) {
+  const float kLog2e = 1.44269504088896341f;
+  const float kLn2Hi = 0.693359375f;
+  const float kLn2Lo = -2.12194440e-4f;
+  const float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low bits
+  float xc = x < -87.0f ? -87.0f : (x > 88.3762626647949f ? 88.3762626647949f : x);
+  float shifted = xc * kLog2e + kRound;
+  float n = shifted - kRound;
+  int32_t n_int = bits_from_float(shifted) - bits_from_float(kRound);
+  float r = xc - n * kLn2Hi;
+  r = r - n * kLn2Lo;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  float y = p * (r * r) + r + 1.0f;
+  float two_n = float_from_bits((n_int + 127) << 23);
+  float result = y * two_n;
+  return x < -87.0f ? 0.0f : result;
+}
+
+// log(x) for x > 0 (used once per row/column, so plain accuracy matters more than speed).
+HBFAST_HOST_DEVICE float log_plain(float x) {
+#if defined(__CUDA_ARCH__)
+  return logf(x);
+#else
+  return std::log(x);
+#endif
+}
+
+// ---- online log-sum-exp: a running (max m, sum s) pair represents m + log(s) -------------------
+
+// Factor that rescales a sum taken relative to `old_max` to be relative to `new_max` (>= old_max).
+// Equal maxima (including both -inf: nothing seen yet) give exactly 1.
+HBFAST_HOST_DEVICE float lse_rescale(float old_max, float new_max) {
+  return old_max == new_max ? 1.0f : fast_exp(old_max - new_max);
+}
+
+// Merges (m_b, s_b) into (m_a, s_a).
+HBFAST_HOST_DEVICE void lse_merge(float& m_a, float& s_a, float m_b, float s_b) {
+  float m = fmax_plain(m_a, m_b);
+  s_a = s_a * lse_rescale(m_a, m) + s_b * lse_rescale(m_b, m);
+  m_a = m;
+}
+
+// Adds one score to a running pair (one exp per element: the larger of the two is the reference).
+HBFAST_HOST_DEVICE void lse_push(float& m, float& s, float score) {
+  if (score > m) {
+    s = s * lse_rescale(m, score) + 1.0f;
+    m = score;
+  } else {
+    s += fast_exp(score - m);
+  }
+}
+
+HBFAST_HOST_DEVICE float lse_value(float m, float s) { return m + log_plain(s); }
+
+// ---- the gradient tile -----------------------------------------------------------------------
+// The forward returns, per row i, lse_row_i (over its row of S = scale * X), per batch column j,
+// lse_col_j, and the positive scores d_i = S_ii. Given their upstream gradients a_i, b_j and c_i,
+// the element (i, j) of dL/dS is
+//   G_ij = a_i exp(S_ij - lse_row_i) + b_j exp(S_ij - lse_col_j) + [i == j] c_i
+// and masked pairs (excluded from both log-sum-exps) give 0. For the usual loss
+// l_i = lse_row_i - d_i, a_i = w_i and c_i = -w_i, which is softmax - identity.
+// `diag_add` is c_i on the diagonal and 0 elsewhere.
+HBFAST_HOST_DEVICE float gradient_tile_element(float score, float lse_row, float lse_col, float row_coef, float col_coef,
+                                               float diag_add, bool masked) {
+  float g = row_coef * fast_exp(score - lse_row) + col_coef * fast_exp(score - lse_col) + diag_add;
+  return masked ? 0.0f : g;
+}
+
+// The same element for a column without a column term (hard negatives, or the one-sided loss).
+HBFAST_HOST_DEVICE float gradient_tile_element_rows_only(float score, float lse_row, float row_coef, float diag_add,
+                                                         bool masked) {
+  float g = row_coef * fast_exp(score - lse_row) + diag_add;
+  return masked ? 0.0f : g;
+}
+
+// A pair (i, j) is dropped from the denominators when both carry the same group id and i != j.
+HBFAST_HOST_DEVICE bool pair_masked(int32_t group_row, int32_t group_col, int32_t i, int32_t j) {
+  return group_row == group_col && i != j;
+}
+
+}  // namespace hbfast

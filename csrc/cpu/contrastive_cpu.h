@@ -1,0 +1,36 @@
+// CPU epilogues of the fused contrastive loss. Python computes each row block of raw dot products
+// X = q[rows] @ keys.T with torch's BLAS; these functions do everything element-wise on it in one
+// vectorised, multi-threaded pass. keys = [p; hard negatives]: columns [0, n_batch) are the batch's
+// positives (they have column statistics and group masks), columns [n_batch, n_cols) hard negatives.
+#pragma once
+#include <cstdint>
+
+namespace hbfast {
+
+// Forward over X [rows, n_cols] (row stride ld) holding batch rows row_begin.. row_begin+rows.
+// Writes row_lse[r] = log-sum-exp over the unmasked scores of row r and diag[r] = X[r, row_begin+r]
+// (raw); when with_columns, merges this block into the running column pairs
+// (col_max [n_batch], col_sum [n_batch]) that represent col_max + log(col_sum).
+// groups: [n_batch] int32 group codes, or nullptr for no masking.
+void contrastive_forward_block_cpu(const float* x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
+                                   int64_t n_batch, float scale, const int32_t* groups, bool with_columns, float* row_lse,
+                                   float* diag, float* col_max, float* col_sum);
+
+// Backward: G [rows, n_cols] (row stride ldg) = dL/dS for the same block, from X (may alias G).
+// row_coef [rows], col_coef [n_batch] (nullptr: no column term) and diag_coef [rows] are the
+// upstream gradients of row_lse, col_lse and the positive scores (see gradient_tile_element);
+// row_lse [rows]; col_lse [n_batch]. Returns sum(G * X), from which Python gets dL/dscale.
+double contrastive_backward_block_cpu(const float* x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
+                                      int64_t n_batch, float scale, const int32_t* groups, const float* row_lse,
+                                      const float* col_lse, const float* row_coef, const float* col_coef,
+                                      const float* diag_coef, float* g, int64_t ldg);
+
+// Asks Linux to back [ptr, ptr + nbytes) with transparent huge pages (when THP is in "madvise"
+// mode) before it is first written: one fault per 2 MiB instead of per 4 KiB for the large score
+// blocks, which are allocated fresh every step. A no-op elsewhere or when refused.
+void advise_huge_pages(void* ptr, int64_t nbytes);
+
+// fast_exp applied to n floats (for the accuracy/speed check of the shared exp).
+void fast_exp_cpu(const float* x, float* y, int64_t n);
+
+}  // namespace hbfast

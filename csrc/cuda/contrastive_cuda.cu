@@ -1,0 +1,144 @@
+// CUDA epilogues of the fused contrastive loss: row log-sum-exp (one block per row), column
+// log-sum-exp (one thread per column, coalesced over the row block) and the gradient tile (one
+// thread per element), all with the shared math of common/contrastive_math.h.
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "common/contrastive_math.h"
+#include "cuda/contrastive_cuda.h"
+
+namespace hbfast {
+namespace {
+
+constexpr int kThreads = 256;
+
+void check_launch(const char* what) {
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
+}
+
+__device__ __forceinline__ void warp_merge(float& m, float& s) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    float m_other = __shfl_down_sync(0xffffffffu, m, offset);
+    float s_other = __shfl_down_sync(0xffffffffu, s, offset);
+    lse_merge(m, s, m_other, s_other);
+  }
+}
+
+// One block per row of the tile: online (max, sum) per thread, merged across the block.
+__global__ void row_lse_kernel(const float* __restrict__ x, int64_t ld, int64_t row_begin, int64_t n_cols,
+                               int64_t n_batch, float scale, const int32_t* __restrict__ groups,
+                               float* __restrict__ row_lse, float* __restrict__ diag) {
+  const int64_t r = blockIdx.x;
+  const int32_t i = static_cast<int32_t>(row_begin + r);
+  const float* xr = x + r * ld;
+  const int32_t group_row = groups ? groups[i] : 0;
+  float m = -INFINITY, s = 0.0f;
+  for (int64_t j = threadIdx.x; j < n_cols; j += blockDim.x) {
+    bool masked = groups && j < n_batch && pair_masked(group_row, groups[j], i, static_cast<int32_t>(j));
+    if (!masked) lse_push(m, s, scale * xr[j]);
+  }
+  warp_merge(m, s);
+  __shared__ float shared_m[kThreads / 32], shared_s[kThreads / 32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) shared_m[warp] = m, shared_s[warp] = s;
+  __syncthreads();
+  if (warp == 0) {
+    m = lane < kThreads / 32 ? shared_m[lane] : -INFINITY;
+    s = lane < kThreads / 32 ? shared_s[lane] : 0.0f;
+    warp_merge(m, s);
+    if (lane == 0) {
+      row_lse[r] = lse_value(m, s);
+      diag[r] = xr[i];
+    }
+  }
+}
+
+// One thread per batch column: walks the rows of the tile (coalesced across the warp) and merges
+// its pair into the running (col_max, col_sum), which only this thread touches.
+__global__ void column_lse_kernel(const float* __restrict__ x, int64_t ld, int64_t rows, int64_t row_begin,
+                                  int64_t n_batch, float scale, const int32_t* __restrict__ groups,
+                                  float* __restrict__ col_max, float* __restrict__ col_sum) {
+  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (j >= n_batch) return;
+  const int32_t group_col = groups ? groups[j] : 0;
+  float m = -INFINITY, s = 0.0f;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int32_t i = static_cast<int32_t>(row_begin + r);
+    bool masked = groups && pair_masked(groups[i], group_col, i, static_cast<int32_t>(j));
+    if (!masked) lse_push(m, s, scale * x[r * ld + j]);
+  }
+  float m_total = col_max[j], s_total = col_sum[j];
+  lse_merge(m_total, s_total, m, s);
+  col_max[j] = m_total;
+  col_sum[j] = s_total;
+}
+
+// One thread per element of the row block: G = dL/dS in place (or into g), and sum(G * X).
+__global__ void gradient_tile_kernel(const float* __restrict__ x, int64_t ld, int64_t row_begin, int64_t n_cols,
+                                     int64_t n_batch, float scale, const int32_t* __restrict__ groups,
+                                     const float* __restrict__ row_lse, const float* __restrict__ col_lse,
+                                     const float* __restrict__ row_coef, const float* __restrict__ col_coef,
+                                     const float* __restrict__ diag_coef, float* g, int64_t ldg,
+                                     double* __restrict__ dscale_sum) {
+  const int64_t r = blockIdx.y;
+  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  double contribution = 0.0;
+  if (j < n_cols) {
+    const int32_t i = static_cast<int32_t>(row_begin + r);
+    const float xv = x[r * ld + j];
+    const float score = scale * xv;
+    float gv;
+    if (j < n_batch) {
+      bool masked = groups && pair_masked(groups[i], groups[j], i, static_cast<int32_t>(j));
+      float diag_add = j == i ? diag_coef[r] : 0.0f;
+      gv = col_coef ? gradient_tile_element(score, row_lse[r], col_lse[j], row_coef[r], col_coef[j], diag_add, masked)
+                    : gradient_tile_element_rows_only(score, row_lse[r], row_coef[r], diag_add, masked);
+    } else {
+      gv = gradient_tile_element_rows_only(score, row_lse[r], row_coef[r], 0.0f, false);
+    }
+    g[r * ldg + j] = gv;
+    contribution = static_cast<double>(gv) * xv;
+  }
+  for (int offset = 16; offset > 0; offset >>= 1) contribution += __shfl_down_sync(0xffffffffu, contribution, offset);
+  __shared__ double partial[kThreads / 32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) partial[warp] = contribution;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0.0;
+    for (int w = 0; w < kThreads / 32; ++w) total += partial[w];
+    atomicAdd(dscale_sum, total);
+  }
+}
+
+}  // namespace
+
+void contrastive_forward_block_cuda(const float* x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
+                                    int64_t n_batch, float scale, const int32_t* groups, bool with_columns,
+                                    float* row_lse, float* diag, float* col_max, float* col_sum, void* stream) {
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  row_lse_kernel<<<static_cast<unsigned>(rows), kThreads, 0, s>>>(x, ld, row_begin, n_cols, n_batch, scale, groups,
+                                                                  row_lse, diag);
+  check_launch("contrastive row_lse_kernel");
+  if (with_columns) {
+    unsigned blocks = static_cast<unsigned>((n_batch + kThreads - 1) / kThreads);
+    column_lse_kernel<<<blocks, kThreads, 0, s>>>(x, ld, rows, row_begin, n_batch, scale, groups, col_max, col_sum);
+    check_launch("contrastive column_lse_kernel");
+  }
+}
+
+void contrastive_backward_block_cuda(const float* x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
+                                     int64_t n_batch, float scale, const int32_t* groups, const float* row_lse,
+                                     const float* col_lse, const float* row_coef, const float* col_coef,
+                                     const float* diag_coef, float* g, int64_t ldg, double* dscale_sum, void* stream) {
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  dim3 grid(static_cast<unsigned>((n_cols + kThreads - 1) / kThreads), static_cast<unsigned>(rows));
+  gradient_tile_kernel<<<grid, kThreads, 0, s>>>(x, ld, row_begin, n_cols, n_batch, scale, groups, row_lse, col_lse,
+                                                 row_coef, col_coef, diag_coef, g, ldg, dscale_sum);
+  check_launch("contrastive gradient_tile_kernel");
+}
+
+}  // namespace hbfast

@@ -1,0 +1,471 @@
+"""The fused in-batch contrastive (InfoNCE / CLIP) loss, without a B x B logits matrix.
+
+The score matrix S = scale * q @ keys.T (keys = [p; hard negatives]) is visited one row block at a
+time: torch computes the block's dot products (BLAS / cuBLAS) into a preallocated float32 buffer
+and hbfast's C++/CUDA epilogue (``_C.contrastive_forward_block``) merges it into online per-row and
+per-column log-sum-exps in one vectorised pass. The backward turns each block into the gradient
+block G = dL/dS (``_C.contrastive_backward_block``) and torch multiplies it out:
+``grad_q = scale * G @ keys``, ``grad_keys = scale * G.T @ q``. Blocks are kept from the forward
+for the backward while they fit in ``memory_budget`` bytes, else recomputed.
+
+Both kernel steps are ``torch.library.custom_op``s with fake implementations and autograd
+registrations, so ``torch.compile(fullgraph=True)`` can trace a model that uses the loss.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from numbers import Real
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import _C
+from ._ext import check_impl, require_cuda
+
+DEFAULT_MEMORY_BUDGET = 768 << 20  # bytes of float32 score blocks kept from forward to backward
+BLOCK_ROWS = 1024  # rows per block of the score matrix (each block's grad_keys update reads and
+BLOCK_BYTES = 64 << 20  # writes all of grad_keys, so not fewer), unless a block exceeds this
+_MAX_BLOCK_ROWS = 65535  # CUDA grid limit on the gradient kernel's rows
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+# ---- block planning -------------------------------------------------------------------------------
+
+def block_rows(n_rows: int, n_cols: int) -> int:
+    """Rows per block: BLOCK_ROWS, fewer (at least 16) when a float32 block [rows, n_cols] would
+    take more than BLOCK_BYTES."""
+    rows = max(16, min(BLOCK_ROWS, BLOCK_BYTES // (4 * max(n_cols, 1))))
+    return int(min(n_rows, rows, _MAX_BLOCK_ROWS))
+
+
+def cached_rows(n_rows: int, n_cols: int, memory_budget: int) -> int:
+    """How many leading rows of the score matrix the forward keeps for the backward."""
+    return int(min(n_rows, max(0, memory_budget) // (4 * max(n_cols, 1))))
+
+
+def _blocks(n_rows: int, n_cols: int, n_cached: int) -> List[Tuple[int, int]]:
+    step = block_rows(n_rows, n_cols)
+    out = []
+    for lo, hi in ((0, n_cached), (n_cached, n_rows)):  # a block never straddles the cache boundary
+        out += [(r, min(r + step, hi)) for r in range(lo, hi, step)]
+    return out
+
+
+def _ptr(t: Optional[Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+
+
+def _on_device(device: torch.device):
+    """Launch on the inputs' GPU (the kernels use the current device and stream)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _empty_block(rows: int, cols: int, device: torch.device) -> Tensor:
+    """A float32 [rows, cols] buffer; large CPU ones get huge pages before their first write."""
+    t = torch.empty(rows, cols, dtype=torch.float32, device=device)
+    if device.type == "cpu" and t.numel() >= (1 << 20):
+        _C.contrastive_advise_huge_pages(t.data_ptr(), t.numel() * 4)
+    return t
+
+
+def _group_codes(groups: Optional[Tensor]) -> Optional[Tensor]:
+    if groups is None:
+        return None
+    return torch.unique(groups, return_inverse=True)[1].to(torch.int32).contiguous()
+
+
+# ---- the custom ops -------------------------------------------------------------------------------
+
+@torch.library.custom_op("hbfast::contrastive_forward", mutates_args=())
+def _forward_op(
+    q: Tensor, keys: Tensor, scale: Tensor, groups: Optional[Tensor], n_batch: int, row_offset: int,
+    with_columns: bool, n_cached: int,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """q [R, D] float32 rows row_offset.. of the batch; keys [N, D] float32 (first n_batch: the
+    batch's positives). Returns row_lse [R], col_lse [n_batch] (empty without columns), the
+    positive scores [R] and the kept blocks [n_cached, N]."""
+    if q.device.type == "cuda":
+        require_cuda("hbfast.contrastive_loss")
+    for name, t in (("q", q), ("p", keys)):
+        # A sum is finite only when every element is (one cheap pass); if it is not, look closer.
+        if not math.isfinite(float(t.sum())) and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"contrastive_loss: {name} (or hard_negatives) contains NaN or Inf")
+    s = float(scale)
+    if not math.isfinite(s) or s <= 0:
+        raise ValueError(f"contrastive_loss: the scale must be finite and > 0, got {s}")
+    R, N = q.shape[0], keys.shape[0]
+    codes = _group_codes(groups)
+    f32 = dict(dtype=torch.float32, device=q.device)
+    row_lse = torch.empty(R, **f32)
+    positive = torch.empty(R, **f32)
+    col_max = torch.full((n_batch if with_columns else 0,), -math.inf, **f32)
+    col_sum = torch.zeros(n_batch if with_columns else 0, **f32)
+    cache = _empty_block(n_cached, N, q.device)
+    blocks = _blocks(R, N, n_cached)
+    work = _empty_block(max((hi - lo for lo, hi in blocks if lo >= n_cached), default=0), N, q.device)
+    keys_t = keys.t()
+    cuda, stream = q.device.type == "cuda", _stream(q.device)
+    with _on_device(q.device):
+        for lo, hi in blocks:
+            x = cache[lo:hi] if hi <= n_cached else work[: hi - lo]
+            torch.mm(q[lo:hi], keys_t, out=x)  # [rows, N] raw dot products
+            _C.contrastive_forward_block(
+                x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, s, _ptr(codes), row_lse[lo:].data_ptr(),
+                positive[lo:].data_ptr(), _ptr(col_max) if with_columns else 0, _ptr(col_sum) if with_columns else 0,
+                cuda, stream,
+            )
+    col_lse = col_max + col_sum.log()
+    if not math.isfinite(float(row_lse.sum() + col_lse.sum() + positive.sum())):
+        raise ValueError("contrastive_loss: scores overflow float32; scale down the inputs or the logit scale")
+    return row_lse, col_lse, positive * s, cache
+
+
+@_forward_op.register_fake
+def _(q, keys, scale, groups, n_batch, row_offset, with_columns, n_cached):
+    R, N = q.shape[0], keys.shape[0]
+    return (q.new_empty(R, dtype=torch.float32), q.new_empty(n_batch if with_columns else 0, dtype=torch.float32),
+            q.new_empty(R, dtype=torch.float32), q.new_empty(n_cached, N, dtype=torch.float32))
+
+
+@torch.library.custom_op("hbfast::contrastive_backward", mutates_args=())
+def _backward_op(
+    grad_row_lse: Tensor, grad_col_lse: Optional[Tensor], grad_positive: Tensor, q: Tensor, keys: Tensor,
+    scale: Tensor, groups: Optional[Tensor], row_lse: Tensor, col_lse: Tensor, cache: Tensor, n_batch: int,
+    row_offset: int, need_q: bool, need_keys: bool,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Gradients of (row_lse, col_lse, positive scores) -> (grad_q, grad_keys, dL/dscale)."""
+    s = float(scale)
+    R, N = q.shape[0], keys.shape[0]
+    n_cached = cache.shape[0]
+    codes = _group_codes(groups)
+    grad_q = torch.empty_like(q) if need_q else torch.zeros_like(q)
+    grad_keys = torch.empty_like(keys) if need_keys else torch.zeros_like(keys)
+    dscale = torch.zeros((), dtype=torch.float64, device=q.device)
+    # The kernels write scale * G (G = dL/dS is linear in the upstream gradients), so the block
+    # products below give grad_q = scale * G @ keys and grad_keys = scale * G.T @ q directly.
+    row_coef = (grad_row_lse * s).contiguous()
+    col_coef = None if grad_col_lse is None else (grad_col_lse * s).contiguous()
+    diag_coef = (grad_positive * s).contiguous()  # positive_i = S_ii
+    blocks = _blocks(R, N, n_cached)
+    work = _empty_block(max(hi - lo for lo, hi in blocks), N, q.device)
+    keys_t = keys.t()
+    cuda, stream = q.device.type == "cuda", _stream(q.device)
+    dscale_host = 0.0
+    with _on_device(q.device):
+        for lo, hi in blocks:
+            g = work[: hi - lo]
+            if hi <= n_cached:
+                x = cache[lo:hi]
+            else:
+                x = g
+                torch.mm(q[lo:hi], keys_t, out=x)  # recompute [rows, N]; G overwrites it in place
+            dscale_host += _C.contrastive_backward_block(
+                x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, s, _ptr(codes), row_lse[lo:].data_ptr(),
+                _ptr(col_lse) if col_coef is not None else 0, row_coef[lo:].data_ptr(), _ptr(col_coef),
+                diag_coef[lo:].data_ptr(), g.data_ptr(), N, cuda, stream, dscale.data_ptr(),
+            )
+            if need_q:
+                torch.mm(g, keys, out=grad_q[lo:hi])  # [rows, D]
+            if need_keys:
+                if lo == 0:
+                    torch.mm(g.t(), q[lo:hi], out=grad_keys)  # [N, D]
+                else:
+                    grad_keys.addmm_(g.t(), q[lo:hi])
+    dscale = ((dscale + dscale_host) / s).to(torch.float32)  # sum(scale * G * X) / scale
+    return grad_q, grad_keys, dscale
+
+
+@_backward_op.register_fake
+def _(grad_row_lse, grad_col_lse, grad_positive, q, keys, scale, groups, row_lse, col_lse, cache, n_batch,
+      row_offset, need_q, need_keys):
+    return torch.empty_like(q), torch.empty_like(keys), scale.new_empty(())
+
+
+def _setup_context(ctx, inputs, output):
+    q, keys, scale, groups, n_batch, row_offset, with_columns, n_cached = inputs
+    row_lse, col_lse, _, cache = output
+    ctx.save_for_backward(q, keys, scale, groups, row_lse, col_lse, cache)
+    # No zero-filled gradients for outputs nobody used (the kept blocks are as large as the cache).
+    ctx.mark_non_differentiable(cache)
+    ctx.set_materialize_grads(False)
+    ctx.n_batch, ctx.row_offset, ctx.with_columns = n_batch, row_offset, with_columns
+
+
+def _backward(ctx, grad_row_lse, grad_col_lse, grad_positive, grad_cache):
+    q, keys, scale, groups, row_lse, col_lse, cache = ctx.saved_tensors
+    need_q, need_keys, need_scale = ctx.needs_input_grad[:3]
+    if not (need_q or need_keys or need_scale):
+        return None, None, None, None, None, None, None, None
+    if grad_row_lse is None:
+        grad_row_lse = torch.zeros_like(row_lse)
+    if grad_positive is None:
+        grad_positive = torch.zeros_like(row_lse)
+    if not ctx.with_columns:
+        grad_col_lse = None
+    elif grad_col_lse is None:
+        grad_col_lse = torch.zeros_like(col_lse)
+    grad_q, grad_keys, dscale = _backward_op(
+        grad_row_lse, grad_col_lse, grad_positive, q, keys, scale, groups, row_lse, col_lse, cache, ctx.n_batch,
+        ctx.row_offset, need_q, need_keys,
+    )
+    return (grad_q if need_q else None, grad_keys if need_keys else None, dscale if need_scale else None,
+            None, None, None, None, None)
+
+
+torch.library.register_autograd("hbfast::contrastive_forward", _backward, setup_context=_setup_context)
+
+
+# ---- validation -----------------------------------------------------------------------------------
+
+def _check_embeddings(q, p, hard_negatives) -> None:
+    for name, t in (("q", q), ("p", p)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 2:
+            raise ValueError(f"{name} must be 2-D [B, D], got shape {tuple(t.shape)}")
+        if t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
+    if q.shape != p.shape:
+        raise ValueError(f"q and p must have the same shape [B, D], got {tuple(q.shape)} and {tuple(p.shape)}")
+    if q.shape[0] == 0 or q.shape[1] == 0:
+        raise ValueError(f"empty input: q and p have shape {tuple(q.shape)}")
+    if q.dtype != p.dtype:
+        raise TypeError(f"q and p must have the same dtype, got {q.dtype} and {p.dtype}")
+    if q.device != p.device:
+        raise ValueError(f"q and p must be on the same device, got {q.device} and {p.device}")
+    if hard_negatives is not None:
+        h = hard_negatives
+        if not isinstance(h, Tensor):
+            raise TypeError(f"hard_negatives must be a torch.Tensor, got {type(h).__name__}")
+        if h.dim() != 2 or h.shape[1] != q.shape[1]:
+            raise ValueError(f"hard_negatives must be [M, D] with D = {q.shape[1]}, got shape {tuple(h.shape)}")
+        if h.dtype != q.dtype:
+            raise TypeError(f"hard_negatives must have q's dtype {q.dtype}, got {h.dtype}")
+        if h.device != q.device:
+            raise ValueError(f"hard_negatives must be on q's device {q.device}, got {h.device}")
+
+
+def _check_scale(q, temperature, logit_scale) -> None:
+    if logit_scale is None:
+        if isinstance(temperature, bool) or not isinstance(temperature, Real):
+            raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
+        if not math.isfinite(float(temperature)) or float(temperature) <= 0:
+            raise ValueError(f"temperature must be finite and > 0, got {temperature!r}")
+        return
+    if not isinstance(logit_scale, Tensor):
+        raise TypeError(f"logit_scale must be a torch.Tensor (log of the scale), got {type(logit_scale).__name__}")
+    if logit_scale.numel() != 1:
+        raise ValueError(f"logit_scale must hold one value, got shape {tuple(logit_scale.shape)}")
+    if not logit_scale.is_floating_point():
+        raise TypeError(f"logit_scale must be a floating tensor, got {logit_scale.dtype}")
+    if logit_scale.device != q.device:
+        raise ValueError(f"logit_scale must be on q's device {q.device}, got {logit_scale.device}")
+
+
+def _check_groups(q, group_ids) -> None:
+    if group_ids is None:
+        return
+    if not isinstance(group_ids, Tensor):
+        raise TypeError(f"group_ids must be a torch.Tensor, got {type(group_ids).__name__}")
+    if group_ids.dtype.is_floating_point or group_ids.dtype.is_complex or group_ids.dtype == torch.bool:
+        raise TypeError(f"group_ids must be an integer tensor, got {group_ids.dtype}")
+    if group_ids.shape != (q.shape[0],):
+        raise ValueError(f"group_ids must have shape [B] = [{q.shape[0]}], got {tuple(group_ids.shape)}")
+    if group_ids.device != q.device:
+        raise ValueError(f"group_ids must be on q's device {q.device}, got {group_ids.device}")
+
+
+def _check_options(symmetric, reduction, memory_budget) -> None:
+    if not isinstance(symmetric, bool):
+        raise TypeError(f"symmetric must be a bool, got {type(symmetric).__name__}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 0:
+        raise ValueError(f"memory_budget must be an int >= 0 (bytes), got {memory_budget!r}")
+
+
+# ---- distributed gather ---------------------------------------------------------------------------
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather (same shape on every rank) whose backward sums every rank's gradient for this rank's slice (all_reduce),
+    which works on every backend (gloo has no reduce_scatter)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
+        return torch.cat(parts, 0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
+def _gather_info(q) -> Tuple[int, int]:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError("gather=True needs an initialised torch.distributed process group")
+    sizes = [None] * dist.get_world_size()
+    dist.all_gather_object(sizes, int(q.shape[0]))
+    if len(set(sizes)) != 1:
+        raise ValueError(f"gather=True needs the same local batch size on every rank, got {sizes}")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _gather_plain(x):
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, 0)
+
+
+# ---- the public API -------------------------------------------------------------------------------
+
+def _one_direction(rows, keys, scale, groups, n_batch, row_offset, with_columns, memory_budget):
+    n_cached = cached_rows(rows.shape[0], keys.shape[0], memory_budget)
+    return _forward_op(rows, keys, scale, groups, n_batch, row_offset, with_columns, n_cached)
+
+
+def contrastive_loss(
+    q: Tensor,
+    p: Tensor,
+    *,
+    temperature: float = 0.05,
+    logit_scale: Optional[Tensor] = None,
+    symmetric: bool = True,
+    group_ids: Optional[Tensor] = None,
+    hard_negatives: Optional[Tensor] = None,
+    reduction: str = "mean",
+    gather: bool = False,
+    normalize: bool = False,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    impl: str = "auto",
+) -> Tensor:
+    """In-batch contrastive loss of queries ``q`` [B, D] against their positives ``p`` [B, D].
+
+    Scores are ``S = scale * q @ p.T`` with ``scale = 1 / temperature``, or ``logit_scale.exp()``
+    when ``logit_scale`` is given (it then receives a gradient). Per row
+    ``l_i = logsumexp_j S[i, :] - S[i, i]`` (q -> p, with ``hard_negatives`` [M, D] appended as
+    extra columns); ``symmetric=True`` averages it with the p -> q (column) loss of row i. Pairs
+    i != j with equal ``group_ids`` are left out of both softmax denominators. ``reduction``:
+    "mean", "sum" or "none" (per-row losses [B]). Float32/16/bf16 (and float64) inputs are computed
+    in float32; gradients come back in the input dtype. ``gather=True`` (under torch.distributed)
+    scores each rank's rows against the batch gathered from all ranks, with gradients, like
+    open_clip's ``local_loss`` + ``gather_with_grad``: averaging the ranks' "mean" losses gives
+    the loss of the global batch. ``memory_budget`` (bytes) bounds the float32 score blocks kept
+    from forward to backward (the rest is recomputed). ``impl``: "auto"/"kernel" (fused) or
+    "reference" (plain PyTorch, :func:`hbfast.reference.contrastive_loss`).
+    """
+    check_impl(impl)
+    _check_embeddings(q, p, hard_negatives)
+    _check_scale(q, temperature, logit_scale)
+    _check_groups(q, group_ids)
+    _check_options(symmetric, reduction, memory_budget)
+    if not isinstance(gather, bool) or not isinstance(normalize, bool):
+        raise TypeError("gather and normalize must be bools")
+    if impl == "reference":
+        from . import reference
+
+        if gather:
+            raise ValueError("impl='reference' does not support gather=True")
+        return reference.contrastive_loss(q, p, temperature=temperature, logit_scale=logit_scale,
+                                          symmetric=symmetric, group_ids=group_ids, hard_negatives=hard_negatives,
+                                          reduction=reduction, normalize=normalize)
+    if q.device.type == "cuda":
+        require_cuda("hbfast.contrastive_loss")
+    elif q.device.type != "cpu":
+        raise ValueError(f"contrastive_loss runs on cpu or cuda tensors, got device {q.device}")
+
+    out_dtype = q.dtype
+    qf, pf = q.float(), p.float()
+    hf = None if hard_negatives is None or hard_negatives.shape[0] == 0 else hard_negatives.float()
+    if normalize:
+        qf, pf = F.normalize(qf, dim=-1), F.normalize(pf, dim=-1)
+        hf = None if hf is None else F.normalize(hf, dim=-1)
+    if logit_scale is None:
+        scale = torch.full((), 1.0 / float(temperature), dtype=torch.float32, device=q.device)
+    else:
+        scale = logit_scale.float().reshape(()).exp()
+    groups = None if group_ids is None else group_ids.to(torch.int64).contiguous()
+
+    if not gather:
+        keys = pf if hf is None else torch.cat([pf, hf], 0)  # [B + M, D]
+        row_lse, col_lse, positive, _ = _one_direction(qf.contiguous(), keys.contiguous(), scale, groups, q.shape[0],
+                                                       0, symmetric, memory_budget)
+        per_row = row_lse - positive
+        if symmetric:
+            per_row = 0.5 * (per_row + (col_lse - positive))
+    else:
+        rank, world = _gather_info(q)
+        b = q.shape[0]
+        p_all = _GatherWithGrad.apply(pf)  # [world * b, D]
+        groups_all = None if groups is None else _gather_plain(groups)
+        # every rank's hard negatives join the global batch's negatives (same M on every rank)
+        keys = p_all if hf is None else torch.cat([p_all, _GatherWithGrad.apply(hf)], 0)
+        row_lse, _, positive, _ = _one_direction(qf.contiguous(), keys.contiguous(), scale, groups_all, world * b,
+                                                 rank * b, False, memory_budget)
+        per_row = row_lse - positive
+        if symmetric:
+            q_all = _GatherWithGrad.apply(qf)
+            col_lse, _, positive_c, _ = _one_direction(pf.contiguous(), q_all.contiguous(), scale, groups_all,
+                                                       world * b, rank * b, False, memory_budget)
+            per_row = 0.5 * (per_row + (col_lse - positive_c))
+
+    if reduction == "mean":
+        loss = per_row.mean()
+    elif reduction == "sum":
+        loss = per_row.sum()
+    else:
+        loss = per_row
+    return loss.to(out_dtype)
+
+
+class ContrastiveLoss(torch.nn.Module):
+    """Module form of :func:`contrastive_loss`. With ``learnable_scale=True`` it owns CLIP's
+    learnable ``logit_scale`` (initialised to log(1 / temperature), clamped to ``max_scale``)."""
+
+    def __init__(self, temperature: float = 0.05, learnable_scale: bool = False, symmetric: bool = True,
+                 reduction: str = "mean", gather: bool = False, normalize: bool = False,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, max_scale: float = 100.0, impl: str = "auto"):
+        super().__init__()
+        _check_scale(torch.empty(0), temperature, None)
+        _check_options(symmetric, reduction, memory_budget)
+        check_impl(impl)
+        self.temperature = float(temperature)
+        self.symmetric, self.reduction, self.gather, self.normalize = symmetric, reduction, gather, normalize
+        self.memory_budget, self.max_scale, self.impl = memory_budget, float(max_scale), impl
+        if learnable_scale:
+            self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1.0 / self.temperature)))
+        else:
+            self.register_parameter("logit_scale", None)
+
+    def forward(self, q: Tensor, p: Tensor, hard_negatives: Optional[Tensor] = None,
+                group_ids: Optional[Tensor] = None) -> Tensor:
+        logit_scale = None
+        if self.logit_scale is not None:
+            logit_scale = self.logit_scale.clamp(max=math.log(self.max_scale)).to(q.device)
+        return contrastive_loss(q, p, temperature=self.temperature, logit_scale=logit_scale,
+                                symmetric=self.symmetric, group_ids=group_ids, hard_negatives=hard_negatives,
+                                reduction=self.reduction, gather=self.gather, normalize=self.normalize,
+                                memory_budget=self.memory_budget, impl=self.impl)
+
+    def extra_repr(self) -> str:
+        scale = "learnable" if self.logit_scale is not None else f"temperature={self.temperature}"
+        return f"{scale}, symmetric={self.symmetric}, reduction={self.reduction!r}, gather={self.gather}"
