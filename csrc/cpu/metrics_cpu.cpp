@@ -1,0 +1,101 @@
+// Retrieval metrics on the CPU (see metrics_cpu.h), one query per loop iteration, threads over queries.
+#include "cpu/metrics_cpu.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "common/parallel.h"
+#include "common/select.h"
+
+namespace hbfast {
+
+void ranked_metrics_cpu(const int64_t* ranks, const double* gains, const double* n_relevant, int64_t nq, int64_t r,
+                        const int32_t* kinds, const int64_t* cutoffs, int64_t m, double* out) {
+  parallel_for(nq, 256, [&](int64_t begin, int64_t end) {
+    std::vector<std::pair<int64_t, double>> found;  // (rank, gain) of retrieved relevant items
+    std::vector<int64_t> found_ranks;
+    std::vector<double> ideal;                      // gains of every relevant item, best first
+    for (int64_t q = begin; q < end; ++q) {
+      found.clear();
+      ideal.clear();
+      for (int64_t t = 0; t < r; ++t) {
+        double g = gains ? gains[q * r + t] : (ranks[q * r + t] == -1 ? 0.0 : 1.0);
+        if (!(g > 0)) continue;
+        ideal.push_back(g);
+        int64_t rank = ranks[q * r + t];
+        if (rank > 0) found.emplace_back(rank, g);
+      }
+      // without gains, -1 is padding; with gains, a relevant item with rank -1 is relevant, not retrieved
+      std::sort(found.begin(), found.end());
+      std::sort(ideal.begin(), ideal.end(), [](double a, double b) { return a > b; });
+      double n_rel = n_relevant ? n_relevant[q] : double(ideal.size());
+      int64_t n_found = int64_t(found.size());
+      for (int64_t i = 0; i < m; ++i) {
+        int64_t cut = cutoffs[i] > 0 ? cutoffs[i] : INT64_MAX;
+        int64_t in_cut = 0;  // retrieved relevant items within the cutoff
+        while (in_cut < n_found && found[in_cut].first <= cut) ++in_cut;
+        double value = 0.0;
+        switch (kinds[i]) {
+          case kAveragePrecision:
+            found_ranks.resize(in_cut);
+            for (int64_t j = 0; j < in_cut; ++j) found_ranks[j] = found[j].first;
+            value = average_precision_sorted(found_ranks.data(), in_cut, n_rel);
+            break;
+          case kReciprocalRank:
+            value = in_cut > 0 ? 1.0 / double(found[0].first) : 0.0;
+            break;
+          case kNdcg: {
+            double dcg = 0.0, idcg = 0.0;
+            for (int64_t j = 0; j < in_cut; ++j) dcg += dcg_term(found[j].second, found[j].first);
+            int64_t n_ideal = std::min<int64_t>(int64_t(ideal.size()), cut);
+            for (int64_t j = 0; j < n_ideal; ++j) idcg += dcg_term(ideal[j], j + 1);
+            value = idcg > 0 ? dcg / idcg : 0.0;
+            break;
+          }
+          case kRecall:
+            value = n_rel > 0 ? double(in_cut) / n_rel : 0.0;
+            break;
+          case kPrecision:
+            value = double(in_cut) / double(cutoffs[i] > 0 ? cutoffs[i] : std::max<int64_t>(1, found.empty() ? 1 : found.back().first));
+            break;
+        }
+        out[i * nq + q] = value;
+      }
+    }
+  });
+}
+
+void run_ranks_cpu(const int64_t* run_ids, const float* run_scores, int64_t nq, int64_t depth, const int64_t* judged_ids,
+                   int64_t r, int64_t* ranks) {
+  parallel_for(nq, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t q = begin; q < end; ++q) {
+      const int64_t* ids = run_ids + q * depth;     // [depth]
+      const float* scores = run_scores + q * depth;  // [depth]
+      int64_t filled = depth;                        // empty slots (id < 0) only at the end are allowed
+      while (filled > 0 && ids[filled - 1] < 0) --filled;
+      bool sorted = true;  // the usual case (topk output): the rank is the position
+      for (int64_t j = 0; j + 1 < filled && sorted; ++j)
+        sorted = ids[j] >= 0 && ranks_before(scores[j], ids[j], scores[j + 1], ids[j + 1]);
+      for (int64_t t = 0; t < r; ++t) {
+        int64_t want = judged_ids[q * r + t];
+        int64_t rank = -1;
+        if (want >= 0) {
+          int64_t pos = 0;
+          while (pos < filled && ids[pos] != want) ++pos;
+          if (pos < filled) {
+            if (sorted) {
+              rank = pos + 1;
+            } else {
+              rank = 1;
+              for (int64_t j = 0; j < filled; ++j)
+                if (ids[j] >= 0 && ids[j] != want && ranks_before(scores[j], ids[j], scores[pos], want)) ++rank;
+            }
+          }
+        }
+        ranks[q * r + t] = rank;
+      }
+    }
+  });
+}
+
+}  // namespace hbfast
