@@ -68,10 +68,10 @@ void topk_finish_cpu(const hbfast::TopkStateCpu& state, uintptr_t out_scores, ui
 }
 
 bool count_beating_cpu(uintptr_t tile, int64_t rows, int64_t cols, int64_t ld, int64_t id0, uintptr_t rel_scores,
-                       uintptr_t rel_ids, int64_t r, uintptr_t counts) {
+                       uintptr_t rel_ids, int64_t r, uintptr_t counts, uintptr_t own_scores) {
   py::gil_scoped_release release;
   return hbfast::count_beating_cpu(ptr<const float>(tile), rows, cols, ld, id0, ptr<const float>(rel_scores),
-                                   ptr<const int64_t>(rel_ids), r, ptr<int64_t>(counts));
+                                   ptr<const int64_t>(rel_ids), r, ptr<int64_t>(counts), ptr<float>(own_scores));
 }
 
 using IntArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
@@ -129,10 +129,12 @@ void topk_decode_cuda(uintptr_t keys, int64_t n, uintptr_t scores, uintptr_t ids
 }
 
 void count_beating_cuda(uintptr_t tile, int64_t rows, int64_t cols, int64_t ld, int64_t id0, uintptr_t rel_scores,
-                        uintptr_t rel_ids, int64_t r, uintptr_t counts, uintptr_t bad, uintptr_t stream) {
+                        uintptr_t rel_ids, int64_t r, uintptr_t counts, uintptr_t own_scores, uintptr_t bad,
+                        uintptr_t stream) {
   py::gil_scoped_release release;
   hbfast::count_beating_cuda(ptr<const float>(tile), rows, cols, ld, id0, ptr<const float>(rel_scores),
-                             ptr<const int64_t>(rel_ids), r, ptr<int64_t>(counts), ptr<int32_t>(bad), stream);
+                             ptr<const int64_t>(rel_ids), r, ptr<int64_t>(counts), ptr<float>(own_scores),
+                             ptr<int32_t>(bad), stream);
 }
 #endif
 

@@ -38,7 +38,8 @@ bool row_finite(const float* row, int64_t n) {
 }  // namespace
 
 bool count_beating_cpu(const float* tile, int64_t rows, int64_t cols, int64_t ld, int64_t id0,
-                       const float* rel_scores, const int64_t* rel_ids, int64_t r, int64_t* counts) {
+                       const float* rel_scores, const int64_t* rel_ids, int64_t r, int64_t* counts,
+                       float* own_scores) {
   std::atomic<bool> finite{true};
   parallel_for(rows, 4, [&](int64_t begin, int64_t end) {
     for (int64_t q = begin; q < end; ++q) {
@@ -54,7 +55,9 @@ bool count_beating_cpu(const float* tile, int64_t rows, int64_t cols, int64_t ld
         // candidates [0, split) have lower ids than the item (a tie beats it), [split + 1, cols) higher
         int64_t split = std::clamp<int64_t>(rel_id - id0, 0, cols);
         int64_t n = count_above(row, split, s, true);
-        int64_t after = split + (rel_id - id0 == split ? 1 : 0);  // skip the item itself
+        bool holds_item = rel_id - id0 == split && split < cols;
+        if (holds_item) own_scores[q * r + t] = row[split];
+        int64_t after = split + (holds_item ? 1 : 0);  // skip the item itself
         n += count_above(row + after, cols - after, s, false);
         counts[q * r + t] += n;
       }

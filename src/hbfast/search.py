@@ -30,7 +30,7 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _MAX_CUDA_IDS = 2**32 - 1  # CUDA keys hold the id in 32 bits (select.h)
 
 # Tile shapes, measured on the 2-core dev box (benchmarks/RESULTS.md): the product tile stays in L2/L3.
-CPU_QUERY_TILE = 1024
+CPU_QUERY_TILE = 2048
 CPU_CORPUS_TILE = 1024
 CUDA_QUERY_TILE = 16384
 CUDA_CORPUS_TILE = 8192
@@ -292,22 +292,31 @@ def _gather_rows(corpus, ids: torch.Tensor) -> torch.Tensor:
     return out[inverse]
 
 
-def _relevant_scores(q32: torch.Tensor, corpus, rel: torch.Tensor, metric: str) -> torch.Tensor:
-    """Scores of each query's relevant items [nq, r] (0 at padding), via batched products that round
-    like the tile products (each dot product accumulated in the same order by the BLAS)."""
+def _relevant_scores(q32: torch.Tensor, chunks: List, rel: torch.Tensor, metric: str) -> torch.Tensor:
+    """Scores of each query's relevant items [nq, r] (0 at padding), from batched products that
+    round like the tile products (MKL accumulates each dot product in the same order in both)."""
     nq, r = rel.shape
     out = torch.zeros(nq, r, dtype=torch.float32, device=q32.device)
-    valid = rel >= 0
-    if not bool(valid.any()):
+    if r == 0:
         return out
-    rows = _prepare(_gather_rows(corpus, rel[valid]), metric, "corpus")  # [n_valid, D]
-    padded = torch.zeros(nq, r, q32.shape[1], dtype=torch.float32, device=q32.device)  # [nq, r, D]
-    padded[valid] = rows
-    block = 2048
+    single = chunks[0] if len(chunks) == 1 and isinstance(chunks[0], torch.Tensor) else None
+    block = max(1, 16384 // max(r, 1))
     for i0 in range(0, nq, block):
-        out[i0 : i0 + block] = torch.bmm(padded[i0 : i0 + block], q32[i0 : i0 + block, :, None])[..., 0]
-    out[~valid] = 0
-    return out
+        ids = rel[i0 : i0 + block].clamp(min=0).flatten()  # [b * r], padding reads row 0
+        if single is not None:
+            rows = single.index_select(0, ids.to(single.device))
+        else:
+            rows = _gather_rows(chunks, ids)
+        rows = rows.to(device=q32.device, dtype=torch.float32)  # [b * r, D]
+        if metric == "cosine":
+            norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)  # [b * r, 1], as in _prepare
+            zero = ((norms[:, 0] == 0) & (rel[i0 : i0 + block].flatten() >= 0)).nonzero()
+            if len(zero):
+                raise ValueError(f"corpus row {int(ids[zero[0]])} has zero norm: its cosine similarity is undefined")
+            rows = rows / norms.clamp_min(torch.finfo(torch.float32).tiny)
+        qb = q32[i0 : i0 + block]  # [b, D]
+        out[i0 : i0 + block] = torch.bmm(rows.view(qb.shape[0], r, -1), qb[:, :, None])[..., 0]
+    return out.masked_fill_(rel < 0, 0.0)
 
 
 def relevant_ranks(queries, corpus, relevant, *, metric: str = "ip", impl: str = "auto", progress: bool = False):
@@ -338,26 +347,48 @@ def relevant_ranks(queries, corpus, relevant, *, metric: str = "ip", impl: str =
         return _output(reference.relevant_ranks(q, c, rel, metric=metric), as_numpy)
     q32 = _prepare(q, metric, "queries")
     rel_scores = _relevant_scores(q32, chunks, rel, metric)  # [nq, r]
-    counts = torch.zeros_like(rel)
+    counts = torch.zeros_like(rel)  # [nq, r] candidates that beat each item
+    own_scores = rel_scores.clone()  # [nq, r] each item's score as its own tile computed it
     cuda = q.device.type == "cuda"
     if cuda:
         require_cuda("relevant_ranks")
-        bad = torch.zeros(1, dtype=torch.int32, device=q.device)
-        stream = torch.cuda.current_stream(q.device).cuda_stream
+    tile_q = min(q32.shape[0], CUDA_QUERY_TILE if cuda else CPU_QUERY_TILE)
+    starts = list(range(0, q32.shape[0], tile_q))
+    _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q, metric, total, progress)
+    # The batched products above may round an item's score differently from its tile (by an ulp).
+    # Where they did, count again with the tile's own score: the same tile shapes give the same
+    # products, so the ranks follow the tile scores exactly, duplicates of an item included.
+    differs = ((own_scores != rel_scores) & (rel >= 0)).any(dim=1)  # [nq]
+    redo = [i0 for i0 in starts if bool(differs[i0 : i0 + tile_q].any())]
+    if redo:
+        rel_scores = own_scores.clone()
+        for i0 in redo:
+            counts[i0 : i0 + tile_q] = 0
+        _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, redo, tile_q, metric, total, progress)
+    ranks = torch.where(rel >= 0, counts + 1, torch.full_like(counts, -1))
+    return _output(ranks, as_numpy)
+
+
+def _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q, metric, total, progress):
+    """One walk over the corpus tiles for the query tiles starting at `starts`: adds to counts
+    [nq, r] the candidates that beat each relevant item, and records each item's own tile score."""
+    cuda = q32.device.type == "cuda"
+    if cuda:
+        bad = torch.zeros(1, dtype=torch.int32, device=q32.device)
+        stream = torch.cuda.current_stream(q32.device).cuda_stream
     nq, dim = q32.shape
-    tile_q = min(nq, CUDA_QUERY_TILE if cuda else CPU_QUERY_TILE)
-    tile_c = CUDA_CORPUS_TILE if cuda else 2 * CPU_CORPUS_TILE
-    buffer = torch.empty(tile_q * tile_c, dtype=torch.float32, device=q.device)
     r = rel.shape[1]
+    tile_c = CUDA_CORPUS_TILE if cuda else CPU_CORPUS_TILE
+    buffer = torch.empty(tile_q * tile_c, dtype=torch.float32, device=q32.device)
     with _progress(total, progress, "relevant_ranks") as bar:
-        for first_id, ct in _tiles(iter(chunks), dim, q.device, metric, tile_c):
+        for first_id, ct in _tiles(iter(chunks), dim, q32.device, metric, tile_c):
             width = ct.shape[0]
-            for i0 in range(0, nq, tile_q):
+            for i0 in starts:
                 qt = q32[i0 : i0 + tile_q]  # [tq, D]
                 tile = buffer[: qt.shape[0] * width].view(qt.shape[0], width)  # [tq, tc]
                 torch.matmul(qt, ct.T, out=tile)
                 args = (tile.data_ptr(), qt.shape[0], width, width, first_id, rel_scores[i0].data_ptr(),
-                        rel[i0].data_ptr(), r, counts[i0].data_ptr())
+                        rel[i0].data_ptr(), r, counts[i0].data_ptr(), own_scores[i0].data_ptr())
                 if cuda:
                     _C.count_beating_cuda(*args, bad.data_ptr(), stream)
                 elif not _C.count_beating_cpu(*args):
@@ -365,8 +396,6 @@ def relevant_ranks(queries, corpus, relevant, *, metric: str = "ip", impl: str =
             bar.update(width)
     if cuda and int(bad.item()):
         raise ValueError("non-finite scores: the corpus holds NaN or infinite values, or the products overflow float32")
-    ranks = torch.where(rel >= 0, counts + 1, torch.full_like(counts, -1))
-    return _output(ranks, as_numpy)
 
 
 class FlatIndex:
