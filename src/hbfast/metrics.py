@@ -208,6 +208,12 @@ def _qrels_arrays(qrels, nq: int) -> Tuple[np.ndarray, np.ndarray]:
     if ids.ndim != 2 or ids.shape[0] != nq:
         raise ValueError(f"qrels ids must be [nq, r] with nq = {nq} (the run's rows), got shape {ids.shape}")
     ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if ids.shape[1] > 1:
+        ordered = np.sort(ids, axis=1)
+        repeats = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
+        if repeats.any():
+            row = int(repeats.any(axis=1).argmax())
+            raise ValueError(f"qrels row {row} repeats a judged id; each row must list distinct ids (pad with -1)")
     if gains is None:
         gains = (ids >= 0).astype(np.float64)
     else:
