@@ -65,32 +65,62 @@ void ranked_metrics_cpu(const int64_t* ranks, const double* gains, const double*
   });
 }
 
+namespace {
+
+// Is the run row ordered best first (score descending, ties by lower id), with no empty slot?
+__attribute__((target_clones("avx512f", "avx2", "default")))
+bool row_is_ranked(const float* scores, const int64_t* ids, int64_t n) {
+  int ok = 1;
+  for (int64_t j = 0; j + 1 < n; ++j) ok &= (ids[j] >= 0) & ranks_before(scores[j], ids[j], scores[j + 1], ids[j + 1]);
+  return ok != 0;
+}
+
+// position[t] = first j with ids[j] == judged[t] (left as is when absent). Blocks of 16 run ids
+// are first tested against every judged id with vector compares; only blocks with a hit are searched.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void find_judged(const int64_t* ids, int64_t n, const int64_t* judged, int64_t r, int64_t* position) {
+  constexpr int64_t kIds = 16;
+  int64_t j0 = 0;
+  for (; j0 + kIds <= n; j0 += kIds) {
+    int64_t any = 0;
+    for (int64_t t = 0; t < r; ++t)
+      for (int64_t j = 0; j < kIds; ++j) any |= ids[j0 + j] == judged[t];
+    if (!any) continue;
+    for (int64_t j = j0; j < j0 + kIds; ++j)
+      for (int64_t t = 0; t < r; ++t)
+        if (ids[j] == judged[t] && position[t] < 0) position[t] = j;
+  }
+  for (int64_t j = j0; j < n; ++j)
+    for (int64_t t = 0; t < r; ++t)
+      if (ids[j] == judged[t] && position[t] < 0) position[t] = j;
+}
+
+}  // namespace
+
 void run_ranks_cpu(const int64_t* run_ids, const float* run_scores, int64_t nq, int64_t depth, const int64_t* judged_ids,
                    int64_t r, int64_t* ranks) {
   parallel_for(nq, 64, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> position(r);
     for (int64_t q = begin; q < end; ++q) {
       const int64_t* ids = run_ids + q * depth;     // [depth]
       const float* scores = run_scores + q * depth;  // [depth]
-      int64_t filled = depth;                        // empty slots (id < 0) only at the end are allowed
+      const int64_t* judged = judged_ids + q * r;    // [r]
+      int64_t filled = depth;                        // trailing empty slots (id < 0) are ignored
       while (filled > 0 && ids[filled - 1] < 0) --filled;
-      bool sorted = true;  // the usual case (topk output): the rank is the position
-      for (int64_t j = 0; j + 1 < filled && sorted; ++j)
-        sorted = ids[j] >= 0 && ranks_before(scores[j], ids[j], scores[j + 1], ids[j + 1]);
+      // position[t]: first index of judged[t] in the run (padding, -1, never matches: ids[j] >= 0)
+      for (int64_t t = 0; t < r; ++t) position[t] = -1;
+      find_judged(ids, filled, judged, r, position.data());
+      for (int64_t t = 0; t < r; ++t)
+        if (judged[t] < 0) position[t] = -1;
+      const bool ranked = row_is_ranked(scores, ids, filled);  // the usual case (topk output): rank = position
       for (int64_t t = 0; t < r; ++t) {
-        int64_t want = judged_ids[q * r + t];
-        int64_t rank = -1;
-        if (want >= 0) {
-          int64_t pos = 0;
-          while (pos < filled && ids[pos] != want) ++pos;
-          if (pos < filled) {
-            if (sorted) {
-              rank = pos + 1;
-            } else {
-              rank = 1;
-              for (int64_t j = 0; j < filled; ++j)
-                if (ids[j] >= 0 && ids[j] != want && ranks_before(scores[j], ids[j], scores[pos], want)) ++rank;
-            }
-          }
+        int64_t pos = position[t], rank = -1;
+        if (pos >= 0 && ranked) {
+          rank = pos + 1;
+        } else if (pos >= 0) {  // count the entries that rank before it
+          rank = 1;
+          for (int64_t j = 0; j < filled; ++j)
+            if (ids[j] >= 0 && j != pos && ranks_before(scores[j], ids[j], scores[pos], ids[pos])) ++rank;
         }
         ranks[q * r + t] = rank;
       }

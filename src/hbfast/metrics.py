@@ -174,7 +174,7 @@ def _run_arrays(run) -> Tuple[np.ndarray, np.ndarray]:
     if scores.ndim != 2 or scores.shape != ids.shape:
         raise ValueError(f"run scores and ids must both be [nq, depth], got {scores.shape} and {ids.shape}")
     scores = np.ascontiguousarray(scores, dtype=np.float32)
-    if not np.isfinite(scores[ids >= 0]).all():
+    if not np.isfinite(scores).all() and not np.isfinite(scores[ids >= 0]).all():
         raise ValueError("run scores contain NaN or infinite values")
     return scores, np.ascontiguousarray(ids, dtype=np.int64)
 

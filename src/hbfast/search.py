@@ -30,8 +30,8 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _MAX_CUDA_IDS = 2**32 - 1  # CUDA keys hold the id in 32 bits (select.h)
 
 # Tile shapes, measured on the 2-core dev box (benchmarks/RESULTS.md): the product tile stays in L2/L3.
-CPU_QUERY_TILE = 2048
-CPU_CORPUS_TILE = 1024
+CPU_QUERY_TILE = 4096
+CPU_CORPUS_TILE = 4096
 CUDA_QUERY_TILE = 16384
 CUDA_CORPUS_TILE = 8192
 
