@@ -144,7 +144,8 @@ void TopkStateCpu::finish(float* out_scores, int64_t* out_ids) const {
       tmp.assign(buf, buf + buffer_fill_[q]);
       auto better = [](const Candidate& a, const Candidate& b) { return ranks_before(a.score, a.id, b.score, b.id); };
       int64_t keep = std::min<int64_t>(k_, tmp.size());
-      std::partial_sort(tmp.begin(), tmp.begin() + keep, tmp.end(), better);
+      if (keep < int64_t(tmp.size())) std::nth_element(tmp.begin(), tmp.begin() + (keep - 1), tmp.end(), better);
+      std::sort(tmp.begin(), tmp.begin() + keep, better);
       for (int64_t i = 0; i < keep; ++i) {
         s[i] = tmp[i].score;
         id[i] = tmp[i].id;

@@ -187,7 +187,9 @@ def _progress(total: Optional[int], enabled: bool, what: str):
 
 def _topk_cpu(q32: torch.Tensor, chunks, k: int, metric: str, total: Optional[int], progress: bool):
     nq, dim = q32.shape
-    capacity = k + max(k, CPU_CORPUS_TILE) if k <= 1 << 16 else k + k // 4  # buffer mode only
+    # Buffer mode (k > TOPK_HEAP_MAX_K): room for k kept + k new candidates before a partial selection
+    # (the threshold then rises quickly); for huge k, a quarter of k to bound memory.
+    capacity = 2 * k if k <= 1 << 16 else k + k // 4
     if total is not None:
         capacity = min(capacity, total + 1)
     state = _C.TopkStateCpu(nq, k, max(capacity, k + 1))
