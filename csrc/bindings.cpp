@@ -12,6 +12,7 @@
 
 #include "common/parallel.h"
 #include "cpu/sampler_cpu.h"
+#include "common/select.h"
 #include "cpu/metrics_cpu.h"
 #include "cpu/ranks_cpu.h"
 #include "cpu/topk_cpu.h"
@@ -115,6 +116,24 @@ IntArray run_ranks(IntArray run_ids, py::array_t<float, py::array::c_style | py:
   return ranks;
 }
 
+// The CUDA top-k state's 64-bit keys (select.h), exposed so the CPU tests check the GPU's ordering.
+py::array_t<uint64_t> selection_keys(py::array_t<float, py::array::c_style | py::array::forcecast> scores, IntArray ids) {
+  if (scores.size() != ids.size()) throw std::invalid_argument("scores and ids must have the same size");
+  py::array_t<uint64_t> keys(scores.size());
+  for (int64_t i = 0; i < scores.size(); ++i) keys.mutable_data()[i] = hbfast::make_key(scores.data()[i], ids.data()[i]);
+  return keys;
+}
+
+py::tuple decode_keys(py::array_t<uint64_t, py::array::c_style | py::array::forcecast> keys) {
+  py::array_t<float> scores(keys.size());
+  IntArray ids(keys.size());
+  for (int64_t i = 0; i < keys.size(); ++i) {
+    scores.mutable_data()[i] = hbfast::key_score(keys.data()[i]);
+    ids.mutable_data()[i] = hbfast::key_id(keys.data()[i]);
+  }
+  return py::make_tuple(scores, ids);
+}
+
 #ifdef HBFAST_WITH_CUDA
 void topk_merge_cuda(uintptr_t tile, int64_t rows, int64_t cols, int64_t ld, int64_t id0, uintptr_t keys_in,
                      uintptr_t keys_out, int64_t k, uintptr_t bad, uintptr_t stream) {
@@ -181,6 +200,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("ranked_metrics", &ranked_metrics, py::arg("ranks"), py::arg("gains"), py::arg("n_relevant"), py::arg("kinds"),
         py::arg("cutoffs"));
   m.def("run_ranks", &run_ranks);
+  m.def("selection_keys", &selection_keys);
+  m.def("decode_keys", &decode_keys);
 #ifdef HBFAST_WITH_CUDA
   m.def("topk_merge_cuda", &topk_merge_cuda);
   m.def("topk_decode_cuda", &topk_decode_cuda);

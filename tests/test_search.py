@@ -233,3 +233,18 @@ def test_cuda_matches_cpu(k):
     cpu = hbfast.topk(q, c, k)
     gpu = hbfast.topk(q.cuda(), c.cuda(), k)
     assert torch.equal(gpu[1].cpu(), cpu[1]) and torch.equal(gpu[0].cpu(), cpu[0])
+
+
+def test_cuda_selection_keys_order_by_the_tie_rule():
+    """The CUDA top-k keeps (score, id) as one 64-bit key; check its order and round trip on the CPU."""
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.standard_normal(500), [0.0, -0.0, 1.5, 1.5, -3e38, 3e38, 1e-45, -1e-45]]).astype(np.float32)
+    ids = rng.permutation(len(scores)).astype(np.int64)
+    ids[-6:-4] = [7, 3]  # a tie: id 3 must come first
+    keys = hbfast._C.selection_keys(scores, ids)
+    by_key = np.argsort(keys)[::-1]
+    by_rule = np.lexsort((ids, -scores.astype(np.float64)))
+    assert np.array_equal(by_key, by_rule)
+    back_scores, back_ids = hbfast._C.decode_keys(keys)
+    assert np.array_equal(back_ids, ids) and np.array_equal(back_scores, scores)  # -0.0 comes back as +0.0
+    assert (keys > 0).all()  # the empty key (0) is below every real candidate

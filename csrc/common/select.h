@@ -75,6 +75,7 @@ HBFAST_HOST_DEVICE float ordered_to_float(uint32_t u) {
 }
 constexpr uint64_t kEmptyKey = 0;  // below every real key (finite scores map above it)
 HBFAST_HOST_DEVICE uint64_t make_key(float s, int64_t id) {
+  if (s == 0.0f) s = 0.0f;  // -0 ties with +0, as in ranks_before
   return (uint64_t(float_to_ordered(s)) << 32) | uint64_t(0xffffffffu - uint32_t(id));
 }
 HBFAST_HOST_DEVICE float key_score(uint64_t key) { return ordered_to_float(uint32_t(key >> 32)); }

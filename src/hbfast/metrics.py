@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from numbers import Integral
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
