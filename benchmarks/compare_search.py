@@ -10,14 +10,16 @@
   product q @ c.T; ratio target <= 1.2.
 - metrics on 13,090 queries x 1000-deep runs vs pytrec_eval's evaluate() (>= 50x) and ranx's
   evaluate() after its JIT warm-up (>= 5x); the dict / Run building costs are reported apart.
-Peak memory is the growth of the process' max RSS during each call (Linux ru_maxrss), so only a
-call that sets a new peak shows a number; run sections alone (--only) for cleaner memory figures.
+Peak memory: each call runs once more in a fresh subprocess that first builds the same inputs;
+the figure is its peak RSS during the call (VmHWM, reset just before) minus its RSS before the
+call, and the ratio is against the baseline's figure (Linux only).
 """
 from __future__ import annotations
 
 import argparse
 import gc
-import resource
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -37,10 +39,35 @@ def timed(fn, repeat):
     return best, out
 
 
-def peak_rss_growth(fn):
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak_rss_growth(section, name, quick):
+    """MiB the call `name` of `section` adds to the peak RSS of a fresh process holding its inputs."""
+    cmd = [sys.executable, __file__, "--memory-probe", f"{section}:{name}"] + (["--quick"] if quick else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def memory_probe(spec, quick):
+    section, name = spec.split(":")
+    calls = {"topk": topk_calls, "ranks": ranks_calls}[section](quick)
+    fn = calls[name]
+    fn()  # one-time costs (imports, thread pools) are not the call's memory
+    gc.collect()
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed memory back, so reuse cannot hide growth
+    before = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
+        f.write("5")
     fn()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # MiB
+    print((_status_kib("VmHWM") - before) / 1024)
+
+
+def _status_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def row(name, seconds, base, extra=""):
@@ -75,12 +102,30 @@ def torch_topk(q, c, k, chunk=16384):
     return best_s, best_i
 
 
+def topk_data(quick):
+    nq, n, d = (200, 20000, 768) if quick else (1000, 100000, 768)
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(nq, d, generator=g), torch.randn(n, d, generator=g)
+
+
+def topk_calls(quick, k=10):
+    import faiss
+
+    q, c = topk_data(quick)
+    qn, cn = q.numpy(), c.numpy()
+    return {
+        "faiss": lambda: faiss.knn(qn, cn, k, metric=faiss.METRIC_INNER_PRODUCT),
+        "hbfast": lambda: hbfast.topk(q, c, k),
+        "torch": lambda: torch_topk(q, c, k),
+        "matmul": lambda: q @ c.T,
+    }
+
+
 def bench_topk(args):
     import faiss
 
-    nq, n, d = (200, 20000, 768) if args.quick else (1000, 100000, 768)
-    g = torch.Generator().manual_seed(0)
-    q, c = torch.randn(nq, d, generator=g), torch.randn(n, d, generator=g)
+    q, c = topk_data(args.quick)
+    nq, n, d = q.shape[0], c.shape[0], c.shape[1]
     qn, cn = q.numpy(), c.numpy()
     print(f"topk: {nq} queries x {n} corpus x {d}, inner product, {torch.get_num_threads()} threads")
     for k in (10, 1000):
@@ -96,16 +141,27 @@ def bench_topk(args):
         row("hbfast.topk", t_ours, t_faiss, "<- target <= 1.25")
         row("torch chunked matmul + topk", t_torch, t_faiss)
         row("bare torch matmul (no selection)", t_mm, t_faiss)
-        m_ours = peak_rss_growth(lambda: hbfast.topk(q, c, k))
-        print(f"  peak RSS growth: hbfast.topk {m_ours:.0f} MiB (a full score matrix is {nq * n * 4 / 2**20:.0f} MiB)")
+    memory = {name: peak_rss_growth("topk", name, args.quick) for name in ("faiss", "hbfast", "torch", "matmul")}
+    print("  peak RSS growth, k=10: " + ", ".join(f"{n} {m:.0f} MiB (x{m / max(memory['faiss'], 1e-9):.2f})" for n, m in memory.items()))
 
 
-def bench_ranks(args):
-    nq, n, d, r = (2000, 3000, 384, 11) if args.quick else (13090, 13014, 384, 11)
+def ranks_data(quick):
+    nq, n, d, r = (2000, 3000, 384, 11) if quick else (13090, 13014, 384, 11)
     g = torch.Generator().manual_seed(1)
     q = torch.nn.functional.normalize(torch.randn(nq, d, generator=g), dim=1)
     c = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
     relevant = torch.stack([torch.randperm(n, generator=g)[:r] for _ in range(nq)])
+    return q, c, relevant
+
+
+def ranks_calls(quick):
+    q, c, relevant = ranks_data(quick)
+    return {"matmul": lambda: q @ c.T, "hbfast": lambda: hbfast.relevant_ranks(q, c, relevant)}
+
+
+def bench_ranks(args):
+    q, c, relevant = ranks_data(args.quick)
+    (nq, d), n, r = q.shape, c.shape[0], relevant.shape[1]
     print(f"relevant_ranks: {nq} queries x {n} candidates x {d}, {r} relevant each")
     ranks = hbfast.relevant_ranks(q, c, relevant)
     sub = slice(0, 500)
@@ -117,6 +173,9 @@ def bench_ranks(args):
     row("bare matmul q @ c.T", t_mm, t_mm, "(baseline)")
     row("hbfast.relevant_ranks", t_ours, t_mm, "<- target <= 1.2")
     row("matmul + full argsort, 1000 queries", t_sort, t_mm, f"(~{t_sort * nq / 1000:.1f} s for all)")
+    memory = {name: peak_rss_growth("ranks", name, args.quick) for name in ("matmul", "hbfast")}
+    print(f"  peak RSS growth: matmul {memory['matmul']:.0f} MiB, hbfast {memory['hbfast']:.0f} MiB "
+          f"(x{memory['hbfast'] / max(memory['matmul'], 1e-9):.2f})")
 
 
 def bench_metrics(args):
@@ -188,7 +247,10 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="smaller sizes")
     parser.add_argument("--repeat", type=int, default=3, help="best of this many timed calls")
     parser.add_argument("--only", choices=["topk", "ranks", "metrics"], action="append", help="sections to run")
+    parser.add_argument("--memory-probe", help=argparse.SUPPRESS)  # internal: one call in a fresh process
     args = parser.parse_args(argv)
+    if args.memory_probe:
+        return memory_probe(args.memory_probe, args.quick)
     sections = args.only or ["topk", "ranks", "metrics"]
     print(f"hbfast {hbfast.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     for name in sections:

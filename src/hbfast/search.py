@@ -302,7 +302,7 @@ def _relevant_scores(q32: torch.Tensor, chunks: List, rel: torch.Tensor, metric:
     if r == 0:
         return out
     single = chunks[0] if len(chunks) == 1 and isinstance(chunks[0], torch.Tensor) else None
-    block = max(1, 16384 // max(r, 1))
+    block = max(1, 4096 // max(r, 1))  # [block * r, D] gathered rows at a time
     for i0 in range(0, nq, block):
         ids = rel[i0 : i0 + block].clamp(min=0).flatten()  # [b * r], padding reads row 0
         if single is not None:
