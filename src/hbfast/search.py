@@ -29,7 +29,8 @@ METRICS = ("ip", "cosine")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _MAX_CUDA_IDS = 2**32 - 1  # CUDA keys hold the id in 32 bits (select.h)
 
-# Tile shapes, measured on the 2-core dev box (benchmarks/RESULTS.md): the product tile stays in L2/L3.
+# Tile shapes, measured on the 2-core dev box (benchmarks/RESULTS.md): large tiles keep MKL efficient;
+# one fp32 product tile (64 MiB on CPU) is the only buffer that grows with the problem besides O(nq * k).
 CPU_QUERY_TILE = 4096
 CPU_CORPUS_TILE = 4096
 CUDA_QUERY_TILE = 16384
@@ -44,24 +45,28 @@ def _check_metric(metric: str) -> str:
     return metric
 
 
-def _as_tensor(name: str, x) -> torch.Tensor:
-    """A torch view of a tensor or numpy array (numpy is copied only when read-only)."""
+def _check_matrix(name: str, x) -> None:
+    """A 2-D float tensor or numpy array, else a clear error (nothing is read or copied)."""
     if isinstance(x, torch.Tensor):
-        t = x.detach()
+        if x.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{name} must hold floats (float32, float16, bfloat16), got {x.dtype}")
     elif isinstance(x, np.ndarray):
-        if x.dtype == np.float16 or x.dtype == np.float32 or x.dtype == np.float64:
-            if not x.flags.writeable:  # torch cannot view read-only memory (e.g. a memmap opened "r")
-                x = np.array(x)
-            t = torch.from_numpy(x)
-        else:
+        if x.dtype not in (np.float16, np.float32, np.float64):
             raise TypeError(f"{name} must hold floats (float32, float16, bfloat16), got numpy dtype {x.dtype}")
     else:
         raise TypeError(f"{name} must be a torch tensor or numpy array, got {type(x).__name__}")
-    if t.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must hold floats (float32, float16, bfloat16), got {t.dtype}")
-    if t.ndim != 2:
-        raise ValueError(f"{name} must be 2-D [n, dim], got shape {tuple(t.shape)}")
-    return t
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [n, dim], got shape {tuple(x.shape)}")
+
+
+def _as_tensor(name: str, x) -> torch.Tensor:
+    """A torch view of a checked tensor or numpy array (numpy is copied only when read-only)."""
+    _check_matrix(name, x)
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if not x.flags.writeable:  # torch cannot view read-only memory (e.g. a memmap opened "r")
+        x = np.array(x)
+    return torch.from_numpy(x)
 
 
 def _check_finite(name: str, t: torch.Tensor) -> None:
@@ -89,13 +94,14 @@ def _check_queries(queries, metric: str) -> Tuple[torch.Tensor, bool]:
     return q, isinstance(queries, np.ndarray)
 
 
-def _check_chunk(name: str, chunk, dim: int, device: torch.device) -> torch.Tensor:
-    c = _as_tensor(name, chunk)
-    if c.shape[1] != dim:
-        raise ValueError(f"dimension mismatch: queries have dim {dim}, {name} has shape {tuple(c.shape)}")
-    if isinstance(chunk, torch.Tensor) and c.device != device:
-        raise ValueError(f"mixed devices: queries are on {device}, {name} is on {c.device}")
-    return c
+def _check_chunk(name: str, chunk, dim: int, device: torch.device):
+    """Checks a corpus chunk without reading it (a memmap stays on disk); returns it unchanged."""
+    _check_matrix(name, chunk)
+    if chunk.shape[1] != dim:
+        raise ValueError(f"dimension mismatch: queries have dim {dim}, {name} has shape {tuple(chunk.shape)}")
+    if isinstance(chunk, torch.Tensor) and chunk.device != device:
+        raise ValueError(f"mixed devices: queries are on {device}, {name} is on {chunk.device}")
+    return chunk
 
 
 def _corpus_chunks(corpus: Corpus) -> Tuple[Iterator, Optional[int]]:
@@ -136,7 +142,7 @@ def _tiles(chunks: Iterator, dim: int, device: torch.device, metric: str, tile: 
     for i, chunk in enumerate(chunks):
         c = _check_chunk(f"corpus chunk {i}" if i else "corpus", chunk, dim, device)
         for j0 in range(0, c.shape[0], tile):
-            part = c[j0 : j0 + tile].to(device)
+            part = _as_tensor("corpus", c[j0 : j0 + tile]).to(device)  # only this tile is read
             yield base + j0, _prepare(part, metric, "corpus", base + j0)
         base += c.shape[0]
     if base == 0:
@@ -165,7 +171,7 @@ def topk(queries, corpus: Corpus, k: int, *, metric: str = "ip", impl: str = "au
     chunks, total = _corpus_chunks(corpus)
     k = _check_k(k, total)
     if impl == "reference":
-        c = torch.cat([_check_chunk("corpus", ch, q.shape[1], q.device).to(q.device) for ch in chunks])
+        c = torch.cat([_as_tensor("corpus", _check_chunk("corpus", ch, q.shape[1], q.device)).to(q.device) for ch in chunks])
         if len(c) < k:
             raise ValueError(f"k = {k} is larger than the corpus ({len(c)} items)")
         scores, ids = reference.topk(q, c, k, metric=metric)
@@ -302,7 +308,7 @@ def _relevant_scores(q32: torch.Tensor, chunks: List, rel: torch.Tensor, metric:
     if r == 0:
         return out
     single = chunks[0] if len(chunks) == 1 and isinstance(chunks[0], torch.Tensor) else None
-    block = max(1, 4096 // max(r, 1))  # [block * r, D] gathered rows at a time
+    block = max(1, 16384 // max(r, 1))  # [block * r, D] gathered rows at a time (smaller blocks were slower)
     for i0 in range(0, nq, block):
         ids = rel[i0 : i0 + block].clamp(min=0).flatten()  # [b * r], padding reads row 0
         if single is not None:
