@@ -309,10 +309,12 @@ def _relevant_scores(q32: torch.Tensor, chunks: List, rel: torch.Tensor, metric:
         return out
     single = chunks[0] if len(chunks) == 1 and isinstance(chunks[0], torch.Tensor) else None
     block = max(1, 16384 // max(r, 1))  # [block * r, D] gathered rows at a time (smaller blocks were slower)
+    if single is not None:  # one reused buffer: fresh pages for every block cost more than the copy
+        gathered = torch.empty(min(nq, block) * r, single.shape[1], dtype=single.dtype, device=single.device)
     for i0 in range(0, nq, block):
         ids = rel[i0 : i0 + block].clamp(min=0).flatten()  # [b * r], padding reads row 0
         if single is not None:
-            rows = single.index_select(0, ids.to(single.device))
+            rows = torch.index_select(single, 0, ids.to(single.device), out=gathered[: len(ids)])
         else:
             rows = _gather_rows(chunks, ids)
         rows = rows.to(device=q32.device, dtype=torch.float32)  # [b * r, D]
