@@ -56,7 +56,7 @@ void ranked_metrics_cpu(const int64_t* ranks, const double* gains, const double*
             value = n_rel > 0 ? double(in_cut) / n_rel : 0.0;
             break;
           case kPrecision:
-            value = double(in_cut) / double(cutoffs[i] > 0 ? cutoffs[i] : std::max<int64_t>(1, found.empty() ? 1 : found.back().first));
+            value = cutoffs[i] > 0 ? double(in_cut) / double(cutoffs[i]) : 0.0;  // Python requires a cutoff
             break;
         }
         out[i * nq + q] = value;
@@ -107,7 +107,7 @@ void run_ranks_cpu(const int64_t* run_ids, const float* run_scores, int64_t nq, 
       const int64_t* judged = judged_ids + q * r;    // [r]
       int64_t filled = depth;                        // trailing empty slots (id < 0) are ignored
       while (filled > 0 && ids[filled - 1] < 0) --filled;
-      // position[t]: first index of judged[t] in the run (padding, -1, never matches: ids[j] >= 0)
+      // position[t]: first index of judged[t] in the run; padding (-1) is reset afterwards
       for (int64_t t = 0; t < r; ++t) position[t] = -1;
       find_judged(ids, filled, judged, r, position.data());
       for (int64_t t = 0; t < r; ++t)
