@@ -248,3 +248,13 @@ def test_cuda_selection_keys_order_by_the_tie_rule():
     back_scores, back_ids = hbfast._C.decode_keys(keys)
     assert np.array_equal(back_ids, ids) and np.array_equal(back_scores, scores)  # -0.0 comes back as +0.0
     assert (keys > 0).all()  # the empty key (0) is below every real candidate
+
+
+def test_progress_bars_do_not_change_results(capsys):
+    q, c = integer_data(6, 300, 4, seed=9)
+    plain = hbfast.topk(q, c, 7)
+    shown = hbfast.topk(q, iter(torch.split(c, 100)), 7, progress=True)
+    assert torch.equal(plain[1], shown[1])
+    ranks = hbfast.relevant_ranks(q, c, plain[1][:, :3], progress=True)
+    assert torch.equal(ranks, torch.tensor([1, 2, 3]).expand(6, 3))
+    assert "topk" in capsys.readouterr().err
