@@ -5,16 +5,23 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "common/parallel.h"
-#include "cpu/sampler_cpu.h"
+#include "common/select.h"
 #include "cpu/contrastive_cpu.h"
+#include "cpu/metrics_cpu.h"
+#include "cpu/ranks_cpu.h"
+#include "cpu/sampler_cpu.h"
+#include "cpu/topk_cpu.h"
 #ifdef HBFAST_WITH_CUDA
-#include "cuda/runtime_cuda.h"
 #include "cuda/contrastive_cuda.h"
+#include "cuda/ranks_cuda.h"
+#include "cuda/runtime_cuda.h"
+#include "cuda/topk_cuda.h"
 #endif
 
 namespace py = pybind11;
@@ -58,6 +65,113 @@ py::tuple availability_counts(py::array_t<uint8_t, py::array::c_style> availabil
   }
   return py::make_tuple(counts, n_multi);
 }
+
+// ---- search and metrics (topk, relevant_ranks, trec_eval metrics) ----
+// Pointers arrive as integers (tensor.data_ptr()) for buffers Python allocated and validated.
+template <class T>
+T* ptr(uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+bool topk_merge_cpu(hbfast::TopkStateCpu& state, uintptr_t tile, int64_t q0, int64_t rows, int64_t cols, int64_t ld,
+                    int64_t id0) {
+  py::gil_scoped_release release;
+  return state.merge(ptr<const float>(tile), q0, rows, cols, ld, id0);
+}
+
+void topk_finish_cpu(const hbfast::TopkStateCpu& state, uintptr_t out_scores, uintptr_t out_ids) {
+  py::gil_scoped_release release;
+  state.finish(ptr<float>(out_scores), ptr<int64_t>(out_ids));
+}
+
+bool count_beating_cpu(uintptr_t tile, int64_t rows, int64_t cols, int64_t ld, int64_t id0, uintptr_t rel_scores,
+                       uintptr_t rel_ids, int64_t r, uintptr_t counts, uintptr_t own_scores) {
+  py::gil_scoped_release release;
+  return hbfast::count_beating_cpu(ptr<const float>(tile), rows, cols, ld, id0, ptr<const float>(rel_scores),
+                                   ptr<const int64_t>(rel_ids), r, ptr<int64_t>(counts), ptr<float>(own_scores));
+}
+
+using IntArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+using DoubleArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+py::array_t<double> ranked_metrics(IntArray ranks, std::optional<DoubleArray> gains, std::optional<DoubleArray> n_relevant,
+                                   py::array_t<int32_t, py::array::c_style | py::array::forcecast> kinds, IntArray cutoffs) {
+  if (ranks.ndim() != 2) throw std::invalid_argument("ranks must be 2-D");
+  int64_t nq = ranks.shape(0), r = ranks.shape(1), m = kinds.size();
+  if (gains && gains->size() != nq * r) throw std::invalid_argument("gains must match ranks");
+  if (n_relevant && n_relevant->size() != nq) throw std::invalid_argument("n_relevant needs one value per query");
+  if (cutoffs.size() != m) throw std::invalid_argument("one cutoff per metric");
+  py::array_t<double> out({m, nq});
+  const int64_t* rk = ranks.data();
+  const double* g = gains ? gains->data() : nullptr;
+  const double* n = n_relevant ? n_relevant->data() : nullptr;
+  const int32_t* kd = kinds.data();
+  const int64_t* ct = cutoffs.data();
+  double* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    hbfast::ranked_metrics_cpu(rk, g, n, nq, r, kd, ct, m, o);
+  }
+  return out;
+}
+
+IntArray run_ranks(IntArray run_ids, py::array_t<float, py::array::c_style | py::array::forcecast> run_scores, IntArray judged_ids) {
+  if (run_ids.ndim() != 2 || judged_ids.ndim() != 2) throw std::invalid_argument("run ids and judged ids must be 2-D");
+  int64_t nq = run_ids.shape(0), depth = run_ids.shape(1), r = judged_ids.shape(1);
+  if (run_scores.size() != nq * depth) throw std::invalid_argument("run scores must match run ids");
+  if (judged_ids.shape(0) != nq) throw std::invalid_argument("judged ids need one row per query");
+  IntArray ranks({nq, r});
+  const int64_t* ids = run_ids.data();
+  const float* scores = run_scores.data();
+  const int64_t* judged = judged_ids.data();
+  int64_t* out = ranks.mutable_data();
+  {
+    py::gil_scoped_release release;
+    hbfast::run_ranks_cpu(ids, scores, nq, depth, judged, r, out);
+  }
+  return ranks;
+}
+
+// The CUDA top-k state's 64-bit keys (select.h), exposed so the CPU tests check the GPU's ordering.
+py::array_t<uint64_t> selection_keys(py::array_t<float, py::array::c_style | py::array::forcecast> scores, IntArray ids) {
+  if (scores.size() != ids.size()) throw std::invalid_argument("scores and ids must have the same size");
+  py::array_t<uint64_t> keys(scores.size());
+  for (int64_t i = 0; i < scores.size(); ++i) keys.mutable_data()[i] = hbfast::make_key(scores.data()[i], ids.data()[i]);
+  return keys;
+}
+
+py::tuple decode_keys(py::array_t<uint64_t, py::array::c_style | py::array::forcecast> keys) {
+  py::array_t<float> scores(keys.size());
+  IntArray ids(keys.size());
+  for (int64_t i = 0; i < keys.size(); ++i) {
+    scores.mutable_data()[i] = hbfast::key_score(keys.data()[i]);
+    ids.mutable_data()[i] = hbfast::key_id(keys.data()[i]);
+  }
+  return py::make_tuple(scores, ids);
+}
+
+#ifdef HBFAST_WITH_CUDA
+void topk_merge_cuda(uintptr_t tile, int64_t rows, int64_t cols, int64_t ld, int64_t id0, uintptr_t keys_in,
+                     uintptr_t keys_out, int64_t k, uintptr_t bad, uintptr_t stream) {
+  py::gil_scoped_release release;
+  hbfast::topk_merge_tile_cuda(ptr<const float>(tile), rows, cols, ld, id0, ptr<const uint64_t>(keys_in),
+                               ptr<uint64_t>(keys_out), k, ptr<int32_t>(bad), stream);
+}
+
+void topk_decode_cuda(uintptr_t keys, int64_t n, uintptr_t scores, uintptr_t ids, uintptr_t stream) {
+  py::gil_scoped_release release;
+  hbfast::topk_decode_cuda(ptr<const uint64_t>(keys), n, ptr<float>(scores), ptr<int64_t>(ids), stream);
+}
+
+void count_beating_cuda(uintptr_t tile, int64_t rows, int64_t cols, int64_t ld, int64_t id0, uintptr_t rel_scores,
+                        uintptr_t rel_ids, int64_t r, uintptr_t counts, uintptr_t own_scores, uintptr_t bad,
+                        uintptr_t stream) {
+  py::gil_scoped_release release;
+  hbfast::count_beating_cuda(ptr<const float>(tile), rows, cols, ld, id0, ptr<const float>(rel_scores),
+                             ptr<const int64_t>(rel_ids), r, ptr<int64_t>(counts), ptr<float>(own_scores),
+                             ptr<int32_t>(bad), stream);
+}
+#endif
 
 py::dict build_info() {
   py::dict info;
@@ -165,4 +279,22 @@ PYBIND11_MODULE(_C, m) {
   m.def("contrastive_backward_block", &contrastive_backward_block);
   m.def("contrastive_fast_exp", &contrastive_fast_exp);
   m.def("contrastive_advise_huge_pages", &contrastive_advise_huge_pages);
+
+  // ---- search and metrics ----
+  py::class_<hbfast::TopkStateCpu>(m, "TopkStateCpu")
+      .def(py::init<int64_t, int64_t, int64_t>(), py::arg("n_queries"), py::arg("k"), py::arg("buffer_capacity"));
+  m.attr("TOPK_HEAP_MAX_K") = hbfast::TopkStateCpu::kHeapMaxK;
+  m.def("topk_merge_cpu", &topk_merge_cpu);
+  m.def("topk_finish_cpu", &topk_finish_cpu);
+  m.def("count_beating_cpu", &count_beating_cpu);
+  m.def("ranked_metrics", &ranked_metrics, py::arg("ranks"), py::arg("gains"), py::arg("n_relevant"), py::arg("kinds"),
+        py::arg("cutoffs"));
+  m.def("run_ranks", &run_ranks);
+  m.def("selection_keys", &selection_keys);
+  m.def("decode_keys", &decode_keys);
+#ifdef HBFAST_WITH_CUDA
+  m.def("topk_merge_cuda", &topk_merge_cuda);
+  m.def("topk_decode_cuda", &topk_decode_cuda);
+  m.def("count_beating_cuda", &count_beating_cuda);
+#endif
 }

@@ -198,3 +198,95 @@ def contrastive_loss(q, p, *, temperature=0.05, logit_scale=None, symmetric=True
     if reduction == "sum":
         return per_row.sum()
     return per_row
+
+
+# ----------------------------------------------------------------------------------------------
+# Exact search and retrieval metrics (hbfast/search.py, hbfast/metrics.py): the full score matrix,
+# a stable sort for the tie rule (higher score first, then lower corpus id), numpy metrics.
+
+
+def _scores(queries, corpus, metric):
+    import torch
+
+    q, c = queries.to(torch.float32), corpus.to(torch.float32)
+    if metric == "cosine":
+        q = q / torch.linalg.vector_norm(q, dim=1, keepdim=True)
+        c = c / torch.linalg.vector_norm(c, dim=1, keepdim=True)
+    return q @ c.T  # [nq, N]
+
+
+def topk(queries, corpus, k, *, metric="ip"):
+    """Twin of ``hbfast.topk`` on tensors: (scores float32 [nq, k], ids int64 [nq, k])."""
+    import torch
+
+    scores = _scores(queries, corpus, metric)
+    # A stable descending sort keeps equal scores in id order: lower id first.
+    sorted_scores, order = torch.sort(scores, dim=1, descending=True, stable=True)
+    return sorted_scores[:, :k].contiguous(), order[:, :k].contiguous()
+
+
+def relevant_ranks(queries, corpus, relevant, *, metric="ip"):
+    """Twin of ``hbfast.relevant_ranks`` on tensors: the position of each relevant id in the fully
+    sorted ranking, 1-based; -1 where ``relevant`` is -1."""
+    import torch
+
+    scores = _scores(queries, corpus, metric)
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices  # [nq, N]
+    position = torch.empty_like(order)
+    position.scatter_(1, order, torch.arange(1, order.shape[1] + 1, device=order.device).expand_as(order))
+    ranks = position.gather(1, relevant.clamp(min=0))
+    return torch.where(relevant >= 0, ranks, torch.full_like(ranks, -1))
+
+
+def ranked_metrics(ranks, gains=None, n_relevant=None):
+    """trec_eval's metrics from 1-based ranks [nq, r] (-1: padding / not retrieved) in plain numpy.
+
+    Returns a function metric(kind, cutoff) -> float64 [nq] with kind in "ap", "rr", "ndcg",
+    "recall", "precision" and cutoff None for the whole ranking.
+    """
+    ranks = np.asarray(ranks, dtype=np.int64)
+    gains = (ranks != -1).astype(np.float64) if gains is None else np.asarray(gains, dtype=np.float64)
+    relevant = gains > 0
+    n_rel = relevant.sum(axis=1).astype(np.float64) if n_relevant is None else np.broadcast_to(
+        np.asarray(n_relevant, dtype=np.float64), (len(ranks),))
+
+    def metric(kind, cutoff=None):
+        out = np.zeros(len(ranks))
+        for q in range(len(ranks)):
+            keep = relevant[q] & (ranks[q] > 0)
+            if cutoff:
+                keep &= ranks[q] <= cutoff
+            order = np.argsort(ranks[q][keep], kind="stable")
+            rk, g = ranks[q][keep][order].astype(np.float64), gains[q][keep][order]
+            if kind == "ap":
+                out[q] = (np.arange(1, len(rk) + 1) / rk).sum() / n_rel[q] if n_rel[q] > 0 else 0.0
+            elif kind == "rr":
+                out[q] = 1.0 / rk[0] if len(rk) else 0.0
+            elif kind == "ndcg":
+                ideal = np.sort(gains[q][relevant[q]])[::-1][:cutoff]
+                idcg = (ideal / np.log2(np.arange(2, len(ideal) + 2))).sum()
+                out[q] = (g / np.log2(rk + 1)).sum() / idcg if idcg > 0 else 0.0
+            elif kind == "recall":
+                out[q] = len(rk) / n_rel[q] if n_rel[q] > 0 else 0.0
+            elif kind == "precision":
+                out[q] = len(rk) / cutoff
+            else:
+                raise ValueError(f"unknown metric kind {kind!r}")
+        return out
+
+    return metric
+
+
+def run_ranks(run_scores, run_ids, judged_ids):
+    """Twin of ``_C.run_ranks``: rank of each judged id in its run sorted by (score desc, id asc)."""
+    run_scores, run_ids, judged_ids = np.asarray(run_scores), np.asarray(run_ids), np.asarray(judged_ids)
+    ranks = np.full(judged_ids.shape, -1, dtype=np.int64)
+    for q in range(len(run_ids)):
+        valid = run_ids[q] >= 0
+        ids, scores = run_ids[q][valid], run_scores[q][valid]
+        order = np.lexsort((ids, -scores.astype(np.float64)))
+        position = {int(d): i + 1 for i, d in reversed(list(enumerate(ids[order])))}
+        for t, d in enumerate(judged_ids[q]):
+            if d >= 0 and int(d) in position:
+                ranks[q, t] = position[int(d)]
+    return ranks

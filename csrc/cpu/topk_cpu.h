@@ -1,0 +1,46 @@
+// Exact top-k on the CPU: a running per-query state that score tiles (from any matrix product) are
+// merged into, then read out sorted best first. Ties: higher score first, then lower corpus id.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace hbfast {
+
+class TopkStateCpu {
+ public:
+  // k up to kHeapMaxK keeps a bounded heap per query; larger k keeps a buffer of `buffer_capacity`
+  // (>= k + 1) candidates above a threshold and shrinks it back to k with a partial selection.
+  static constexpr int64_t kHeapMaxK = 64;
+  TopkStateCpu(int64_t n_queries, int64_t k, int64_t buffer_capacity);
+
+  // Merge one score tile: tile [rows, cols] (row stride ld) holds the scores of queries
+  // [q0, q0 + rows) against corpus ids [id0, id0 + cols). Tiles must arrive in increasing id order
+  // for each query. Returns false when a score is NaN or infinite (the tile is then ignored).
+  bool merge(const float* tile, int64_t q0, int64_t rows, int64_t cols, int64_t ld, int64_t id0);
+
+  // Write the k best of every query, best first: out_scores [n_queries, k], out_ids [n_queries, k].
+  // Valid once at least k candidates were merged for every query.
+  void finish(float* out_scores, int64_t* out_ids) const;
+
+  int64_t n_queries() const { return n_queries_; }
+  int64_t k() const { return k_; }
+
+ private:
+  struct Candidate {
+    float score;
+    int64_t id;
+  };
+  void merge_heap_row(const float* row, int64_t q, int64_t cols, int64_t id0);
+  void merge_buffer_row(const float* row, int64_t q, int64_t cols, int64_t id0);
+  void shrink_buffer(int64_t q);
+
+  int64_t n_queries_, k_, capacity_;
+  bool use_heap_;
+  std::vector<float> heap_scores_;      // [n_queries, k] (heap mode)
+  std::vector<int64_t> heap_ids_;       // [n_queries, k]
+  std::vector<Candidate> buffer_;       // [n_queries, capacity] (buffer mode)
+  std::vector<int64_t> buffer_fill_;    // [n_queries]
+  std::vector<float> buffer_threshold_; // [n_queries] score a candidate must beat to enter
+};
+
+}  // namespace hbfast

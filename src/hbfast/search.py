@@ -1,0 +1,445 @@
+"""Exact similarity search: ``topk`` and ``relevant_ranks`` (and ``FlatIndex``, a corpus kept for reuse).
+
+Both walk the score matrix in tiles: a torch matrix product writes one fp32 tile into a reused buffer
+(MKL on CPU, cuBLAS on GPU), then a C++/CUDA epilogue merges it into the per-query running top-k or
+counts, for each relevant item, the candidates that beat it. Memory is O(nq * k + tile); the full
+score matrix never exists, and the corpus may arrive as chunks (a memmap split in pieces).
+
+Tie rule (everywhere in hbfast): higher score first; equal scores rank the lower corpus id first.
+
+Inputs: ``queries`` and ``corpus`` are torch tensors or numpy arrays, fp32 / fp16 / bf16 (fp64 is
+accepted and computed in fp32); every score is computed and returned in fp32. Outputs follow
+``queries``: torch tensors (on its device) for a tensor, numpy arrays for a numpy array.
+"""
+from __future__ import annotations
+
+from numbers import Integral
+from typing import Iterable, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from . import _C, reference
+from ._ext import check_impl, require_cuda
+
+Matrix = Union[torch.Tensor, np.ndarray]
+Corpus = Union[Matrix, Iterable[Matrix]]
+
+METRICS = ("ip", "cosine")
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_MAX_CUDA_IDS = 2**32 - 1  # CUDA keys hold the id in 32 bits (select.h)
+
+# Tile shapes, measured on the 2-core dev box (benchmarks/RESULTS.md): large tiles keep MKL efficient;
+# one fp32 product tile (64 MiB on CPU) is the only buffer that grows with the problem besides O(nq * k).
+CPU_QUERY_TILE = 4096
+CPU_CORPUS_TILE = 4096
+CUDA_QUERY_TILE = 16384
+CUDA_CORPUS_TILE = 8192
+
+
+# ----------------------------------------------------------------------------------------------
+# Input checks: every problem is reported here, before any pointer reaches _C.
+def _check_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    return metric
+
+
+def _check_matrix(name: str, x) -> None:
+    """A 2-D float tensor or numpy array, else a clear error (nothing is read or copied)."""
+    if isinstance(x, torch.Tensor):
+        if x.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{name} must hold floats (float32, float16, bfloat16), got {x.dtype}")
+    elif isinstance(x, np.ndarray):
+        if x.dtype not in (np.float16, np.float32, np.float64):
+            raise TypeError(f"{name} must hold floats (float32, float16, bfloat16), got numpy dtype {x.dtype}")
+    else:
+        raise TypeError(f"{name} must be a torch tensor or numpy array, got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [n, dim], got shape {tuple(x.shape)}")
+
+
+def _as_tensor(name: str, x) -> torch.Tensor:
+    """A torch view of a checked tensor or numpy array (numpy is copied only when read-only)."""
+    _check_matrix(name, x)
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if not x.flags.writeable:  # torch cannot view read-only memory (e.g. a memmap opened "r")
+        x = np.array(x)
+    return torch.from_numpy(x)
+
+
+def _check_finite(name: str, t: torch.Tensor) -> None:
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def _prepare(t: torch.Tensor, metric: str, name: str, first_id: int = 0) -> torch.Tensor:
+    """fp32, contiguous, rows normalised for cosine. [n, D] -> [n, D]"""
+    t = t.to(torch.float32).contiguous()
+    if metric == "cosine":
+        norms = torch.linalg.vector_norm(t, dim=1, keepdim=True)  # [n, 1]
+        zero = (norms == 0).flatten().nonzero()
+        if len(zero):
+            raise ValueError(f"{name} row {first_id + int(zero[0])} has zero norm: its cosine similarity is undefined")
+        t = t / norms
+    return t
+
+
+def _check_queries(queries, metric: str) -> Tuple[torch.Tensor, bool]:
+    q = _as_tensor("queries", queries)
+    if q.shape[0] == 0 or q.shape[1] == 0:
+        raise ValueError(f"queries is empty: shape {tuple(q.shape)}")
+    _check_finite("queries", q)
+    return q, isinstance(queries, np.ndarray)
+
+
+def _check_chunk(name: str, chunk, dim: int, device: torch.device):
+    """Checks a corpus chunk without reading it (a memmap stays on disk); returns it unchanged."""
+    _check_matrix(name, chunk)
+    if chunk.shape[1] != dim:
+        raise ValueError(f"dimension mismatch: queries have dim {dim}, {name} has shape {tuple(chunk.shape)}")
+    if isinstance(chunk, torch.Tensor) and chunk.device != device:
+        raise ValueError(f"mixed devices: queries are on {device}, {name} is on {chunk.device}")
+    return chunk
+
+
+def _corpus_chunks(corpus: Corpus) -> Tuple[Iterator, Optional[int]]:
+    """(iterator over chunks, total rows when known up front)."""
+    if isinstance(corpus, (torch.Tensor, np.ndarray)):
+        if corpus.ndim != 2:
+            raise ValueError(f"corpus must be 2-D [n, dim], got shape {tuple(corpus.shape)}")
+        return iter([corpus]), int(corpus.shape[0])
+    if isinstance(corpus, (str, bytes)) or not hasattr(corpus, "__iter__"):
+        raise TypeError(f"corpus must be a tensor, an array or an iterable of them, got {type(corpus).__name__}")
+    if isinstance(corpus, (list, tuple)):
+        total = 0
+        for i, c in enumerate(corpus):
+            if not isinstance(c, (torch.Tensor, np.ndarray)) or c.ndim != 2:
+                raise TypeError(f"corpus chunk {i} must be a 2-D tensor or array, got {type(c).__name__}")
+            total += int(c.shape[0])
+        return iter(corpus), total
+    return iter(corpus), None
+
+
+def _check_k(k, total: Optional[int]) -> int:
+    if isinstance(k, bool) or not isinstance(k, Integral):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if total is not None and k > total:
+        raise ValueError(f"k = {k} is larger than the corpus ({total} items)")
+    return int(k)
+
+
+def _output(x: torch.Tensor, as_numpy: bool):
+    return x.cpu().numpy() if as_numpy else x
+
+
+def _tiles(chunks: Iterator, dim: int, device: torch.device, metric: str, tile: int):
+    """Yields (first global id, fp32 corpus tile [<= tile, D] on device), validating each chunk."""
+    base = 0
+    for i, chunk in enumerate(chunks):
+        c = _check_chunk(f"corpus chunk {i}" if i else "corpus", chunk, dim, device)
+        for j0 in range(0, c.shape[0], tile):
+            part = _as_tensor("corpus", c[j0 : j0 + tile]).to(device)  # only this tile is read
+            yield base + j0, _prepare(part, metric, "corpus", base + j0)
+        base += c.shape[0]
+    if base == 0:
+        raise ValueError("corpus is empty")
+
+
+def _non_finite(first_id: int, width: int) -> ValueError:
+    return ValueError(
+        f"non-finite scores against corpus ids [{first_id}, {first_id + width}): the corpus holds NaN or "
+        "infinite values, or the products overflow float32"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+def topk(queries, corpus: Corpus, k: int, *, metric: str = "ip", impl: str = "auto", progress: bool = False):
+    """The exact k best corpus items of every query.
+
+    queries: [nq, D]; corpus: [N, D], or an iterable of [n_i, D] chunks whose rows get the global
+    ids 0..N-1 in order (so a corpus larger than memory can be streamed, e.g. memmap slices).
+    metric: "ip" (inner product) or "cosine". k: 1..N (any size).
+    Returns (scores float32 [nq, k] best first, ids int64 [nq, k]); ties rank the lower id first.
+    """
+    impl = check_impl(impl)
+    metric = _check_metric(metric)
+    q, as_numpy = _check_queries(queries, metric)
+    chunks, total = _corpus_chunks(corpus)
+    k = _check_k(k, total)
+    if impl == "reference":
+        c = torch.cat([_as_tensor("corpus", _check_chunk("corpus", ch, q.shape[1], q.device)).to(q.device) for ch in chunks])
+        if len(c) < k:
+            raise ValueError(f"k = {k} is larger than the corpus ({len(c)} items)")
+        scores, ids = reference.topk(q, c, k, metric=metric)
+        return _output(scores, as_numpy), _output(ids, as_numpy)
+    q32 = _prepare(q, metric, "queries")
+    if q.device.type == "cuda":
+        require_cuda("topk")
+        scores, ids = _topk_cuda(q32, chunks, k, metric, progress)
+    else:
+        scores, ids = _topk_cpu(q32, chunks, k, metric, total, progress)
+    return _output(scores, as_numpy), _output(ids, as_numpy)
+
+
+def _progress(total: Optional[int], enabled: bool, what: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="item", desc=what, disable=not enabled)
+
+
+def _topk_cpu(q32: torch.Tensor, chunks, k: int, metric: str, total: Optional[int], progress: bool):
+    nq, dim = q32.shape
+    # Buffer mode (k > TOPK_HEAP_MAX_K): room for k kept + k new candidates before a partial selection
+    # (the threshold then rises quickly); for huge k, a quarter of k to bound memory.
+    capacity = 2 * k if k <= 1 << 16 else k + k // 4
+    if total is not None:
+        capacity = min(capacity, total + 1)
+    state = _C.TopkStateCpu(nq, k, max(capacity, k + 1))
+    tile_q = min(nq, CPU_QUERY_TILE)
+    buffer = torch.empty(tile_q * CPU_CORPUS_TILE, dtype=torch.float32)  # reused product tile
+    seen = 0
+    with _progress(total, progress, "topk") as bar:
+        for first_id, ct in _tiles(chunks, dim, q32.device, metric, CPU_CORPUS_TILE):
+            width = ct.shape[0]
+            for i0 in range(0, nq, tile_q):
+                qt = q32[i0 : i0 + tile_q]  # [tq, D]
+                tile = buffer[: qt.shape[0] * width].view(qt.shape[0], width)  # [tq, tc]
+                torch.matmul(qt, ct.T, out=tile)
+                if not _C.topk_merge_cpu(state, tile.data_ptr(), i0, qt.shape[0], width, width, first_id):
+                    raise _non_finite(first_id, width)
+            seen += width
+            bar.update(width)
+    if seen < k:
+        raise ValueError(f"k = {k} is larger than the corpus ({seen} items)")
+    scores = torch.empty(nq, k, dtype=torch.float32)
+    ids = torch.empty(nq, k, dtype=torch.int64)
+    _C.topk_finish_cpu(state, scores.data_ptr(), ids.data_ptr())
+    return scores, ids
+
+
+def _topk_cuda(q32: torch.Tensor, chunks, k: int, metric: str, progress: bool):
+    nq, dim = q32.shape
+    device = q32.device
+    tile_q = min(nq, CUDA_QUERY_TILE)
+    # Per query tile, two key buffers: the merge reads one and writes the other.
+    keys = [torch.zeros(nq, k, dtype=torch.int64, device=device) for _ in range(2)]  # [nq, k] each
+    current = [0] * ((nq + tile_q - 1) // tile_q)
+    bad = torch.zeros(1, dtype=torch.int32, device=device)
+    buffer = torch.empty(tile_q * CUDA_CORPUS_TILE, dtype=torch.float32, device=device)
+    stream = torch.cuda.current_stream(device).cuda_stream
+    seen = 0
+    with _progress(None, progress, "topk") as bar:
+        for first_id, ct in _tiles(chunks, dim, device, metric, CUDA_CORPUS_TILE):
+            width = ct.shape[0]
+            if first_id + width > _MAX_CUDA_IDS:
+                raise ValueError(f"the CUDA topk supports corpora below {_MAX_CUDA_IDS} items")
+            for t, i0 in enumerate(range(0, nq, tile_q)):
+                qt = q32[i0 : i0 + tile_q]  # [tq, D]
+                tile = buffer[: qt.shape[0] * width].view(qt.shape[0], width)  # [tq, tc]
+                torch.matmul(qt, ct.T, out=tile)
+                src, dst = keys[current[t]], keys[1 - current[t]]
+                _C.topk_merge_cuda(tile.data_ptr(), qt.shape[0], width, width, first_id,
+                                   src[i0].data_ptr(), dst[i0].data_ptr(), k, bad.data_ptr(), stream)
+                current[t] = 1 - current[t]
+            seen += width
+            bar.update(width)
+    if seen < k:
+        raise ValueError(f"k = {k} is larger than the corpus ({seen} items)")
+    if int(bad.item()):
+        raise ValueError("non-finite scores: the corpus holds NaN or infinite values, or the products overflow float32")
+    final = torch.cat([keys[current[t]][i0 : i0 + tile_q] for t, i0 in enumerate(range(0, nq, tile_q))])
+    # Keys are unsigned; flipping the sign bit makes signed int64 order match. Sort best first.
+    order = (final ^ torch.iinfo(torch.int64).min).argsort(dim=1, descending=True)
+    final = final.gather(1, order).contiguous()
+    scores = torch.empty(nq, k, dtype=torch.float32, device=device)
+    ids = torch.empty(nq, k, dtype=torch.int64, device=device)
+    _C.topk_decode_cuda(final.data_ptr(), nq * k, scores.data_ptr(), ids.data_ptr(), stream)
+    return scores, ids
+
+
+# ----------------------------------------------------------------------------------------------
+def _check_relevant(relevant, nq: int, total: int, device: torch.device) -> torch.Tensor:
+    if isinstance(relevant, np.ndarray):
+        relevant = torch.from_numpy(np.array(relevant))
+    if not isinstance(relevant, torch.Tensor):
+        raise TypeError(f"relevant must be an int64 tensor or array [nq, r], got {type(relevant).__name__}")
+    if relevant.dtype.is_floating_point or relevant.dtype == torch.bool or relevant.dtype.is_complex:
+        raise TypeError(f"relevant must hold integer corpus ids, got {relevant.dtype}")
+    if relevant.ndim != 2 or relevant.shape[0] != nq:
+        raise ValueError(f"relevant must be [nq, r] = [{nq}, r] corpus ids (pad with -1), got shape {tuple(relevant.shape)}")
+    if relevant.device != device:
+        raise ValueError(f"mixed devices: queries are on {device}, relevant is on {relevant.device}")
+    rel = relevant.to(torch.int64).contiguous()
+    if rel.numel():
+        lo, hi = int(rel.min()), int(rel.max())
+        if lo < -1 or hi >= total:
+            raise ValueError(f"relevant ids must be in [0, {total}) or -1 for padding, found values in [{lo}, {hi}]")
+    return rel
+
+
+def _gather_rows(corpus, ids: torch.Tensor) -> torch.Tensor:
+    """Rows `ids` (global, >= 0) of a tensor/array or of a sequence of chunks. [n] -> [n, D]"""
+    chunks = [corpus] if isinstance(corpus, (torch.Tensor, np.ndarray)) else list(corpus)
+    starts = np.cumsum([0] + [int(c.shape[0]) for c in chunks])
+    ids_np = ids.cpu().numpy()
+    where = np.searchsorted(starts, ids_np, side="right") - 1  # chunk of each id
+    parts, order = [], []
+    for ci in np.unique(where):
+        sel = np.flatnonzero(where == ci)
+        local = ids_np[sel] - starts[ci]
+        c = chunks[ci]
+        rows = c[torch.from_numpy(local).to(c.device)] if isinstance(c, torch.Tensor) else np.asarray(c[local])
+        parts.append(_as_tensor("corpus", rows).to(ids.device))
+        order.append(sel)
+    out = torch.cat(parts)
+    inverse = torch.from_numpy(np.argsort(np.concatenate(order))).to(ids.device)
+    return out[inverse]
+
+
+def _relevant_scores(q32: torch.Tensor, chunks: List, rel: torch.Tensor, metric: str) -> torch.Tensor:
+    """Scores of each query's relevant items [nq, r] (0 at padding), from batched products that
+    round like the tile products (MKL accumulates each dot product in the same order in both)."""
+    nq, r = rel.shape
+    out = torch.zeros(nq, r, dtype=torch.float32, device=q32.device)
+    if r == 0:
+        return out
+    single = chunks[0] if len(chunks) == 1 and isinstance(chunks[0], torch.Tensor) else None
+    block = max(1, 16384 // max(r, 1))  # [block * r, D] gathered rows at a time (smaller blocks were slower)
+    if single is not None:  # one reused buffer: fresh pages for every block cost more than the copy
+        gathered = torch.empty(min(nq, block) * r, single.shape[1], dtype=single.dtype, device=single.device)
+    for i0 in range(0, nq, block):
+        ids = rel[i0 : i0 + block].clamp(min=0).flatten()  # [b * r], padding reads row 0
+        if single is not None:
+            rows = torch.index_select(single, 0, ids.to(single.device), out=gathered[: len(ids)])
+        else:
+            rows = _gather_rows(chunks, ids)
+        rows = rows.to(device=q32.device, dtype=torch.float32)  # [b * r, D]
+        if metric == "cosine":
+            norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)  # [b * r, 1], as in _prepare
+            zero = ((norms[:, 0] == 0) & (rel[i0 : i0 + block].flatten() >= 0)).nonzero()
+            if len(zero):
+                raise ValueError(f"corpus row {int(ids[zero[0]])} has zero norm: its cosine similarity is undefined")
+            rows = rows / norms.clamp_min(torch.finfo(torch.float32).tiny)
+        qb = q32[i0 : i0 + block]  # [b, D]
+        out[i0 : i0 + block] = torch.bmm(rows.view(qb.shape[0], r, -1), qb[:, :, None])[..., 0]
+    return out.masked_fill_(rel < 0, 0.0)
+
+
+def relevant_ranks(queries, corpus, relevant, *, metric: str = "ip", impl: str = "auto", progress: bool = False):
+    """1-based rank of each relevant item in the FULL ranking of the corpus, without sorting.
+
+    queries: [nq, D]; corpus: [N, D] tensor/array, or a list/tuple of chunks (global ids in order);
+    relevant: int64 [nq, r] corpus ids, padded with -1. Returns int64 [nq, r] (-1 at padding):
+    1 + the number of corpus items that beat the item (higher score, or equal score and lower id),
+    the same order as ``topk``.
+    """
+    impl = check_impl(impl)
+    metric = _check_metric(metric)
+    q, as_numpy = _check_queries(queries, metric)
+    if not isinstance(corpus, (torch.Tensor, np.ndarray, list, tuple)):
+        raise TypeError(
+            "relevant_ranks needs a corpus it can index: a tensor, an array or a list/tuple of chunks, "
+            f"got {type(corpus).__name__}"
+        )
+    chunks, total = _corpus_chunks(corpus)
+    chunks = list(chunks)
+    for i, ch in enumerate(chunks):
+        _check_chunk(f"corpus chunk {i}" if i else "corpus", ch, q.shape[1], q.device)
+    if not total:
+        raise ValueError("corpus is empty")
+    rel = _check_relevant(relevant, q.shape[0], total, q.device)
+    if impl == "reference":
+        c = torch.cat([_as_tensor("corpus", ch).to(q.device) for ch in chunks])
+        return _output(reference.relevant_ranks(q, c, rel, metric=metric), as_numpy)
+    q32 = _prepare(q, metric, "queries")
+    rel_scores = _relevant_scores(q32, chunks, rel, metric)  # [nq, r]
+    counts = torch.zeros_like(rel)  # [nq, r] candidates that beat each item
+    own_scores = rel_scores.clone()  # [nq, r] each item's score as its own tile computed it
+    cuda = q.device.type == "cuda"
+    if cuda:
+        require_cuda("relevant_ranks")
+    tile_q = min(q32.shape[0], CUDA_QUERY_TILE if cuda else CPU_QUERY_TILE)
+    starts = list(range(0, q32.shape[0], tile_q))
+    _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q, metric, total, progress)
+    # The batched products above may round an item's score differently from its tile (by an ulp).
+    # Where they did, count again with the tile's own score: the same tile shapes give the same
+    # products, so the ranks follow the tile scores exactly, duplicates of an item included.
+    differs = ((own_scores != rel_scores) & (rel >= 0)).any(dim=1)  # [nq]
+    redo = [i0 for i0 in starts if bool(differs[i0 : i0 + tile_q].any())]
+    if redo:
+        rel_scores = own_scores.clone()
+        for i0 in redo:
+            counts[i0 : i0 + tile_q] = 0
+        _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, redo, tile_q, metric, total, progress)
+    ranks = torch.where(rel >= 0, counts + 1, torch.full_like(counts, -1))
+    return _output(ranks, as_numpy)
+
+
+def _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q, metric, total, progress):
+    """One walk over the corpus tiles for the query tiles starting at `starts`: adds to counts
+    [nq, r] the candidates that beat each relevant item, and records each item's own tile score."""
+    cuda = q32.device.type == "cuda"
+    if cuda:
+        bad = torch.zeros(1, dtype=torch.int32, device=q32.device)
+        stream = torch.cuda.current_stream(q32.device).cuda_stream
+    nq, dim = q32.shape
+    r = rel.shape[1]
+    tile_c = CUDA_CORPUS_TILE if cuda else CPU_CORPUS_TILE
+    buffer = torch.empty(tile_q * tile_c, dtype=torch.float32, device=q32.device)
+    with _progress(total, progress, "relevant_ranks") as bar:
+        for first_id, ct in _tiles(iter(chunks), dim, q32.device, metric, tile_c):
+            width = ct.shape[0]
+            for i0 in starts:
+                qt = q32[i0 : i0 + tile_q]  # [tq, D]
+                tile = buffer[: qt.shape[0] * width].view(qt.shape[0], width)  # [tq, tc]
+                torch.matmul(qt, ct.T, out=tile)
+                args = (tile.data_ptr(), qt.shape[0], width, width, first_id, rel_scores[i0].data_ptr(),
+                        rel[i0].data_ptr(), r, counts[i0].data_ptr(), own_scores[i0].data_ptr())
+                if cuda:
+                    _C.count_beating_cuda(*args, bad.data_ptr(), stream)
+                elif not _C.count_beating_cpu(*args):
+                    raise _non_finite(first_id, width)
+            bar.update(width)
+    if cuda and int(bad.item()):
+        raise ValueError("non-finite scores: the corpus holds NaN or infinite values, or the products overflow float32")
+
+
+class FlatIndex:
+    """A corpus kept (fp32, normalised for cosine) for repeated exact searches.
+
+    >>> index = FlatIndex(corpus, metric="cosine")
+    >>> scores, ids = index.search(queries, k=10)
+    >>> ranks = index.ranks(queries, relevant)
+    """
+
+    def __init__(self, corpus: Matrix, *, metric: str = "ip"):
+        self.metric = _check_metric(metric)
+        c = _as_tensor("corpus", corpus)
+        if c.shape[0] == 0 or c.shape[1] == 0:
+            raise ValueError(f"corpus is empty: shape {tuple(c.shape)}")
+        _check_finite("corpus", c)
+        self.corpus = _prepare(c, metric, "corpus")  # [N, D]
+        # Rows are already normalised, so "ip" on them is the cosine.
+        self._search_metric = "ip"
+
+    def __len__(self) -> int:
+        return self.corpus.shape[0]
+
+    def _queries(self, queries):
+        q, as_numpy = _check_queries(queries, self.metric)
+        q = _prepare(q, self.metric, "queries")
+        return (q.numpy() if as_numpy else q), as_numpy
+
+    def search(self, queries, k: int, *, impl: str = "auto"):
+        """(scores [nq, k], ids [nq, k]) as ``topk``."""
+        q, _ = self._queries(queries)
+        return topk(q, self.corpus, k, metric=self._search_metric, impl=impl)
+
+    def ranks(self, queries, relevant, *, impl: str = "auto"):
+        """int64 [nq, r] as ``relevant_ranks``."""
+        q, _ = self._queries(queries)
+        return relevant_ranks(q, self.corpus, relevant, metric=self._search_metric, impl=impl)
