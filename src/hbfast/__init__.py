@@ -1,9 +1,22 @@
 """hbfast: hybrid batch training and evaluation of multilingual retrievers, with fused kernels."""
+import importlib
+
 from ._ext import build_info, get_num_threads, set_num_threads
 from .sampling import BatchPlan, HybridBatchSampler, hybrid_batches
-from . import reference
+from . import metrics, reference
+from .search import relevant_ranks, topk
 
 __version__ = build_info()["version"]
+
+# Heavier submodules (datasets, transformers) load on first use: hbfast.data, hbfast.eval, hbfast.encoders.
+_LAZY_SUBMODULES = ("data", "encoders", "eval")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'hbfast' has no attribute {name!r}")
+
 
 __all__ = [
     "BatchPlan",
@@ -11,6 +24,9 @@ __all__ = [
     "build_info",
     "get_num_threads",
     "hybrid_batches",
+    "metrics",
     "reference",
+    "relevant_ranks",
     "set_num_threads",
+    "topk",
 ]
