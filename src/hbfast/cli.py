@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -106,6 +107,8 @@ def run_eval(args) -> int:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "model", None) is None or Path(args.model).exists():
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local model: set before huggingface_hub is imported
     try:
         if args.command == "eval":
             return run_eval(args)

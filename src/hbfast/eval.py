@@ -165,7 +165,9 @@ class LAReQAResult:
 
     @classmethod
     def from_json(cls, path_or_text: str | os.PathLike) -> "LAReQAResult":
-        text = Path(path_or_text).read_text() if Path(str(path_or_text)[:255]).is_file() else str(path_or_text)
+        text = str(path_or_text)
+        if not text.lstrip().startswith("{"):  # a path, not JSON text
+            text = Path(path_or_text).read_text(encoding="utf-8")
         data = json.loads(text)
         data.pop("summary", None)
         data["cross"] = {(x, y): v for x, row in data["cross"].items() for y, v in row.items()}
