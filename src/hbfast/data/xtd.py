@@ -56,6 +56,8 @@ def read_xtd_dir(directory: str | os.PathLike, languages: Sequence[str] | None =
     directory = Path(directory)
     if not directory.is_dir():
         raise ValueError(f"XTD: data directory {directory} does not exist")
+    if (directory / "xtd10").is_dir():  # a parent holding xtd10/, like the LAReQA data dirs
+        directory = directory / "xtd10"
     names_path = _find(directory, "test_image_names.txt")
     if names_path is None:
         raise ValueError(f"XTD: {directory} has no test_image_names.txt (in {', '.join(_SUBDIRS)})")
