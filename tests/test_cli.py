@@ -70,6 +70,53 @@ def test_xtd_errors(tmp_path, tiny_model, capsys):
     assert "1 of 2 images missing" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A randomly initialised tiny CLIP (character-level BPE vocabulary, 8x8 images) with its processor."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    root = tmp_path_factory.mktemp("tiny-clip")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in "abcdefghijklmnopqrstuvwxyz":
+        vocab[ch] = len(vocab)
+        vocab[ch + "</w>"] = len(vocab)
+    (root / "vocab.json").write_text(json.dumps(vocab))
+    (root / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"))
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=8, patch_size=4),
+        projection_dim=8)
+    CLIPModel(config).save_pretrained(root)
+    processor = CLIPImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8})
+    CLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(root)
+    return root
+
+
+def test_xtd_with_tiny_clip(tmp_path, tiny_clip, capsys):
+    names = [f"COCO_{i}.png" for i in range(4)]
+    root = write_xtd(tmp_path, names, {"en": ["red car", "blue sky", "green tree", "white snow"],
+                                       "de": ["rotes auto", "blauer himmel", "gruener baum", "weisser schnee"]},
+                     ["red", "blue", "green", "white"])
+    out = tmp_path / "out"
+    rc = main(["eval", "--dataset", "xtd", "--model", str(tiny_clip), "--backend", "transformers", "--data-dir",
+               str(root), "--images", str(root / "images"), "--out", str(out), "--no-progress", "--batch-size", "3"])
+    assert rc == 0 and "t2i R@1" in capsys.readouterr().out
+    stem = f"xtd_{tiny_clip.name}"
+    assert {p.name for p in out.iterdir()} == {f"{stem}.json", f"{stem}.csv", f"{stem}.png"}
+    written = json.loads((out / f"{stem}.json").read_text())
+    both = hbfast.encoders.TransformersCLIPEncoder(tiny_clip, progress=False)
+    ds = hbfast.data.load_xtd(root, images=root / "images")
+    direct = hbfast.eval.evaluate_xtd(ds, both.text, both.image, progress=False)
+    assert written["n_images"] == 4 and written["languages"] == ["en", "de"]
+    for lang in ("en", "de"):
+        assert written["text_to_image"][lang] == pytest.approx(direct.text_to_image[lang])
+        assert written["image_to_text"][lang] == pytest.approx(direct.image_to_text[lang])
+
+
 def test_unknown_dataset_is_rejected():
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "--dataset", "squad"])

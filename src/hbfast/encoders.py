@@ -190,6 +190,12 @@ class OpenCLIPEncoder:
         return self.model.encode_image(pixels).float().cpu()
 
 
+def _projected(output) -> torch.Tensor:
+    """get_*_features returns a tensor (transformers 4) or an output whose pooler_output is the projection (5)."""
+    features = output if isinstance(output, torch.Tensor) else output.pooler_output
+    return features.float().cpu()  # [b, d]
+
+
 class TransformersCLIPEncoder:
     """A transformers CLIP-style model (``get_text_features`` / ``get_image_features``) with its processor."""
 
@@ -208,10 +214,10 @@ class TransformersCLIPEncoder:
         for i in tqdm(range(0, len(texts), self.batch_size), desc="encoding texts", disable=not self.progress, leave=False):
             batch = self.processor(text=list(texts[i:i + self.batch_size]), padding=True, truncation=True,
                                    return_tensors="pt").to(self.device)
-            out.append(self.model.get_text_features(**batch).float().cpu())
+            out.append(_projected(self.model.get_text_features(**batch)))
         return torch.cat(out)
 
     @torch.inference_mode()
     def image(self, images: Sequence) -> torch.Tensor:
         batch = self.processor(images=list(images), return_tensors="pt").to(self.device)
-        return self.model.get_image_features(**batch).float().cpu()
+        return _projected(self.model.get_image_features(**batch))
