@@ -296,3 +296,14 @@ def test_packaged_model_adapters_agree():
     assert a.shape == (4, 384)
     torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
     assert not torch.allclose(tf_passage(texts[:1]), tf_query(texts[:1]))  # "Passage: " changes the input
+
+
+def test_embeddings_must_match_the_dataset(tiny):
+    queries, candidates = tiny_embeddings()
+    with pytest.raises(ValueError, match=r"tiny: no embeddings for language 'de'"):
+        hbfast.eval.lareqa_from_embeddings(tiny, {"en": queries["en"]}, candidates)
+    with pytest.raises(ValueError, match=r"tiny/de candidate embeddings: the encoder returned shape \(2, 8\)"):
+        hbfast.eval.lareqa_from_embeddings(tiny, queries, {**candidates, "de": candidates["de"][:2]})
+    numpy_in = {k: v.numpy() for k, v in queries.items()}  # arrays are accepted like tensors
+    assert hbfast.eval.lareqa_from_embeddings(tiny, numpy_in, candidates, metric="ip").multi == pytest.approx(
+        hbfast.eval.lareqa_from_embeddings(tiny, queries, candidates, metric="ip").multi)

@@ -233,13 +233,17 @@ def lareqa_from_embeddings(ds, queries: dict[str, torch.Tensor], candidates: dic
     _check_metric(metric)
     start = time.perf_counter()
     languages = list(ds.languages)
+    checked_queries, checked_candidates, dim = {}, {}, None
     for lang in languages:
         if lang not in queries or lang not in candidates:
             raise ValueError(f"{ds.name}: no embeddings for language {lang!r}")
-        check_embeddings(queries[lang], len(ds.questions[lang]), f"{ds.name}/{lang} question embeddings")
-        check_embeddings(candidates[lang], len(ds.candidates[lang]), f"{ds.name}/{lang} candidate embeddings")
-    queries = {lang: _prepare(queries[lang].float(), metric) for lang in languages}
-    candidates = {lang: _prepare(candidates[lang].float(), metric) for lang in languages}
+        checked_queries[lang] = check_embeddings(queries[lang], len(ds.questions[lang]),
+                                                 f"{ds.name}/{lang} question embeddings", dim)
+        dim = checked_queries[lang].shape[1]
+        checked_candidates[lang] = check_embeddings(candidates[lang], len(ds.candidates[lang]),
+                                                    f"{ds.name}/{lang} candidate embeddings", dim)
+    queries = {lang: _prepare(checked_queries[lang], metric) for lang in languages}
+    candidates = {lang: _prepare(checked_candidates[lang], metric) for lang in languages}
     relevant = _relevant_by_language(ds)
     sizes = [len(candidates[lang]) for lang in languages]
     offsets = torch.tensor([0] + sizes[:-1]).cumsum(0)  # [L] first row of each language in the union pool
