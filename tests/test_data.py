@@ -5,7 +5,7 @@ import pytest
 
 import hbfast
 from hbfast.data import lareqa as lareqa_module
-from lareqa_fixtures import SHARED_DATA, TINY, tiny_lareqa_dir, write_beir, write_lareqa, write_xtd
+from lareqa_fixtures import SHARED_DATA, tiny_lareqa_dir, write_beir, write_lareqa, write_xtd
 
 needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs /work/shared/data")
 

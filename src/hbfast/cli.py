@@ -5,7 +5,6 @@ import argparse
 import os
 import re
 import sys
-import time
 from pathlib import Path
 
 LAREQA_DATASETS = ("xquad-r", "mlqa-r")
