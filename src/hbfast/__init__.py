@@ -1,4 +1,6 @@
 """hbfast: hybrid batch training and evaluation of multilingual retrievers, with fused kernels."""
+import importlib
+
 from ._ext import build_info, get_num_threads, set_num_threads
 from .sampling import BatchPlan, HybridBatchSampler, hybrid_batches
 from .losses import ContrastiveLoss, contrastive_loss
@@ -6,6 +8,16 @@ from .search import FlatIndex, relevant_ranks, topk
 from . import metrics, reference
 
 __version__ = build_info()["version"]
+
+# Heavier submodules (datasets, transformers) load on first use: hbfast.data, hbfast.eval, hbfast.encoders.
+_LAZY_SUBMODULES = ("data", "encoders", "eval")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'hbfast' has no attribute {name!r}")
+
 
 __all__ = [
     "BatchPlan",

