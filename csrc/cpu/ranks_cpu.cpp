@@ -5,10 +5,10 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstring>
 
 #include "common/parallel.h"
 #include "common/select.h"
+#include "cpu/finite_cpu.h"
 
 namespace hbfast {
 namespace {
@@ -24,17 +24,6 @@ int64_t count_above(const float* x, int64_t n, float t, bool or_equal) {
   return c;
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default")))
-bool row_finite(const float* row, int64_t n) {
-  uint32_t bad = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    uint32_t bits;
-    std::memcpy(&bits, row + j, sizeof(bits));
-    bad |= non_finite_bits(bits);
-  }
-  return bad == 0;
-}
-
 }  // namespace
 
 bool count_beating_cpu(const float* tile, int64_t rows, int64_t cols, int64_t ld, int64_t id0,
@@ -44,7 +33,7 @@ bool count_beating_cpu(const float* tile, int64_t rows, int64_t cols, int64_t ld
   parallel_for(rows, 4, [&](int64_t begin, int64_t end) {
     for (int64_t q = begin; q < end; ++q) {
       const float* row = tile + q * ld;  // [cols]
-      if (!row_finite(row, cols)) {
+      if (!all_finite_cpu(row, cols)) {
         finite = false;
         continue;
       }

@@ -10,23 +10,12 @@
 
 #include "common/parallel.h"
 #include "common/select.h"
+#include "cpu/finite_cpu.h"
 
 namespace hbfast {
 namespace {
 
 constexpr int64_t kBlock = 16;
-
-// True when every score of row[0, n) is finite.
-__attribute__((target_clones("avx512f", "avx2", "default")))
-bool all_finite(const float* row, int64_t n) {
-  uint32_t bad = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    uint32_t bits;
-    std::memcpy(&bits, row + j, sizeof(bits));
-    bad |= non_finite_bits(bits);
-  }
-  return bad == 0;
-}
 
 // True when some score of block[0, kBlock) is above the threshold.
 inline bool block_has_above(const float* block, float threshold) {
@@ -115,7 +104,7 @@ bool TopkStateCpu::merge(const float* tile, int64_t q0, int64_t rows, int64_t co
   parallel_for(rows, 8, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const float* row = tile + r * ld;  // [cols]
-      if (!all_finite(row, cols)) {
+      if (!all_finite_cpu(row, cols)) {
         finite = false;  // the caller raises; the state is then thrown away
         continue;
       }

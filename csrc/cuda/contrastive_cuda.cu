@@ -3,21 +3,14 @@
 // thread per element), all with the shared math of common/contrastive_math.h.
 #include <cuda_runtime.h>
 
-#include <stdexcept>
-#include <string>
-
 #include "common/contrastive_math.h"
 #include "cuda/contrastive_cuda.h"
+#include "cuda/runtime_cuda.h"
 
 namespace hbfast {
 namespace {
 
 constexpr int kThreads = 256;
-
-void check_launch(const char* what) {
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
-}
 
 __device__ __forceinline__ void warp_merge(float& m, float& s) {
   for (int offset = 16; offset > 0; offset >>= 1) {
@@ -122,11 +115,11 @@ void contrastive_forward_block_cuda(const float* x, int64_t ld, int64_t rows, in
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   row_lse_kernel<<<static_cast<unsigned>(rows), kThreads, 0, s>>>(x, ld, row_begin, n_cols, n_batch, scale, groups,
                                                                   row_lse, diag);
-  check_launch("contrastive row_lse_kernel");
+  check_cuda_launch("contrastive row_lse_kernel");
   if (with_columns) {
     unsigned blocks = static_cast<unsigned>((n_batch + kThreads - 1) / kThreads);
     column_lse_kernel<<<blocks, kThreads, 0, s>>>(x, ld, rows, row_begin, n_batch, scale, groups, col_max, col_sum);
-    check_launch("contrastive column_lse_kernel");
+    check_cuda_launch("contrastive column_lse_kernel");
   }
 }
 
@@ -138,7 +131,7 @@ void contrastive_backward_block_cuda(const float* x, int64_t ld, int64_t rows, i
   dim3 grid(static_cast<unsigned>((n_cols + kThreads - 1) / kThreads), static_cast<unsigned>(rows));
   gradient_tile_kernel<<<grid, kThreads, 0, s>>>(x, ld, row_begin, n_cols, n_batch, scale, groups, row_lse, col_lse,
                                                  row_coef, col_coef, diag_coef, g, ldg, dscale_sum);
-  check_launch("contrastive gradient_tile_kernel");
+  check_cuda_launch("contrastive gradient_tile_kernel");
 }
 
 }  // namespace hbfast

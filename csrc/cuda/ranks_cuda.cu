@@ -2,11 +2,9 @@
 // threads count the row's candidates that beat it (select.h's beats_relevant) and reduce.
 #include <cuda_runtime.h>
 
-#include <stdexcept>
-#include <string>
-
 #include "common/select.h"
 #include "cuda/ranks_cuda.h"
+#include "cuda/runtime_cuda.h"
 
 namespace hbfast {
 namespace {
@@ -54,8 +52,7 @@ void count_beating_cuda(const float* tile, int64_t rows, int64_t cols, int64_t l
   if (rows <= 0) return;
   auto s = reinterpret_cast<cudaStream_t>(stream);
   count_beating_kernel<<<unsigned(rows), kThreads, 0, s>>>(tile, cols, ld, id0, rel_scores, rel_ids, r, counts, own_scores, bad);
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) throw std::runtime_error(std::string("count_beating_cuda: ") + cudaGetErrorString(err));
+  check_cuda_launch("count_beating_cuda");
 }
 
 }  // namespace hbfast

@@ -3,4 +3,5 @@
 
 namespace hbfast {
 int cuda_device_count();  // 0 when no driver or no GPU is present
+void check_cuda_launch(const char* what);  // throws std::runtime_error naming `what` if the last launch failed
 }

@@ -4,21 +4,14 @@
 // score and the id (select.h), so the tie rule needs no extra pass.
 #include <cuda_runtime.h>
 
-#include <stdexcept>
-#include <string>
-
 #include "common/select.h"
+#include "cuda/runtime_cuda.h"
 #include "cuda/topk_cuda.h"
 
 namespace hbfast {
 namespace {
 
 constexpr int kThreads = 256;
-
-void check_launch(const char* what) {
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
-}
 
 // Candidate i of a row: the k kept keys first, then the tile's scores turned into keys.
 __device__ __forceinline__ uint64_t candidate_key(int64_t i, int64_t k, const uint64_t* kept, const float* scores,
@@ -101,14 +94,14 @@ void topk_merge_tile_cuda(const float* tile, int64_t rows, int64_t cols, int64_t
   if (rows <= 0) return;
   auto s = reinterpret_cast<cudaStream_t>(stream);
   topk_merge_kernel<<<unsigned(rows), kThreads, 0, s>>>(tile, cols, ld, id0, keys_in, keys_out, k, bad);
-  check_launch("topk_merge_tile_cuda");
+  check_cuda_launch("topk_merge_tile_cuda");
 }
 
 void topk_decode_cuda(const uint64_t* keys, int64_t n, float* scores, int64_t* ids, uintptr_t stream) {
   if (n <= 0) return;
   auto s = reinterpret_cast<cudaStream_t>(stream);
   topk_decode_kernel<<<unsigned((n + kThreads - 1) / kThreads), kThreads, 0, s>>>(keys, n, scores, ids);
-  check_launch("topk_decode_cuda");
+  check_cuda_launch("topk_decode_cuda");
 }
 
 }  // namespace hbfast
