@@ -5,9 +5,11 @@
 Correctness first: the protocol's mono / cross / multi mAP and rank distance are checked against
 an independent full-sort implementation on a 3-language subset. Then, on the full dataset shapes
 with random unit embeddings (timing depends on shapes only), it times:
-  protocol   hbfast.eval.lareqa_from_embeddings (L + L(L-1) pair rankings, L union rankings, AP, bias)
-  bare       the matrix products the protocol performs: q_x @ c_y.T for every pair, q_x @ union.T per x
-  union      the one product that holds every score: all queries @ union.T (the floor of any method)
+  protocol   hbfast.eval.lareqa_from_embeddings (L + L(L-1) pair settings, the union setting, AP, bias)
+  bare       the products of a per-setting evaluation: q_x @ c_y.T for every pair, q_x @ union.T per x
+  union      the one product that holds every score: all queries @ union.T, the products the protocol
+             needs (it ranks every question once against the union pool, chunked by language, which
+             gives the pair settings from the same scores)
 and prints time and peak-memory ratios (best of --repeats; peak = RSS high-water mark above the start).
 """
 from __future__ import annotations
@@ -175,12 +177,13 @@ def main(argv=None) -> None:
     print(f"{'':<10}{'seconds':>9}{'peak MiB':>10}")
     for label, t, m in (("union", t_union, m_union), ("bare", t_bare, m_bare), ("protocol", t_protocol, m_protocol)):
         print(f"{label:<10}{t:>9.2f}{m / 2**20:>10.0f}")
-    print(f"protocol / bare products: time {t_protocol / t_bare:.2f}x, peak memory "
-          f"{m_protocol / max(m_bare, 1):.2f}x  (target: time <= ~2x)")
-    print(f"protocol / single union product: time {t_protocol / t_union:.2f}x")
+    print(f"protocol / the products it needs (union): time {t_protocol / t_union:.2f}x, peak memory "
+          f"{m_protocol / max(m_union, 1):.2f}x  (target: time <= ~2x)")
+    print(f"protocol / per-setting bare products: time {t_protocol / t_bare:.2f}x, peak memory "
+          f"{m_protocol / max(m_bare, 1):.2f}x")
     rest = t_protocol - in_ranks
     print(f"inside hbfast.relevant_ranks (its products included): {in_ranks:.2f} s of {t_protocol:.2f} s; the rest "
-          f"(relevance tables, normalisation, AP, rank distance) {rest:.2f} s = {rest / t_bare:.2f}x the bare products")
+          f"(relevance tables, normalisation, AP, rank distance) {rest:.2f} s = {rest / t_union:.2f}x the union product")
     print(f"(random embeddings: mono {res.mono_mean:.4f}, cross {res.cross_mean:.4f}, multi {res.multi:.4f})")
 
 

@@ -169,6 +169,30 @@ def test_relevant_ranks_match_full_sort_and_topk(metric):
     assert np.array_equal(hbfast.relevant_ranks(q.numpy(), c.numpy(), rel.numpy(), metric=metric), ranks.numpy())
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_relevant_ranks_per_chunk(device, monkeypatch):
+    from hbfast import search
+
+    monkeypatch.setattr(search, "CPU_CORPUS_TILE", 50)  # chunks span several tiles
+    q, c = integer_data(45, 400, 4, seed=21, device=device)  # small integers: many exact ties
+    sizes = [130, 1, 0, 269]  # uneven, a one-row chunk and an empty one
+    chunks = list(torch.split(c, sizes))
+    rel = random_relevant(45, 400, 6, seed=22).to(device)
+    rel[:, 0] = 130  # the one-row chunk: rank 1 there
+    ranks, chunk_ranks = hbfast.relevant_ranks(q, chunks, rel, per_chunk=True)
+    assert torch.equal(ranks, hbfast.relevant_ranks(q, c, rel))
+    assert (chunk_ranks[:, 0] == 1).all()
+    starts = [0, 130, 131, 131, 400]
+    for i, chunk in enumerate(chunks):  # each chunk on its own, by a full sort
+        inside = (rel >= starts[i]) & (rel < starts[i + 1])
+        if chunk.shape[0]:
+            alone = reference.relevant_ranks(q, chunk, torch.where(inside, rel - starts[i], -1))
+            assert torch.equal(chunk_ranks[inside], alone[inside])
+    assert torch.equal(chunk_ranks == -1, rel == -1)
+    ref_ranks, ref_chunk_ranks = hbfast.relevant_ranks(q, chunks, rel, per_chunk=True, impl="reference")
+    assert torch.equal(ref_ranks, ranks) and torch.equal(ref_chunk_ranks, chunk_ranks)
+
+
 def test_relevant_ranks_fp16_and_reference_impl():
     q, c = float_data(20, 800, 24, seed=15, dtype=torch.float16)
     rel = random_relevant(20, 800, 3, seed=16)

@@ -209,19 +209,24 @@ def evaluate_lareqa(ds, query_encoder: Callable, passage_encoder: Callable | Non
     start = time.perf_counter()
     queries, candidates, dim = {}, {}, None
     for lang in tqdm(ds.languages, desc=f"encoding {ds.name}", unit="lang", disable=not progress):
-        queries[lang] = encode(query_encoder, ds.questions[lang]["question"], f"{ds.name}/{lang} questions", dim)
+        queries[lang] = encode(query_encoder, _column(ds.questions[lang], "question"), f"{ds.name}/{lang} questions", dim)
         dim = queries[lang].shape[1]
-        candidates[lang] = encode(passage_encoder, ds.candidates[lang]["text"], f"{ds.name}/{lang} candidates", dim)
+        candidates[lang] = encode(passage_encoder, _column(ds.candidates[lang], "text"), f"{ds.name}/{lang} candidates", dim)
     encode_seconds = time.perf_counter() - start
     result = lareqa_from_embeddings(ds, queries, candidates, metric=metric, model=model)
     result.seconds["encode"] = encode_seconds
     return result
 
 
+def _column(table, name: str) -> list:
+    """A column of a datasets table as a list, read from Arrow at once (row iteration is ~50x slower)."""
+    return table.data.column(name).to_pylist()
+
+
 def _relevant_by_language(ds) -> dict[str, torch.Tensor]:
     """Per query language, [nq, L] rows of the relevant candidate in each language (-1: question absent)."""
-    ids = {lang: list(ds.questions[lang]["id"]) for lang in ds.languages}
-    row_of = {lang: dict(zip(ids[lang], ds.questions[lang]["relevant"])) for lang in ds.languages}
+    ids = {lang: _column(ds.questions[lang], "id") for lang in ds.languages}
+    row_of = {lang: dict(zip(ids[lang], _column(ds.questions[lang], "relevant"))) for lang in ds.languages}
     return {x: torch.tensor([[row_of[y].get(qid, -1) for y in ds.languages] for qid in ids[x]],
                             dtype=torch.int64).reshape(-1, len(ds.languages))
             for x in ds.languages}
@@ -247,35 +252,37 @@ def lareqa_from_embeddings(ds, queries: dict[str, torch.Tensor], candidates: dic
     relevant = _relevant_by_language(ds)
     sizes = [len(candidates[lang]) for lang in languages]
     offsets = torch.tensor([0] + sizes[:-1]).cumsum(0)  # [L] first row of each language in the union pool
-    union = torch.cat([candidates[lang] for lang in languages])  # [sum nc, d]
+    pools = [candidates[lang] for lang in languages]  # the union pool, one chunk per language
 
+    in_union = [torch.where(relevant[x] >= 0, relevant[x] + offsets, -1) for x in languages]  # [nq_x, L] each
+    # One pass of every question over the union pool ranks its answers in the union (multilingual)
+    # and, chunk by chunk, in each language's own pool (mono and cross).
+    all_ranks, all_pool_ranks = relevant_ranks(torch.cat([queries[x] for x in languages]), pools,
+                                               torch.cat(in_union), per_chunk=True)  # [sum nq, L] each
+    n_questions = [len(queries[x]) for x in languages]
     mono, cross, multi_by_language, distance_by_language = {}, {}, {}, {}
-    multi_ap, multi_ranks = [], []
-    for x in languages:
+    multi_ap = []
+    for x, ranks, pool_ranks, rel in zip(languages, all_ranks.split(n_questions), all_pool_ranks.split(n_questions),
+                                         in_union):
         for j, y in enumerate(languages):
-            rows = relevant[x][:, j]  # [nq]
-            present = rows >= 0
+            present = pool_ranks[:, j] >= 0
             if not present.any():
                 continue  # no question of x exists in y (never in XQuAD-R / MLQA-R)
-            ranks = relevant_ranks(queries[x][present], candidates[y], rows[present, None])  # [n, 1]
-            score = float(metrics.average_precision(ranks, 1).mean())
+            score = float(metrics.average_precision(pool_ranks[present, j, None], 1).mean())
             if x == y:
                 mono[x] = score
             else:
                 cross[(x, y)] = score
         if x not in mono:
             raise ValueError(f"{ds.name}/{x}: questions without a relevant candidate in their own language")
-        in_union = torch.where(relevant[x] >= 0, relevant[x] + offsets, -1)  # [nq, L]
-        ranks = relevant_ranks(queries[x], union, in_union)  # [nq, L]
-        ap = metrics.average_precision(ranks, (in_union >= 0).sum(1))
+        ap = metrics.average_precision(ranks, (rel >= 0).sum(1))
         multi_by_language[x] = float(ap.mean())
         distance_by_language[x] = metrics.max_rank_distance(ranks)
         multi_ap.append(ap)
-        multi_ranks.append(ranks)
     return LAReQAResult(
         dataset=ds.name, languages=languages, mono=mono, cross=cross,
         multi=float(np.concatenate(multi_ap).mean()),
-        rank_distance=metrics.max_rank_distance(torch.cat(multi_ranks)),
+        rank_distance=metrics.max_rank_distance(all_ranks),
         multi_by_language=multi_by_language, rank_distance_by_language=distance_by_language,
         n_queries={lang: len(ds.questions[lang]) for lang in languages},
         n_candidates={lang: len(ds.candidates[lang]) for lang in languages},
@@ -333,12 +340,12 @@ def evaluate_beir(ds, query_encoder: Callable, passage_encoder: Callable | None 
     judged = {q for q, docs in ds.qrels.items() if any(g > 0 for g in docs.values())}
     if not judged:
         raise ValueError(f"{ds.name}: no query has a positive judgement")
-    all_query_ids, all_query_texts = list(ds.queries["id"]), list(ds.queries["text"])
+    all_query_ids, all_query_texts = _column(ds.queries, "id"), _column(ds.queries, "text")
     query_rows = [i for i, q in enumerate(all_query_ids) if q in judged]
     query_ids = [all_query_ids[i] for i in query_rows]
     query_texts = [all_query_texts[i] for i in query_rows]
     doc_ids = list(ds.corpus["id"])
-    doc_texts = [f"{t} {x}".strip() if title else x for t, x in zip(ds.corpus["title"], ds.corpus["text"])]
+    doc_texts = [f"{t} {x}".strip() if title else x for t, x in zip(_column(ds.corpus, "title"), _column(ds.corpus, "text"))]
     start = time.perf_counter()
     q = encode(query_encoder, query_texts, f"{ds.name} queries")
     c = encode(passage_encoder, doc_texts, f"{ds.name} corpus", q.shape[1])

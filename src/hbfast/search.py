@@ -13,6 +13,7 @@ accepted and computed in fp32); every score is computed and returned in fp32. Ou
 """
 from __future__ import annotations
 
+import bisect
 from numbers import Integral
 from typing import Iterable, Iterator, List, Optional, Tuple, Union
 
@@ -329,13 +330,18 @@ def _relevant_scores(q32: torch.Tensor, chunks: List, rel: torch.Tensor, metric:
     return out.masked_fill_(rel < 0, 0.0)
 
 
-def relevant_ranks(queries, corpus, relevant, *, metric: str = "ip", impl: str = "auto", progress: bool = False):
+def relevant_ranks(queries, corpus, relevant, *, metric: str = "ip", per_chunk: bool = False, impl: str = "auto",
+                   progress: bool = False):
     """1-based rank of each relevant item in the FULL ranking of the corpus, without sorting.
 
     queries: [nq, D]; corpus: [N, D] tensor/array, or a list/tuple of chunks (global ids in order);
     relevant: int64 [nq, r] corpus ids, padded with -1. Returns int64 [nq, r] (-1 at padding):
     1 + the number of corpus items that beat the item (higher score, or equal score and lower id),
     the same order as ``topk``.
+
+    per_chunk=True returns ``(ranks, chunk_ranks)``: ``chunk_ranks`` [nq, r] is each item's rank among
+    the rows of its own chunk only, from the same products (one pass gives, e.g., the rank of a
+    question's answer in the union of all languages' pools and in its own language's pool).
     """
     impl = check_impl(impl)
     metric = _check_metric(metric)
@@ -352,19 +358,35 @@ def relevant_ranks(queries, corpus, relevant, *, metric: str = "ip", impl: str =
     if not total:
         raise ValueError("corpus is empty")
     rel = _check_relevant(relevant, q.shape[0], total, q.device)
+    chunk_starts = torch.tensor(np.cumsum([0] + [int(ch.shape[0]) for ch in chunks]), device=q.device)  # [chunks + 1]
     if impl == "reference":
-        c = torch.cat([_as_tensor("corpus", ch).to(q.device) for ch in chunks])
-        return _output(reference.relevant_ranks(q, c, rel, metric=metric), as_numpy)
+        cs = [_as_tensor("corpus", ch).to(q.device) for ch in chunks]
+        ranks = reference.relevant_ranks(q, torch.cat(cs), rel, metric=metric)
+        if not per_chunk:
+            return _output(ranks, as_numpy)
+        chunk_ranks = torch.full_like(rel, -1)
+        for i, c in enumerate(cs):  # each chunk ranked on its own
+            inside = (rel >= chunk_starts[i]) & (rel < chunk_starts[i + 1])
+            if not inside.any():
+                continue  # (an empty chunk holds no item)
+            local = reference.relevant_ranks(q, c, torch.where(inside, rel - chunk_starts[i], -1), metric=metric)
+            chunk_ranks = torch.where(inside, local, chunk_ranks)
+        return _output(ranks, as_numpy), _output(chunk_ranks, as_numpy)
     q32 = _prepare(q, metric, "queries")
     rel_scores = _relevant_scores(q32, chunks, rel, metric)  # [nq, r]
     counts = torch.zeros_like(rel)  # [nq, r] candidates that beat each item
+    # [nq, r] the same, counted within the item's own chunk; and the chunk of each item (-1: padding)
+    chunk_counts = torch.zeros_like(rel) if per_chunk else None
+    rel_chunk = torch.searchsorted(chunk_starts, rel, right=True) - 1 if per_chunk else None
     own_scores = rel_scores.clone()  # [nq, r] each item's score as its own tile computed it
     cuda = q.device.type == "cuda"
     if cuda:
         require_cuda("relevant_ranks")
     tile_q = min(q32.shape[0], CUDA_QUERY_TILE if cuda else CPU_QUERY_TILE)
     starts = list(range(0, q32.shape[0], tile_q))
-    _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q, metric, total, progress)
+    per_chunk_counts = (chunk_counts, rel_chunk, chunk_starts) if per_chunk else None
+    _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q, metric, total, progress,
+                per_chunk_counts)
     # The batched products above may round an item's score differently from its tile (by an ulp).
     # Where they did, count again with the tile's own score: the same tile shapes give the same
     # products, so the ranks follow the tile scores exactly, duplicates of an item included.
@@ -374,14 +396,23 @@ def relevant_ranks(queries, corpus, relevant, *, metric: str = "ip", impl: str =
         rel_scores = own_scores.clone()
         for i0 in redo:
             counts[i0 : i0 + tile_q] = 0
-        _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, redo, tile_q, metric, total, progress)
+            if per_chunk:
+                chunk_counts[i0 : i0 + tile_q] = 0
+        _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, redo, tile_q, metric, total, progress,
+                    per_chunk_counts)
     ranks = torch.where(rel >= 0, counts + 1, torch.full_like(counts, -1))
-    return _output(ranks, as_numpy)
+    if not per_chunk:
+        return _output(ranks, as_numpy)
+    chunk_ranks = torch.where(rel >= 0, chunk_counts + 1, torch.full_like(counts, -1))
+    return _output(ranks, as_numpy), _output(chunk_ranks, as_numpy)
 
 
-def _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q, metric, total, progress):
+def _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q, metric, total, progress,
+                per_chunk_counts=None):
     """One walk over the corpus tiles for the query tiles starting at `starts`: adds to counts
-    [nq, r] the candidates that beat each relevant item, and records each item's own tile score."""
+    [nq, r] the candidates that beat each relevant item, and records each item's own tile score.
+    With per_chunk_counts = (chunk_counts, rel_chunk, chunk_starts), also adds to chunk_counts the
+    candidates of each item's own chunk that beat it (a tile never spans two chunks)."""
     cuda = q32.device.type == "cuda"
     if cuda:
         bad = torch.zeros(1, dtype=torch.int32, device=q32.device)
@@ -390,6 +421,10 @@ def _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q
     r = rel.shape[1]
     tile_c = CUDA_CORPUS_TILE if cuda else CPU_CORPUS_TILE
     buffer = torch.empty(tile_q * tile_c, dtype=torch.float32, device=q32.device)
+    if per_chunk_counts is not None:
+        chunk_counts, rel_chunk, chunk_starts = per_chunk_counts
+        chunk_starts = chunk_starts.tolist()
+        piece = torch.empty(tile_q, r, dtype=torch.int64, device=q32.device)  # one tile's counts
     with _progress(total, progress, "relevant_ranks") as bar:
         for first_id, ct in _tiles(iter(chunks), dim, q32.device, metric, tile_c):
             width = ct.shape[0]
@@ -397,12 +432,20 @@ def _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q
                 qt = q32[i0 : i0 + tile_q]  # [tq, D]
                 tile = buffer[: qt.shape[0] * width].view(qt.shape[0], width)  # [tq, tc]
                 torch.matmul(qt, ct.T, out=tile)
+                target = counts[i0 : i0 + qt.shape[0]]
+                if per_chunk_counts is not None:
+                    target = piece[: qt.shape[0]].zero_()
                 args = (tile.data_ptr(), qt.shape[0], width, width, first_id, rel_scores[i0].data_ptr(),
-                        rel[i0].data_ptr(), r, counts[i0].data_ptr(), own_scores[i0].data_ptr())
+                        rel[i0].data_ptr(), r, target.data_ptr(), own_scores[i0].data_ptr())
                 if cuda:
                     _C.count_beating_cuda(*args, bad.data_ptr(), stream)
                 elif not _C.count_beating_cpu(*args):
                     raise _non_finite(first_id, width)
+                if per_chunk_counts is not None:
+                    rows = slice(i0, i0 + qt.shape[0])
+                    counts[rows] += target
+                    chunk = bisect.bisect_right(chunk_starts, first_id) - 1
+                    chunk_counts[rows] += target * (rel_chunk[rows] == chunk)
             bar.update(width)
     if cuda and int(bad.item()):
         raise ValueError("non-finite scores: the corpus holds NaN or infinite values, or the products overflow float32")
