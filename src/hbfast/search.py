@@ -283,22 +283,25 @@ def _check_relevant(relevant, nq: int, total: int, device: torch.device) -> torc
 
 
 def _gather_rows(corpus, ids: torch.Tensor) -> torch.Tensor:
-    """Rows `ids` (global, >= 0) of a tensor/array or of a sequence of chunks. [n] -> [n, D]"""
+    """Rows `ids` (global, >= 0) of a tensor/array or of a sequence of chunks, as float32. [n] -> [n, D]"""
     chunks = [corpus] if isinstance(corpus, (torch.Tensor, np.ndarray)) else list(corpus)
-    starts = np.cumsum([0] + [int(c.shape[0]) for c in chunks])
-    ids_np = ids.cpu().numpy()
-    where = np.searchsorted(starts, ids_np, side="right") - 1  # chunk of each id
-    parts, order = [], []
-    for ci in np.unique(where):
-        sel = np.flatnonzero(where == ci)
-        local = ids_np[sel] - starts[ci]
-        c = chunks[ci]
-        rows = c[torch.from_numpy(local).to(c.device)] if isinstance(c, torch.Tensor) else np.asarray(c[local])
-        parts.append(_as_tensor("corpus", rows).to(ids.device))
-        order.append(sel)
-    out = torch.cat(parts)
-    inverse = torch.from_numpy(np.argsort(np.concatenate(order))).to(ids.device)
-    return out[inverse]
+    starts = torch.tensor(np.cumsum([0] + [int(c.shape[0]) for c in chunks]), device=ids.device)
+    where = torch.searchsorted(starts, ids, right=True) - 1  # [n] chunk of each id
+    out = None
+    for ci, c in enumerate(chunks):
+        sel = (where == ci).nonzero()[:, 0]
+        if not len(sel):
+            continue
+        local = ids[sel] - starts[ci]
+        if isinstance(c, torch.Tensor):
+            rows = c.index_select(0, local.to(c.device))
+        else:  # numpy (e.g. a memmap): read only these rows
+            rows = np.asarray(c[local.cpu().numpy()])
+        rows = _as_tensor("corpus", rows).to(ids.device)
+        if out is None:
+            out = torch.empty(len(ids), rows.shape[1], dtype=torch.float32, device=ids.device)
+        out[sel] = rows.float()
+    return out
 
 
 def _relevant_scores(q32: torch.Tensor, chunks: List, rel: torch.Tensor, metric: str) -> torch.Tensor:
