@@ -10,7 +10,7 @@ Rows: the floor (the three bare B x B x D products, no loss: what an exact loss 
 below), naive (full logits, F.cross_entropy both ways), a plain-PyTorch tiled loss (row
 blocks, online log-sum-exp, recomputed in backward: 4 block products), sentence-transformers'
 MultipleNegativesRankingLoss math (both directions) and open_clip's ClipLoss (skipped when
-open_clip is not installed; it is not a dependency).
+open_clip is not installed; it is not a dependency: `pip install --no-deps open_clip_torch`).
 
     python benchmarks/compare_losses.py                      # B=4096 D=768 and B=16384 D=512
     python benchmarks/compare_losses.py --sizes 65536x256 --impls hbfast --repeats 1
@@ -18,8 +18,10 @@ open_clip is not installed; it is not a dependency).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import pathlib
 import resource
 import subprocess
 import sys
@@ -107,10 +109,22 @@ def st_mnrl_loss(q, p, scale):
     return loss.compute_loss_from_embeddings([q, p], None)
 
 
-def open_clip_loss(q, p, scale):
-    from open_clip.loss import ClipLoss  # not installed here: the caller skips on ImportError
+def _open_clip_loss_module():
+    """open_clip's loss.py, loaded on its own: it needs only torch, while `import open_clip` pulls in
+    torchvision (whose wheels replace the CPU torch with a CUDA build). So
+    `pip install --no-deps open_clip_torch` is enough to compare with its ClipLoss. None when absent."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or spec.origin is None:
+        return None
+    path = pathlib.Path(spec.origin).parent / "loss.py"
+    loss_spec = importlib.util.spec_from_file_location("open_clip_loss", path)
+    module = importlib.util.module_from_spec(loss_spec)
+    loss_spec.loader.exec_module(module)
+    return module
 
-    return ClipLoss()(q, p, torch.tensor(scale))
+
+def open_clip_loss(q, p, scale):
+    return _open_clip_loss_module().ClipLoss()(q, p, torch.tensor(scale))
 
 
 def hbfast_loss(q, p, scale):
@@ -126,10 +140,7 @@ LOSSES = {"floor": floor_products, "naive": naive_loss, "tiled": tiled_loss, "st
 
 def available(impl: str) -> bool:
     if impl == "open_clip":
-        try:
-            import open_clip  # noqa: F401
-        except ImportError:
-            return False
+        return _open_clip_loss_module() is not None
     if impl == "st_mnrl":
         try:
             import sentence_transformers  # noqa: F401

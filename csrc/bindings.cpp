@@ -199,7 +199,8 @@ py::dict build_info() {
 
 // ---- contrastive loss ----
 // Pointers arrive as integers (tensor.data_ptr()); Python has checked shapes, dtypes (float32 tiles,
-// int32 group codes), devices and contiguity. Pointer 0 means "absent" (no groups, no columns).
+// or float64 ones on the CPU when f64 is set; int32 group codes), devices and contiguity. Pointer 0
+// means "absent" (no groups, no columns).
 template <class T>
 T* as_ptr(uintptr_t address) {
   return reinterpret_cast<T*>(address);
@@ -207,11 +208,18 @@ T* as_ptr(uintptr_t address) {
 
 void contrastive_forward_block(uintptr_t x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
                                int64_t n_batch, double scale, uintptr_t groups, uintptr_t row_lse, uintptr_t diag,
-                               uintptr_t col_max, uintptr_t col_sum, bool cuda, uintptr_t stream) {
+                               uintptr_t col_max, uintptr_t col_sum, bool cuda, uintptr_t stream, bool f64) {
   if (rows <= 0 || n_cols < n_batch || row_begin < 0 || row_begin + rows > n_batch || ld < n_cols)
     throw std::invalid_argument("contrastive_forward_block: inconsistent sizes");
+  if (cuda && f64) throw std::invalid_argument("contrastive_forward_block: the CUDA kernels take float32 only");
   bool with_columns = col_max != 0;
   py::gil_scoped_release release;
+  if (f64) {
+    hbfast::contrastive_forward_block_cpu(as_ptr<const double>(x), ld, rows, row_begin, n_cols, n_batch, scale,
+                                          as_ptr<const int32_t>(groups), with_columns, as_ptr<double>(row_lse),
+                                          as_ptr<double>(diag), as_ptr<double>(col_max), as_ptr<double>(col_sum));
+    return;
+  }
   if (cuda) {
 #ifdef HBFAST_WITH_CUDA
     hbfast::contrastive_forward_block_cuda(as_ptr<const float>(x), ld, rows, row_begin, n_cols, n_batch, float(scale),
@@ -232,10 +240,18 @@ void contrastive_forward_block(uintptr_t x, int64_t ld, int64_t rows, int64_t ro
 double contrastive_backward_block(uintptr_t x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
                                   int64_t n_batch, double scale, uintptr_t groups, uintptr_t row_lse, uintptr_t col_lse,
                                   uintptr_t row_coef, uintptr_t col_coef, uintptr_t diag_coef, uintptr_t g, int64_t ldg, bool cuda,
-                                  uintptr_t stream, uintptr_t dscale_sum) {
+                                  uintptr_t stream, uintptr_t dscale_sum, bool f64) {
   if (rows <= 0 || n_cols < n_batch || row_begin < 0 || row_begin + rows > n_batch || ld < n_cols || ldg < n_cols)
     throw std::invalid_argument("contrastive_backward_block: inconsistent sizes");
+  if (cuda && f64) throw std::invalid_argument("contrastive_backward_block: the CUDA kernels take float32 only");
   py::gil_scoped_release release;
+  if (f64) {
+    return hbfast::contrastive_backward_block_cpu(as_ptr<const double>(x), ld, rows, row_begin, n_cols, n_batch, scale,
+                                                  as_ptr<const int32_t>(groups), as_ptr<const double>(row_lse),
+                                                  as_ptr<const double>(col_lse), as_ptr<const double>(row_coef),
+                                                  as_ptr<const double>(col_coef), as_ptr<const double>(diag_coef),
+                                                  as_ptr<double>(g), ldg);
+  }
   if (cuda) {
 #ifdef HBFAST_WITH_CUDA
     hbfast::contrastive_backward_block_cuda(as_ptr<const float>(x), ld, rows, row_begin, n_cols, n_batch, float(scale),

@@ -1,7 +1,8 @@
 // Per-element math of the fused contrastive loss, shared by the CPU epilogue (where GCC
 // auto-vectorises loops over these functions) and the CUDA kernels, so CPU tests exercise the
-// arithmetic the GPU runs. Everything is plain float arithmetic: no libm calls, no branches that
-// block vectorisation.
+// arithmetic the GPU runs. Templates on the compute type T: float (every kernel; plain float
+// arithmetic, no libm calls, no branches that block vectorisation) and double (the CPU's float64
+// path, where exp and log are the library's).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -31,7 +32,8 @@ HBFAST_HOST_DEVICE int32_t bits_from_float(float f) {
 #endif
 }
 
-HBFAST_HOST_DEVICE float fmax_plain(float a, float b) { return a > b ? a : b; }
+template <class T>
+HBFAST_HOST_DEVICE T fmax_plain(T a, T b) { return a > b ? a : b; }
 
 // exp(x) for float x, relative error ~1 ulp on [-87.3, 88.7]; 0 below (including -inf), so a
 // masked score (-inf) contributes nothing. Range reduction x = n ln2 + r with |r| <= ln2/2 (n by
@@ -60,10 +62,20 @@ HBFAST_HOST_DEVICE float fast_exp(float x) {
   return x < -87.0f ? 0.0f : result;
 }
 
-// log(x) for x > 0 (used once per row/column, so plain accuracy matters more than speed).
-HBFAST_HOST_DEVICE float log_plain(float x) {
+// The float64 path's exp: the library's (exact to an ulp; exp(-inf) = 0).
+HBFAST_HOST_DEVICE double fast_exp(double x) {
 #if defined(__CUDA_ARCH__)
-  return logf(x);
+  return exp(x);
+#else
+  return std::exp(x);
+#endif
+}
+
+// log(x) for x > 0 (used once per row/column, so plain accuracy matters more than speed).
+template <class T>
+HBFAST_HOST_DEVICE T log_plain(T x) {
+#if defined(__CUDA_ARCH__)
+  return log(x);
 #else
   return std::log(x);
 #endif
@@ -73,28 +85,32 @@ HBFAST_HOST_DEVICE float log_plain(float x) {
 
 // Factor that rescales a sum taken relative to `old_max` to be relative to `new_max` (>= old_max).
 // Equal maxima (including both -inf: nothing seen yet) give exactly 1.
-HBFAST_HOST_DEVICE float lse_rescale(float old_max, float new_max) {
-  return old_max == new_max ? 1.0f : fast_exp(old_max - new_max);
+template <class T>
+HBFAST_HOST_DEVICE T lse_rescale(T old_max, T new_max) {
+  return old_max == new_max ? T(1) : fast_exp(old_max - new_max);
 }
 
 // Merges (m_b, s_b) into (m_a, s_a).
-HBFAST_HOST_DEVICE void lse_merge(float& m_a, float& s_a, float m_b, float s_b) {
-  float m = fmax_plain(m_a, m_b);
+template <class T>
+HBFAST_HOST_DEVICE void lse_merge(T& m_a, T& s_a, T m_b, T s_b) {
+  T m = fmax_plain(m_a, m_b);
   s_a = s_a * lse_rescale(m_a, m) + s_b * lse_rescale(m_b, m);
   m_a = m;
 }
 
 // Adds one score to a running pair (one exp per element: the larger of the two is the reference).
-HBFAST_HOST_DEVICE void lse_push(float& m, float& s, float score) {
+template <class T>
+HBFAST_HOST_DEVICE void lse_push(T& m, T& s, T score) {
   if (score > m) {
-    s = s * lse_rescale(m, score) + 1.0f;
+    s = s * lse_rescale(m, score) + T(1);
     m = score;
   } else {
     s += fast_exp(score - m);
   }
 }
 
-HBFAST_HOST_DEVICE float lse_value(float m, float s) { return m + log_plain(s); }
+template <class T>
+HBFAST_HOST_DEVICE T lse_value(T m, T s) { return m + log_plain(s); }
 
 // ---- the gradient tile -----------------------------------------------------------------------
 // The forward returns, per row i, lse_row_i (over its row of S = scale * X), per batch column j,
@@ -104,17 +120,18 @@ HBFAST_HOST_DEVICE float lse_value(float m, float s) { return m + log_plain(s); 
 // and masked pairs (excluded from both log-sum-exps) give 0. For the usual loss
 // l_i = lse_row_i - d_i, a_i = w_i and c_i = -w_i, which is softmax - identity.
 // `diag_add` is c_i on the diagonal and 0 elsewhere.
-HBFAST_HOST_DEVICE float gradient_tile_element(float score, float lse_row, float lse_col, float row_coef, float col_coef,
-                                               float diag_add, bool masked) {
-  float g = row_coef * fast_exp(score - lse_row) + col_coef * fast_exp(score - lse_col) + diag_add;
-  return masked ? 0.0f : g;
+template <class T>
+HBFAST_HOST_DEVICE T gradient_tile_element(T score, T lse_row, T lse_col, T row_coef, T col_coef, T diag_add,
+                                           bool masked) {
+  T g = row_coef * fast_exp(score - lse_row) + col_coef * fast_exp(score - lse_col) + diag_add;
+  return masked ? T(0) : g;
 }
 
 // The same element for a column without a column term (hard negatives, or the one-sided loss).
-HBFAST_HOST_DEVICE float gradient_tile_element_rows_only(float score, float lse_row, float row_coef, float diag_add,
-                                                         bool masked) {
-  float g = row_coef * fast_exp(score - lse_row) + diag_add;
-  return masked ? 0.0f : g;
+template <class T>
+HBFAST_HOST_DEVICE T gradient_tile_element_rows_only(T score, T lse_row, T row_coef, T diag_add, bool masked) {
+  T g = row_coef * fast_exp(score - lse_row) + diag_add;
+  return masked ? T(0) : g;
 }
 
 // A pair (i, j) is dropped from the denominators when both carry the same group id and i != j.

@@ -4,7 +4,8 @@
 // times (target_clones: x86-64-v4 = AVX-512, x86-64-v3 = AVX2+FMA, and the x86-64 baseline) and the
 // loader picks the best one the CPU supports, so an older CPU runs the portable clone instead of
 // failing. The reductions keep kLanes independent partial results so they vectorise without
-// -ffast-math (which would break fast_exp's rounding trick).
+// -ffast-math (which would break fast_exp's rounding trick). Everything is a template on the compute
+// type T: float for float32/16/bf16 inputs, double for the float64 path (exact exp; no clones).
 #include "cpu/contrastive_cpu.h"
 
 #include <algorithm>
@@ -32,10 +33,12 @@ namespace {
 constexpr int kLanes = 16;          // independent partial sums/maxima, so reductions vectorise
 constexpr int64_t kRowChunk = 8;    // rows per sub-tile: [8, 1024] floats stay in L1/L2
 constexpr int64_t kColChunk = 1024;
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+template <class T>
+constexpr T kNegInf = -std::numeric_limits<T>::infinity();
 
+template <class T>
 struct RowArgs {
-  float scale;
+  T scale;
   int64_t row;        // global row index i (its own positive is column i)
   int32_t group_row;  // groups[i]
   const int32_t* groups;
@@ -44,20 +47,20 @@ struct RowArgs {
 // Inside the vectorised loops a column is masked when its group equals the row's, which also
 // masks the diagonal; the diagonal (never masked) is then added back by a scalar fix-up, so the
 // loops need no index comparisons.
-template <bool kGroups>
-HBFAST_ALWAYS_INLINE bool same_group(const RowArgs& a, int64_t j) {
+template <bool kGroups, class T>
+HBFAST_ALWAYS_INLINE bool same_group(const RowArgs<T>& a, int64_t j) {
   return kGroups && a.groups[j] == a.group_row;
 }
 
 // Pass 1 over columns [c0, c1) of one row: the row max (from `row_max`) and, with kColumns, the
 // column maxima col_max_new[j] (indexed by global column).
-template <bool kGroups, bool kColumns>
-HBFAST_ALWAYS_INLINE float row_max_pass(const float* __restrict__ x, int64_t c0, int64_t c1, const RowArgs& a,
-                                        float row_max, float* __restrict__ col_max_new) {
-  float lane[kLanes];
+template <bool kGroups, bool kColumns, class T>
+HBFAST_ALWAYS_INLINE T row_max_pass(const T* __restrict__ x, int64_t c0, int64_t c1, const RowArgs<T>& a, T row_max,
+                                    T* __restrict__ col_max_new) {
+  T lane[kLanes];
   for (int l = 0; l < kLanes; ++l) lane[l] = row_max;
-  auto element = [&](int64_t j, float& m) HBFAST_ALWAYS_INLINE_LAMBDA {
-    float s = same_group<kGroups>(a, j) ? kNegInf : a.scale * x[j];
+  auto element = [&](int64_t j, T& m) HBFAST_ALWAYS_INLINE_LAMBDA {
+    T s = same_group<kGroups>(a, j) ? kNegInf<T> : a.scale * x[j];
     m = fmax_plain(m, s);
     if (kColumns) col_max_new[j] = fmax_plain(col_max_new[j], s);
   };
@@ -65,10 +68,10 @@ HBFAST_ALWAYS_INLINE float row_max_pass(const float* __restrict__ x, int64_t c0,
   for (; j + kLanes <= c1; j += kLanes)
     for (int l = 0; l < kLanes; ++l) element(j + l, lane[l]);
   for (; j < c1; ++j) element(j, lane[0]);
-  float m = lane[0];
+  T m = lane[0];
   for (int l = 1; l < kLanes; ++l) m = fmax_plain(m, lane[l]);
   if (kGroups && a.row >= c0 && a.row < c1) {  // the diagonal, masked above
-    float s = a.scale * x[a.row];
+    T s = a.scale * x[a.row];
     m = fmax_plain(m, s);
     if (kColumns) col_max_new[a.row] = fmax_plain(col_max_new[a.row], s);
   }
@@ -77,29 +80,28 @@ HBFAST_ALWAYS_INLINE float row_max_pass(const float* __restrict__ x, int64_t c0,
 
 // Pass 2: sum of exp(s - row_max) over the row's unmasked columns, and with kColumns
 // col_sum[j] += exp(s - col_max[j]).
-template <bool kGroups, bool kColumns>
-HBFAST_ALWAYS_INLINE float row_sum_pass(const float* __restrict__ x, int64_t c0, int64_t c1, const RowArgs& a,
-                                        float row_max, const float* __restrict__ col_max,
-                                        float* __restrict__ col_sum) {
-  float lane[kLanes] = {};
-  auto element = [&](int64_t j, float& acc) HBFAST_ALWAYS_INLINE_LAMBDA {
+template <bool kGroups, bool kColumns, class T>
+HBFAST_ALWAYS_INLINE T row_sum_pass(const T* __restrict__ x, int64_t c0, int64_t c1, const RowArgs<T>& a, T row_max,
+                                    const T* __restrict__ col_max, T* __restrict__ col_sum) {
+  T lane[kLanes] = {};
+  auto element = [&](int64_t j, T& acc) HBFAST_ALWAYS_INLINE_LAMBDA {
     bool masked = same_group<kGroups>(a, j);
-    float s = a.scale * x[j];
-    float e_row = fast_exp(s - row_max);
-    acc += masked ? 0.0f : e_row;
+    T s = a.scale * x[j];
+    T e_row = fast_exp(s - row_max);
+    acc += masked ? T(0) : e_row;
     if (kColumns) {
-      float e_col = fast_exp(s - col_max[j]);
-      col_sum[j] += masked ? 0.0f : e_col;
+      T e_col = fast_exp(s - col_max[j]);
+      col_sum[j] += masked ? T(0) : e_col;
     }
   };
   int64_t j = c0;
   for (; j + kLanes <= c1; j += kLanes)
     for (int l = 0; l < kLanes; ++l) element(j + l, lane[l]);
   for (; j < c1; ++j) element(j, lane[0]);
-  float sum = 0.0f;
+  T sum = 0;
   for (int l = 0; l < kLanes; ++l) sum += lane[l];
   if (kGroups && a.row >= c0 && a.row < c1) {
-    float s = a.scale * x[a.row];
+    T s = a.scale * x[a.row];
     sum += fast_exp(s - row_max);
     if (kColumns) col_sum[a.row] += fast_exp(s - col_max[a.row]);
   }
@@ -107,27 +109,27 @@ HBFAST_ALWAYS_INLINE float row_sum_pass(const float* __restrict__ x, int64_t c0,
 }
 
 // Forward over rows [r0, r1) of the block (a thread's share), one sub-tile at a time.
-template <bool kGroups, bool kColumns>
-HBFAST_ALWAYS_INLINE void forward_rows(const float* x, int64_t ld, int64_t r0, int64_t r1, int64_t row_begin,
-                                       int64_t n_cols, int64_t n_batch, float scale, const int32_t* groups,
-                                       float* row_lse, float* diag, float* col_max, float* col_sum) {
-  float row_max[kRowChunk], row_sum[kRowChunk], row_max_new[kRowChunk];
-  std::vector<float> col_max_new(kColChunk);
+template <bool kGroups, bool kColumns, class T>
+HBFAST_ALWAYS_INLINE void forward_rows(const T* x, int64_t ld, int64_t r0, int64_t r1, int64_t row_begin,
+                                       int64_t n_cols, int64_t n_batch, T scale, const int32_t* groups, T* row_lse,
+                                       T* diag, T* col_max, T* col_sum) {
+  T row_max[kRowChunk], row_sum[kRowChunk], row_max_new[kRowChunk];
+  std::vector<T> col_max_new(kColChunk);
   for (int64_t rc = r0; rc < r1; rc += kRowChunk) {
     int64_t nr = std::min(kRowChunk, r1 - rc);
-    for (int64_t r = 0; r < nr; ++r) row_max[r] = kNegInf, row_sum[r] = 0.0f;
+    for (int64_t r = 0; r < nr; ++r) row_max[r] = kNegInf<T>, row_sum[r] = T(0);
     for (int64_t c0 = 0; c0 < n_cols; c0 += kColChunk) {
       int64_t c1 = std::min(n_cols, c0 + kColChunk);
       bool batch_cols = c0 < n_batch;  // chunks never straddle n_batch (see the split below)
       if (batch_cols) c1 = std::min(c1, n_batch);
-      float* cmax_new = col_max_new.data() - c0;  // indexed by global column
+      T* cmax_new = col_max_new.data() - c0;  // indexed by global column
       if (kColumns && batch_cols) std::copy(col_max + c0, col_max + c1, cmax_new + c0);
       for (int64_t r = 0; r < nr; ++r) {
         int64_t i = row_begin + rc + r;
-        RowArgs a{scale, i, kGroups ? groups[i] : 0, groups};
-        const float* xr = x + (rc + r) * ld;
+        RowArgs<T> a{scale, i, kGroups ? groups[i] : 0, groups};
+        const T* xr = x + (rc + r) * ld;
         row_max_new[r] = batch_cols ? row_max_pass<kGroups, kColumns>(xr, c0, c1, a, row_max[r], cmax_new)
-                                    : row_max_pass<false, false>(xr, c0, c1, a, row_max[r], nullptr);
+                                    : row_max_pass<false, false, T>(xr, c0, c1, a, row_max[r], nullptr);
         row_sum[r] *= lse_rescale(row_max[r], row_max_new[r]);
         row_max[r] = row_max_new[r];
       }
@@ -139,10 +141,10 @@ HBFAST_ALWAYS_INLINE void forward_rows(const float* x, int64_t ld, int64_t r0, i
       }
       for (int64_t r = 0; r < nr; ++r) {
         int64_t i = row_begin + rc + r;
-        RowArgs a{scale, i, kGroups ? groups[i] : 0, groups};
-        const float* xr = x + (rc + r) * ld;
+        RowArgs<T> a{scale, i, kGroups ? groups[i] : 0, groups};
+        const T* xr = x + (rc + r) * ld;
         row_sum[r] += batch_cols ? row_sum_pass<kGroups, kColumns>(xr, c0, c1, a, row_max[r], col_max, col_sum)
-                                 : row_sum_pass<false, false>(xr, c0, c1, a, row_max[r], nullptr, nullptr);
+                                 : row_sum_pass<false, false, T>(xr, c0, c1, a, row_max[r], nullptr, nullptr);
       }
       if (batch_cols && c1 == n_batch) c0 = n_batch - kColChunk;  // continue exactly at n_batch
     }
@@ -154,10 +156,10 @@ HBFAST_ALWAYS_INLINE void forward_rows(const float* x, int64_t ld, int64_t r0, i
   }
 }
 
-HBFAST_SIMD_CLONES
-void forward_rows_dispatch(bool with_groups, bool with_columns, const float* x, int64_t ld, int64_t r0, int64_t r1,
-                           int64_t row_begin, int64_t n_cols, int64_t n_batch, float scale, const int32_t* groups,
-                           float* row_lse, float* diag, float* col_max, float* col_sum) {
+template <class T>
+HBFAST_ALWAYS_INLINE void forward_rows_switch(bool with_groups, bool with_columns, const T* x, int64_t ld, int64_t r0,
+                                              int64_t r1, int64_t row_begin, int64_t n_cols, int64_t n_batch, T scale,
+                                              const int32_t* groups, T* row_lse, T* diag, T* col_max, T* col_sum) {
   if (with_groups && with_columns)
     forward_rows<true, true>(x, ld, r0, r1, row_begin, n_cols, n_batch, scale, groups, row_lse, diag, col_max, col_sum);
   else if (with_groups)
@@ -168,33 +170,47 @@ void forward_rows_dispatch(bool with_groups, bool with_columns, const float* x, 
     forward_rows<false, false>(x, ld, r0, r1, row_begin, n_cols, n_batch, scale, groups, row_lse, diag, col_max, col_sum);
 }
 
+// The float path is compiled per instruction set; the float64 path once (it is for verification).
 HBFAST_SIMD_CLONES
-void merge_column_pairs(float* col_max, float* col_sum, const float* part_max, const float* part_sum, int64_t begin,
-                        int64_t end) {
+void forward_rows_dispatch(bool with_groups, bool with_columns, const float* x, int64_t ld, int64_t r0, int64_t r1,
+                           int64_t row_begin, int64_t n_cols, int64_t n_batch, float scale, const int32_t* groups,
+                           float* row_lse, float* diag, float* col_max, float* col_sum) {
+  forward_rows_switch(with_groups, with_columns, x, ld, r0, r1, row_begin, n_cols, n_batch, scale, groups, row_lse, diag,
+                      col_max, col_sum);
+}
+void forward_rows_dispatch(bool with_groups, bool with_columns, const double* x, int64_t ld, int64_t r0, int64_t r1,
+                           int64_t row_begin, int64_t n_cols, int64_t n_batch, double scale, const int32_t* groups,
+                           double* row_lse, double* diag, double* col_max, double* col_sum) {
+  forward_rows_switch(with_groups, with_columns, x, ld, r0, r1, row_begin, n_cols, n_batch, scale, groups, row_lse, diag,
+                      col_max, col_sum);
+}
+
+template <class T>
+void merge_column_pairs(T* col_max, T* col_sum, const T* part_max, const T* part_sum, int64_t begin, int64_t end) {
   for (int64_t j = begin; j < end; ++j) lse_merge(col_max[j], col_sum[j], part_max[j], part_sum[j]);
 }
 
 // Backward over one row: G[j] = dL/dS_ij for all columns; returns sum_j G_ij * X_ij. x and g may be
 // the same buffer (each element is read before it is written; the diagonal is read up front).
-template <bool kGroups, bool kColumns>
-HBFAST_ALWAYS_INLINE float gradient_row(const float* x, float* g, int64_t n_cols, int64_t n_batch, const RowArgs& a,
-                                        float lse_row, float row_coef, float diag_coef, const float* __restrict__ col_lse,
-                                        const float* __restrict__ col_coef) {
+template <bool kGroups, bool kColumns, class T>
+HBFAST_ALWAYS_INLINE T gradient_row(const T* x, T* g, int64_t n_cols, int64_t n_batch, const RowArgs<T>& a, T lse_row,
+                                    T row_coef, T diag_coef, const T* __restrict__ col_lse,
+                                    const T* __restrict__ col_coef) {
   const int64_t i = a.row;
-  const float x_diag = x[i];
-  float lane[kLanes] = {};
-  auto batch_element = [&](int64_t j, float& acc) HBFAST_ALWAYS_INLINE_LAMBDA {
-    float xv = x[j];
-    float s = a.scale * xv;
+  const T x_diag = x[i];
+  T lane[kLanes] = {};
+  auto batch_element = [&](int64_t j, T& acc) HBFAST_ALWAYS_INLINE_LAMBDA {
+    T xv = x[j];
+    T s = a.scale * xv;
     bool masked = same_group<kGroups>(a, j);
-    float gv = kColumns ? gradient_tile_element(s, lse_row, col_lse[j], row_coef, col_coef[j], 0.0f, masked)
-                        : gradient_tile_element_rows_only(s, lse_row, row_coef, 0.0f, masked);
+    T gv = kColumns ? gradient_tile_element(s, lse_row, col_lse[j], row_coef, col_coef[j], T(0), masked)
+                    : gradient_tile_element_rows_only(s, lse_row, row_coef, T(0), masked);
     g[j] = gv;
     acc += gv * xv;
   };
-  auto negative_element = [&](int64_t j, float& acc) HBFAST_ALWAYS_INLINE_LAMBDA {
-    float xv = x[j];
-    float gv = gradient_tile_element_rows_only(a.scale * xv, lse_row, row_coef, 0.0f, false);
+  auto negative_element = [&](int64_t j, T& acc) HBFAST_ALWAYS_INLINE_LAMBDA {
+    T xv = x[j];
+    T gv = gradient_tile_element_rows_only(a.scale * xv, lse_row, row_coef, T(0), false);
     g[j] = gv;
     acc += gv * xv;
   };
@@ -205,29 +221,30 @@ HBFAST_ALWAYS_INLINE float gradient_row(const float* x, float* g, int64_t n_cols
   for (; j + kLanes <= n_cols; j += kLanes)
     for (int l = 0; l < kLanes; ++l) negative_element(j + l, lane[l]);
   for (; j < n_cols; ++j) negative_element(j, lane[0]);
-  float sum = 0.0f;
+  T sum = 0;
   for (int l = 0; l < kLanes; ++l) sum += lane[l];
   // The diagonal: never masked, and it carries the positive score's own gradient.
-  const float s = a.scale * x_diag;
-  const float gv = kColumns ? gradient_tile_element(s, lse_row, col_lse[i], row_coef, col_coef[i], diag_coef, false)
-                            : gradient_tile_element_rows_only(s, lse_row, row_coef, diag_coef, false);
+  const T s = a.scale * x_diag;
+  const T gv = kColumns ? gradient_tile_element(s, lse_row, col_lse[i], row_coef, col_coef[i], diag_coef, false)
+                        : gradient_tile_element_rows_only(s, lse_row, row_coef, diag_coef, false);
   sum += (gv - g[i]) * x_diag;
   g[i] = gv;
   return sum;
 }
 
-HBFAST_SIMD_CLONES
-double gradient_rows_dispatch(bool with_groups, bool with_columns, const float* x, int64_t ld, int64_t r0, int64_t r1,
-                              int64_t row_begin, int64_t n_cols, int64_t n_batch, float scale, const int32_t* groups,
-                              const float* row_lse, const float* col_lse, const float* row_coef, const float* col_coef,
-                              const float* diag_coef, float* g, int64_t ldg) {
+template <class T>
+HBFAST_ALWAYS_INLINE double gradient_rows_switch(bool with_groups, bool with_columns, const T* x, int64_t ld,
+                                                 int64_t r0, int64_t r1, int64_t row_begin, int64_t n_cols,
+                                                 int64_t n_batch, T scale, const int32_t* groups, const T* row_lse,
+                                                 const T* col_lse, const T* row_coef, const T* col_coef,
+                                                 const T* diag_coef, T* g, int64_t ldg) {
   double total = 0.0;
   for (int64_t r = r0; r < r1; ++r) {
     int64_t i = row_begin + r;
-    RowArgs a{scale, i, with_groups ? groups[i] : 0, groups};
-    const float* xr = x + r * ld;
-    float* gr = g + r * ldg;
-    float part;
+    RowArgs<T> a{scale, i, with_groups ? groups[i] : 0, groups};
+    const T* xr = x + r * ld;
+    T* gr = g + r * ldg;
+    T part;
     if (with_groups && with_columns)
       part = gradient_row<true, true>(xr, gr, n_cols, n_batch, a, row_lse[r], row_coef[r], diag_coef[r], col_lse, col_coef);
     else if (with_groups)
@@ -242,27 +259,44 @@ double gradient_rows_dispatch(bool with_groups, bool with_columns, const float* 
 }
 
 HBFAST_SIMD_CLONES
+double gradient_rows_dispatch(bool with_groups, bool with_columns, const float* x, int64_t ld, int64_t r0, int64_t r1,
+                              int64_t row_begin, int64_t n_cols, int64_t n_batch, float scale, const int32_t* groups,
+                              const float* row_lse, const float* col_lse, const float* row_coef, const float* col_coef,
+                              const float* diag_coef, float* g, int64_t ldg) {
+  return gradient_rows_switch(with_groups, with_columns, x, ld, r0, r1, row_begin, n_cols, n_batch, scale, groups,
+                              row_lse, col_lse, row_coef, col_coef, diag_coef, g, ldg);
+}
+double gradient_rows_dispatch(bool with_groups, bool with_columns, const double* x, int64_t ld, int64_t r0, int64_t r1,
+                              int64_t row_begin, int64_t n_cols, int64_t n_batch, double scale, const int32_t* groups,
+                              const double* row_lse, const double* col_lse, const double* row_coef,
+                              const double* col_coef, const double* diag_coef, double* g, int64_t ldg) {
+  return gradient_rows_switch(with_groups, with_columns, x, ld, r0, r1, row_begin, n_cols, n_batch, scale, groups,
+                              row_lse, col_lse, row_coef, col_coef, diag_coef, g, ldg);
+}
+
+HBFAST_SIMD_CLONES
 void fast_exp_loop(const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = fast_exp(x[i]);
 }
 
 }  // namespace
 
-void contrastive_forward_block_cpu(const float* x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
-                                   int64_t n_batch, float scale, const int32_t* groups, bool with_columns, float* row_lse,
-                                   float* diag, float* col_max, float* col_sum) {
+template <class T>
+void contrastive_forward_block_cpu(const T* x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
+                                   int64_t n_batch, T scale, const int32_t* groups, bool with_columns, T* row_lse,
+                                   T* diag, T* col_max, T* col_sum) {
   const bool with_groups = groups != nullptr;
   int64_t parts = std::max<int64_t>(1, std::min<int64_t>(get_num_threads(), (rows + kRowChunk - 1) / kRowChunk));
   int64_t rows_per_part = (rows + parts - 1) / parts;
   // Each part keeps its own column pairs; they are merged into col_max/col_sum afterwards.
-  std::vector<float> part_max(with_columns ? parts * n_batch : 0, kNegInf);
-  std::vector<float> part_sum(with_columns ? parts * n_batch : 0, 0.0f);
+  std::vector<T> part_max(with_columns ? parts * n_batch : 0, kNegInf<T>);
+  std::vector<T> part_sum(with_columns ? parts * n_batch : 0, T(0));
   parallel_for(parts, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       int64_t r0 = t * rows_per_part, r1 = std::min(rows, r0 + rows_per_part);
       if (r0 >= r1) continue;
-      float* pm = with_columns ? part_max.data() + t * n_batch : nullptr;
-      float* ps = with_columns ? part_sum.data() + t * n_batch : nullptr;
+      T* pm = with_columns ? part_max.data() + t * n_batch : nullptr;
+      T* ps = with_columns ? part_sum.data() + t * n_batch : nullptr;
       forward_rows_dispatch(with_groups, with_columns, x, ld, r0, r1, row_begin, n_cols, n_batch, scale, groups,
                             row_lse, diag, pm, ps);
     }
@@ -274,10 +308,11 @@ void contrastive_forward_block_cpu(const float* x, int64_t ld, int64_t rows, int
   });
 }
 
-double contrastive_backward_block_cpu(const float* x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
-                                      int64_t n_batch, float scale, const int32_t* groups, const float* row_lse,
-                                      const float* col_lse, const float* row_coef, const float* col_coef,
-                                      const float* diag_coef, float* g, int64_t ldg) {
+template <class T>
+double contrastive_backward_block_cpu(const T* x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
+                                      int64_t n_batch, T scale, const int32_t* groups, const T* row_lse,
+                                      const T* col_lse, const T* row_coef, const T* col_coef, const T* diag_coef, T* g,
+                                      int64_t ldg) {
   const bool with_groups = groups != nullptr, with_columns = col_coef != nullptr;
   int64_t parts = std::max<int64_t>(1, std::min<int64_t>(get_num_threads(), rows));
   int64_t rows_per_part = (rows + parts - 1) / parts;
@@ -294,6 +329,16 @@ double contrastive_backward_block_cpu(const float* x, int64_t ld, int64_t rows, 
   for (double v : part_total) total += v;
   return total;
 }
+
+#define HBFAST_INSTANTIATE_CONTRASTIVE(T)                                                                          \
+  template void contrastive_forward_block_cpu<T>(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, T,           \
+                                                 const int32_t*, bool, T*, T*, T*, T*);                              \
+  template double contrastive_backward_block_cpu<T>(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, T,        \
+                                                    const int32_t*, const T*, const T*, const T*, const T*, const T*, \
+                                                    T*, int64_t);
+HBFAST_INSTANTIATE_CONTRASTIVE(float)
+HBFAST_INSTANTIATE_CONTRASTIVE(double)
+#undef HBFAST_INSTANTIATE_CONTRASTIVE
 
 void advise_huge_pages(void* ptr, int64_t nbytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)

@@ -12,18 +12,21 @@ namespace hbfast {
 // (raw); when with_columns, merges this block into the running column pairs
 // (col_max [n_batch], col_sum [n_batch]) that represent col_max + log(col_sum).
 // groups: [n_batch] int32 group codes, or nullptr for no masking.
-void contrastive_forward_block_cpu(const float* x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
-                                   int64_t n_batch, float scale, const int32_t* groups, bool with_columns, float* row_lse,
-                                   float* diag, float* col_max, float* col_sum);
+// T: float (float32/16/bf16 inputs) or double (float64 inputs); every array is T.
+template <class T>
+void contrastive_forward_block_cpu(const T* x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
+                                   int64_t n_batch, T scale, const int32_t* groups, bool with_columns, T* row_lse,
+                                   T* diag, T* col_max, T* col_sum);
 
 // Backward: G [rows, n_cols] (row stride ldg) = dL/dS for the same block, from X (may alias G).
 // row_coef [rows], col_coef [n_batch] (nullptr: no column term) and diag_coef [rows] are the
 // upstream gradients of row_lse, col_lse and the positive scores (see gradient_tile_element);
 // row_lse [rows]; col_lse [n_batch]. Returns sum(G * X), from which Python gets dL/dscale.
-double contrastive_backward_block_cpu(const float* x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
-                                      int64_t n_batch, float scale, const int32_t* groups, const float* row_lse,
-                                      const float* col_lse, const float* row_coef, const float* col_coef,
-                                      const float* diag_coef, float* g, int64_t ldg);
+template <class T>
+double contrastive_backward_block_cpu(const T* x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
+                                      int64_t n_batch, T scale, const int32_t* groups, const T* row_lse,
+                                      const T* col_lse, const T* row_coef, const T* col_coef, const T* diag_coef, T* g,
+                                      int64_t ldg);
 
 // Asks Linux to back [ptr, ptr + nbytes) with transparent huge pages (when THP is in "madvise"
 // mode) before it is first written: one fault per 2 MiB instead of per 4 KiB for the large score

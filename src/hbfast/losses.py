@@ -2,8 +2,9 @@
 
 The score matrix S = scale * q @ keys.T (keys = [p; hard negatives]) is visited one row block at a
 time: torch computes the block's dot products (BLAS / cuBLAS) into a preallocated float32 buffer
-and hbfast's C++/CUDA epilogue (``_C.contrastive_forward_block``) merges it into online per-row and
-per-column log-sum-exps in one vectorised pass. The backward turns each block into the gradient
+(float64 for float64 inputs on the CPU) and hbfast's C++/CUDA epilogue
+(``_C.contrastive_forward_block``) merges it into online per-row and per-column log-sum-exps in
+one vectorised pass. The backward turns each block into the gradient
 block G = dL/dS (``_C.contrastive_backward_block``) and torch multiplies it out:
 ``grad_q = scale * G @ keys``, ``grad_keys = scale * G.T @ q``. Blocks are kept from the forward
 for the backward while they fit in ``memory_budget`` bytes, else recomputed.
@@ -25,7 +26,7 @@ from torch import Tensor
 from . import _C
 from ._ext import check_impl, require_cuda
 
-DEFAULT_MEMORY_BUDGET = 768 << 20  # bytes of float32 score blocks kept from forward to backward
+DEFAULT_MEMORY_BUDGET = 768 << 20  # bytes of score blocks kept from forward to backward
 BLOCK_ROWS = 1024  # rows per block of the score matrix (each block's grad_keys update reads and
 BLOCK_BYTES = 64 << 20  # writes all of grad_keys, so not fewer), unless a block exceeds this
 _MAX_BLOCK_ROWS = 65535  # CUDA grid limit on the gradient kernel's rows
@@ -35,20 +36,20 @@ _REDUCTIONS = ("mean", "sum", "none")
 
 # ---- block planning -------------------------------------------------------------------------------
 
-def block_rows(n_rows: int, n_cols: int) -> int:
-    """Rows per block: BLOCK_ROWS, fewer (at least 16) when a float32 block [rows, n_cols] would
-    take more than BLOCK_BYTES."""
-    rows = max(16, min(BLOCK_ROWS, BLOCK_BYTES // (4 * max(n_cols, 1))))
+def block_rows(n_rows: int, n_cols: int, item_size: int = 4) -> int:
+    """Rows per block: BLOCK_ROWS, fewer (at least 16) when a block [rows, n_cols] of item_size-byte
+    scores would take more than BLOCK_BYTES."""
+    rows = max(16, min(BLOCK_ROWS, BLOCK_BYTES // (item_size * max(n_cols, 1))))
     return int(min(n_rows, rows, _MAX_BLOCK_ROWS))
 
 
-def cached_rows(n_rows: int, n_cols: int, memory_budget: int) -> int:
+def cached_rows(n_rows: int, n_cols: int, memory_budget: int, item_size: int = 4) -> int:
     """How many leading rows of the score matrix the forward keeps for the backward."""
-    return int(min(n_rows, max(0, memory_budget) // (4 * max(n_cols, 1))))
+    return int(min(n_rows, max(0, memory_budget) // (item_size * max(n_cols, 1))))
 
 
-def _blocks(n_rows: int, n_cols: int, n_cached: int) -> List[Tuple[int, int]]:
-    step = block_rows(n_rows, n_cols)
+def _blocks(n_rows: int, n_cols: int, n_cached: int, item_size: int) -> List[Tuple[int, int]]:
+    step = block_rows(n_rows, n_cols, item_size)
     out = []
     for lo, hi in ((0, n_cached), (n_cached, n_rows)):  # a block never straddles the cache boundary
         out += [(r, min(r + step, hi)) for r in range(lo, hi, step)]
@@ -68,11 +69,12 @@ def _on_device(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def _empty_block(rows: int, cols: int, device: torch.device) -> Tensor:
-    """A float32 [rows, cols] buffer; large CPU ones get huge pages before their first write."""
-    t = torch.empty(rows, cols, dtype=torch.float32, device=device)
-    if device.type == "cpu" and t.numel() >= (1 << 20):
-        _C.contrastive_advise_huge_pages(t.data_ptr(), t.numel() * 4)
+def _empty_block(rows: int, cols: int, like: Tensor) -> Tensor:
+    """A [rows, cols] buffer of like's dtype and device; large CPU ones get huge pages before their
+    first write."""
+    t = torch.empty(rows, cols, dtype=like.dtype, device=like.device)
+    if t.device.type == "cpu" and t.numel() >= (1 << 20):
+        _C.contrastive_advise_huge_pages(t.data_ptr(), t.numel() * t.element_size())
     return t
 
 
@@ -89,9 +91,9 @@ def _forward_op(
     q: Tensor, keys: Tensor, scale: Tensor, groups: Optional[Tensor], n_batch: int, row_offset: int,
     with_columns: bool, n_cached: int,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """q [R, D] float32 rows row_offset.. of the batch; keys [N, D] float32 (first n_batch: the
-    batch's positives). Returns row_lse [R], col_lse [n_batch] (empty without columns), the
-    positive scores [R] and the kept blocks [n_cached, N]."""
+    """q [R, D] rows row_offset.. of the batch; keys [N, D] (first n_batch: the batch's positives),
+    both float32, or both float64 on the CPU. Returns, in that dtype, row_lse [R], col_lse [n_batch]
+    (empty without columns), the positive scores [R] and the kept blocks [n_cached, N]."""
     if q.device.type == "cuda":
         require_cuda("hbfast.contrastive_loss")
     for name, t in (("q", q), ("p", keys)):
@@ -103,14 +105,15 @@ def _forward_op(
         raise ValueError(f"contrastive_loss: the scale must be finite and > 0, got {s}")
     R, N = q.shape[0], keys.shape[0]
     codes = _group_codes(groups)
-    f32 = dict(dtype=torch.float32, device=q.device)
-    row_lse = torch.empty(R, **f32)
-    positive = torch.empty(R, **f32)
-    col_max = torch.full((n_batch if with_columns else 0,), -math.inf, **f32)
-    col_sum = torch.zeros(n_batch if with_columns else 0, **f32)
-    cache = _empty_block(n_cached, N, q.device)
-    blocks = _blocks(R, N, n_cached)
-    work = _empty_block(max((hi - lo for lo, hi in blocks if lo >= n_cached), default=0), N, q.device)
+    like = dict(dtype=q.dtype, device=q.device)
+    row_lse = torch.empty(R, **like)
+    positive = torch.empty(R, **like)
+    col_max = torch.full((n_batch if with_columns else 0,), -math.inf, **like)
+    col_sum = torch.zeros(n_batch if with_columns else 0, **like)
+    cache = _empty_block(n_cached, N, q)
+    blocks = _blocks(R, N, n_cached, q.element_size())
+    work = _empty_block(max((hi - lo for lo, hi in blocks if lo >= n_cached), default=0), N, q)
+    f64 = q.dtype == torch.float64
     keys_t = keys.t()
     cuda, stream = q.device.type == "cuda", _stream(q.device)
     with _on_device(q.device):
@@ -120,19 +123,18 @@ def _forward_op(
             _C.contrastive_forward_block(
                 x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, s, _ptr(codes), row_lse[lo:].data_ptr(),
                 positive[lo:].data_ptr(), _ptr(col_max) if with_columns else 0, _ptr(col_sum) if with_columns else 0,
-                cuda, stream,
+                cuda, stream, f64,
             )
     col_lse = col_max + col_sum.log()
     if not math.isfinite(float(row_lse.sum() + col_lse.sum() + positive.sum())):
-        raise ValueError("contrastive_loss: scores overflow float32; scale down the inputs or the logit scale")
+        raise ValueError(f"contrastive_loss: scores overflow {q.dtype}; scale down the inputs or the logit scale")
     return row_lse, col_lse, positive * s, cache
 
 
 @_forward_op.register_fake
 def _(q, keys, scale, groups, n_batch, row_offset, with_columns, n_cached):
     R, N = q.shape[0], keys.shape[0]
-    return (q.new_empty(R, dtype=torch.float32), q.new_empty(n_batch if with_columns else 0, dtype=torch.float32),
-            q.new_empty(R, dtype=torch.float32), q.new_empty(n_cached, N, dtype=torch.float32))
+    return q.new_empty(R), q.new_empty(n_batch if with_columns else 0), q.new_empty(R), q.new_empty(n_cached, N)
 
 
 @torch.library.custom_op("hbfast::contrastive_backward", mutates_args=())
@@ -154,9 +156,10 @@ def _backward_op(
     row_coef = (grad_row_lse * s).contiguous()
     col_coef = None if grad_col_lse is None else (grad_col_lse * s).contiguous()
     diag_coef = (grad_positive * s).contiguous()  # positive_i = S_ii
-    blocks = _blocks(R, N, n_cached)
-    work = _empty_block(max(hi - lo for lo, hi in blocks), N, q.device)
+    blocks = _blocks(R, N, n_cached, q.element_size())
+    work = _empty_block(max(hi - lo for lo, hi in blocks), N, q)
     keys_t = keys.t()
+    f64 = q.dtype == torch.float64
     cuda, stream = q.device.type == "cuda", _stream(q.device)
     dscale_host = 0.0
     with _on_device(q.device):
@@ -170,7 +173,7 @@ def _backward_op(
             dscale_host += _C.contrastive_backward_block(
                 x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, s, _ptr(codes), row_lse[lo:].data_ptr(),
                 _ptr(col_lse) if col_coef is not None else 0, row_coef[lo:].data_ptr(), _ptr(col_coef),
-                diag_coef[lo:].data_ptr(), g.data_ptr(), N, cuda, stream, dscale.data_ptr(),
+                diag_coef[lo:].data_ptr(), g.data_ptr(), N, cuda, stream, dscale.data_ptr(), f64,
             )
             if need_q:
                 torch.mm(g, keys, out=grad_q[lo:hi])  # [rows, D]
@@ -179,7 +182,7 @@ def _backward_op(
                     torch.mm(g.t(), q[lo:hi], out=grad_keys)  # [N, D]
                 else:
                     grad_keys.addmm_(g.t(), q[lo:hi])
-    dscale = ((dscale + dscale_host) / s).to(torch.float32)  # sum(scale * G * X) / scale
+    dscale = ((dscale + dscale_host) / s).to(scale.dtype)  # sum(scale * G * X) / scale
     return grad_q, grad_keys, dscale
 
 
@@ -339,7 +342,7 @@ def _gather_plain(x):
 # ---- the public API -------------------------------------------------------------------------------
 
 def _one_direction(rows, keys, scale, groups, n_batch, row_offset, with_columns, memory_budget):
-    n_cached = cached_rows(rows.shape[0], keys.shape[0], memory_budget)
+    n_cached = cached_rows(rows.shape[0], keys.shape[0], memory_budget, rows.element_size())
     return _forward_op(rows, keys, scale, groups, n_batch, row_offset, with_columns, n_cached)
 
 
@@ -365,12 +368,12 @@ def contrastive_loss(
     ``l_i = logsumexp_j S[i, :] - S[i, i]`` (q -> p, with ``hard_negatives`` [M, D] appended as
     extra columns); ``symmetric=True`` averages it with the p -> q (column) loss of row i. Pairs
     i != j with equal ``group_ids`` are left out of both softmax denominators. ``reduction``:
-    "mean", "sum" or "none" (per-row losses [B]). Float32/16/bf16 (and float64) inputs are computed
-    in float32; gradients come back in the input dtype. ``gather=True`` (under torch.distributed)
-    scores each rank's rows against the batch gathered from all ranks, with gradients, like
-    open_clip's ``local_loss`` + ``gather_with_grad``: averaging the ranks' "mean" losses gives
-    the loss of the global batch. ``memory_budget`` (bytes) bounds the float32 score blocks kept
-    from forward to backward (the rest is recomputed). ``impl``: "auto"/"kernel" (fused) or
+    "mean", "sum" or "none" (per-row losses [B]). Float32/16/bf16 inputs are computed in float32
+    (float64 inputs in float64 on the CPU, in float32 on CUDA); gradients come back in the input
+    dtype. ``gather=True`` (under torch.distributed) scores each rank's rows against the batch
+    gathered from all ranks, with gradients, like open_clip's ``local_loss`` + ``gather_with_grad``:
+    averaging the ranks' "mean" losses gives the loss of the global batch. ``memory_budget``
+    (bytes) bounds the score blocks kept from forward to backward (the rest is recomputed). ``impl``: "auto"/"kernel" (fused) or
     "reference" (plain PyTorch, :func:`hbfast.reference.contrastive_loss`).
     """
     check_impl(impl)
@@ -394,15 +397,16 @@ def contrastive_loss(
         raise ValueError(f"contrastive_loss runs on cpu or cuda tensors, got device {q.device}")
 
     out_dtype = q.dtype
-    qf, pf = q.float(), p.float()
-    hf = None if hard_negatives is None or hard_negatives.shape[0] == 0 else hard_negatives.float()
+    compute = torch.float64 if q.dtype == torch.float64 and q.device.type == "cpu" else torch.float32
+    qf, pf = q.to(compute), p.to(compute)
+    hf = None if hard_negatives is None or hard_negatives.shape[0] == 0 else hard_negatives.to(compute)
     if normalize:
         qf, pf = F.normalize(qf, dim=-1), F.normalize(pf, dim=-1)
         hf = None if hf is None else F.normalize(hf, dim=-1)
     if logit_scale is None:
-        scale = torch.full((), 1.0 / float(temperature), dtype=torch.float32, device=q.device)
+        scale = torch.full((), 1.0 / float(temperature), dtype=compute, device=q.device)
     else:
-        scale = logit_scale.float().reshape(()).exp()
+        scale = logit_scale.to(compute).reshape(()).exp()
     groups = None if group_ids is None else group_ids.to(torch.int64).contiguous()
 
     if not gather:
