@@ -18,6 +18,7 @@ open_clip is not installed; it is not a dependency: `pip install --no-deps open_
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -109,6 +110,7 @@ def st_mnrl_loss(q, p, scale):
     return loss.compute_loss_from_embeddings([q, p], None)
 
 
+@functools.cache  # loaded once, not on every timed call
 def _open_clip_loss_module():
     """open_clip's loss.py, loaded on its own: it needs only torch, while `import open_clip` pulls in
     torchvision (whose wheels replace the CPU torch with a CUDA build). So

@@ -30,7 +30,7 @@ METRICS = ("ip", "cosine")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _MAX_CUDA_IDS = 2**32 - 1  # CUDA keys hold the id in 32 bits (select.h)
 
-# Tile shapes, measured on the 2-core dev box (benchmarks/RESULTS.md): large tiles keep MKL efficient;
+# Tile shapes: large tiles keep MKL efficient (few calls, each a large product);
 # one fp32 product tile (64 MiB on CPU) is the only buffer that grows with the problem besides O(nq * k).
 CPU_QUERY_TILE = 4096
 CPU_CORPUS_TILE = 4096
