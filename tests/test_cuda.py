@@ -389,3 +389,12 @@ def test_device_math_accuracy():
     assert ((log_dev - log_true).abs() / log_true.abs().clamp_min(1e-30)).max() < 2.4e-7  # 2 ulp: no approx log
     lse_true = torch.logaddexp(xd, yd)
     assert ((lse_pair - lse_true).abs() / lse_true.abs().clamp_min(1.0)).max() < 5e-7
+
+
+def test_group_codes_from_a_sort_equal_uniques_inverse():
+    """The sync-free group codes (a sort, no data-dependent sizes) are torch.unique's inverse."""
+    g = torch.Generator().manual_seed(3)
+    for ids in (torch.randint(-5, 5, (200,), generator=g), torch.tensor([2**40, -(2**40), 7, 7, 2**40]),
+                torch.tensor([3])):
+        codes = losses._group_codes(ids)
+        assert codes.dtype == torch.int32 and torch.equal(codes.long(), torch.unique(ids, return_inverse=True)[1])
