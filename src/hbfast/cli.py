@@ -30,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--prefixes", action="store_true", help='prepend "Query: " / "Passage: "')
     ev.add_argument("--pretrained", default=None, help="open_clip backend: pretrained tag")
     ev.add_argument("--image-model", default=None, help="XTD: a separate image model (sentence-transformers CLIP)")
-    ev.add_argument("--metric", default="cos", choices=("cos", "ip"))
+    ev.add_argument("--metric", default="cosine", choices=("cosine", "cos", "ip"),
+                    help="similarity: cosine (alias cos) or ip (inner product)")
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     ev.add_argument("--split", default="test", help="BEIR: qrels split")

@@ -46,8 +46,9 @@ _STATE_BYTES_PER_KEPT = {"cpu": 24, "cuda": 48}  # CPU: 2k (score, id) slots; CU
 # ----------------------------------------------------------------------------------------------
 # Input checks: every problem is reported here, before any pointer reaches _C.
 def _check_metric(metric: str) -> str:
+    metric = "cosine" if metric == "cos" else metric  # the name hbfast eval once used
     if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        raise ValueError(f"metric must be one of {METRICS} (or 'cos'), got {metric!r}")
     return metric
 
 
