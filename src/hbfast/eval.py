@@ -56,10 +56,29 @@ def check_embeddings(embeddings, n: int, what: str, dim: int | None = None) -> t
     return tensor
 
 
-def encode(encoder: Callable, items: Sequence, what: str, dim: int | None = None) -> torch.Tensor:
+PROGRESS_STEP = 1024  # texts per encoder call when a progress bar is shown
+
+
+def encode(encoder: Callable, items: Sequence, what: str, dim: int | None = None, bar=None) -> torch.Tensor:
+    """``encoder(items)`` checked; with ``bar`` (a tqdm over texts), in calls of PROGRESS_STEP items
+    that each advance it, so one bar shows the rate and the time left over every text encoded."""
     if len(items) == 0:
         raise ValueError(f"{what}: nothing to encode")
-    return check_embeddings(encoder(list(items)), len(items), what, dim)
+    items = list(items)
+    if bar is None:
+        return check_embeddings(encoder(items), len(items), what, dim)
+    parts = []
+    for start in range(0, len(items), PROGRESS_STEP):
+        part = items[start : start + PROGRESS_STEP]
+        parts.append(check_embeddings(encoder(part), len(part), what, dim))
+        dim = parts[-1].shape[1]
+        bar.update(len(part))
+    return torch.cat(parts)
+
+
+def _text_bar(total: int, desc: str, progress: bool):
+    """The one progress bar of an evaluation's encoding: texts, with rate and time left."""
+    return tqdm(total=total, desc=desc, unit="text", disable=not progress)
 
 
 def _prepare(x: torch.Tensor, metric: str) -> torch.Tensor:
@@ -211,10 +230,15 @@ def evaluate_lareqa(ds, query_encoder: Callable, passage_encoder: Callable | Non
     passage_encoder = passage_encoder or query_encoder
     start = time.perf_counter()
     queries, candidates, dim = {}, {}, None
-    for lang in tqdm(ds.languages, desc=f"encoding {ds.name}", unit="lang", disable=not progress):
-        queries[lang] = encode(query_encoder, _column(ds.questions[lang], "question"), f"{ds.name}/{lang} questions", dim)
-        dim = queries[lang].shape[1]
-        candidates[lang] = encode(passage_encoder, _column(ds.candidates[lang], "text"), f"{ds.name}/{lang} candidates", dim)
+    total = sum(len(ds.questions[lang]) + len(ds.candidates[lang]) for lang in ds.languages)
+    with _text_bar(total, f"encoding {ds.name}", progress) as bar:
+        for lang in ds.languages:
+            bar.set_postfix_str(lang)
+            queries[lang] = encode(query_encoder, _column(ds.questions[lang], "question"),
+                                   f"{ds.name}/{lang} questions", dim, bar)
+            dim = queries[lang].shape[1]
+            candidates[lang] = encode(passage_encoder, _column(ds.candidates[lang], "text"),
+                                      f"{ds.name}/{lang} candidates", dim, bar)
     encode_seconds = time.perf_counter() - start
     result = lareqa_from_embeddings(ds, queries, candidates, metric=metric, model=model)
     result.seconds["encode"] = encode_seconds
@@ -340,7 +364,7 @@ def ndcg_recall(ranked: tuple[torch.Tensor, torch.Tensor], doc_ids: Sequence[str
 
 
 def evaluate_beir(ds, query_encoder: Callable, passage_encoder: Callable | None = None, *, metric: str = "cosine",
-                  model: str = "", title: bool = True) -> BEIRResult:
+                  model: str = "", title: bool = True, progress: bool = False) -> BEIRResult:
     """nDCG@10 and Recall@100 (the paper's MIRACL table) over the queries with a positive judgement."""
     metric = _check_metric(metric)
     passage_encoder = passage_encoder or query_encoder
@@ -354,8 +378,9 @@ def evaluate_beir(ds, query_encoder: Callable, passage_encoder: Callable | None 
     doc_ids = list(ds.corpus["id"])
     doc_texts = [f"{t} {x}".strip() if title else x for t, x in zip(_column(ds.corpus, "title"), _column(ds.corpus, "text"))]
     start = time.perf_counter()
-    q = encode(query_encoder, query_texts, f"{ds.name} queries")
-    c = encode(passage_encoder, doc_texts, f"{ds.name} corpus", q.shape[1])
+    with _text_bar(len(query_texts) + len(doc_texts), f"encoding {ds.name}", progress) as bar:
+        q = encode(query_encoder, query_texts, f"{ds.name} queries", bar=bar if progress else None)
+        c = encode(passage_encoder, doc_texts, f"{ds.name} corpus", q.shape[1], bar if progress else None)
     encode_seconds = time.perf_counter() - start
     start = time.perf_counter()
     ranked = topk(_prepare(q, metric), _prepare(c, metric), min(100, len(doc_texts)))  # [nq, k] each
