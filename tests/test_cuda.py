@@ -203,7 +203,7 @@ def test_tiny_scores_order_by_value_as_on_the_cpu():
     keys_in = torch.zeros(1, n, dtype=torch.int64, device="cuda")
     keys_out = torch.empty_like(keys_in)
     _C.topk_merge_cuda(tile.data_ptr(), 1, n, n, 0, keys_in.data_ptr(), keys_out.data_ptr(), n, bad.data_ptr(), stream)
-    scores, ids = _C.decode_keys(np.sort(keys_out.cpu().numpy().astype(np.uint64)[0])[::-1].copy())
+    scores, ids = _C.decode_keys(np.sort(keys_out.cpu().numpy().view(np.uint64)[0])[::-1].copy())
     assert ids.tolist() == [0, 2, 1, 5, 3, 6, 4]  # by value; 0 and -0 tie (lower id first)
     assert np.array_equal(scores, tile.cpu().numpy()[0][ids])  # (-0 decodes as +0, equal to it)
     rel_ids = torch.tensor([[1, 3, 6]], device="cuda")
@@ -219,7 +219,7 @@ def test_tiny_scores_order_by_value_as_on_the_cpu():
 def test_device_selection_keys_equal_the_hosts():
     scores = np.array([0.0, -0.0, 1e-45, -1e-45, 1e-40, -1e-40, 1.5, 1.5, -3e38, 3e38, 1.17e-38], dtype=np.float32)
     ids = np.arange(len(scores), dtype=np.int64)[::-1].copy()
-    host = _C.selection_keys(scores, ids).astype(np.int64)
+    host = _C.selection_keys(scores, ids).view(np.int64)
     s, i = torch.from_numpy(scores).cuda(), torch.from_numpy(ids).cuda()
     device = torch.empty(len(scores), dtype=torch.int64, device="cuda")
     _C.topk_keys_cuda(s.data_ptr(), i.data_ptr(), len(scores), device.data_ptr(),
@@ -242,7 +242,7 @@ def test_loss_over_several_row_blocks(small_tiles, memory_budget, symmetric):
     ref = loss_and_grads("reference", q, p, h, **kw)
     kw["group_ids"] = groups.cuda()
     got = loss_and_grads("kernel", *(t.float().cuda() for t in (q, p, h)), **kw)
-    assert_close_to_reference(got, ref, rtol=2e-6)
+    assert_close_to_reference(got, ref, rtol=1e-5)
 
 
 @requires_cuda
@@ -254,7 +254,7 @@ def test_learnable_scale_gradient(small_tiles, memory_budget):
     ref = loss_and_grads("reference", q, p, logit_scale=logit_scale, memory_budget=memory_budget)
     got = loss_and_grads("kernel", q.float().cuda(), p.float().cuda(), logit_scale=logit_scale.float().cuda(),
                          memory_budget=memory_budget)
-    assert_close_to_reference(got, ref, rtol=5e-6)
+    assert_close_to_reference(got, ref, rtol=1e-5)
 
 
 @requires_cuda
@@ -279,7 +279,7 @@ def test_the_loss_step_never_waits_for_the_device(small_tiles):
                          group_ids=groups.cpu())
     got = loss_and_grads("kernel", q.detach(), p.detach(), h, logit_scale=module.logit_scale.detach(),
                          normalize=True, group_ids=groups)
-    assert_close_to_reference(got, ref, rtol=5e-6)
+    assert_close_to_reference(got, ref, rtol=1e-5)
 
 
 @requires_cuda
@@ -336,7 +336,7 @@ def test_second_gpu_while_the_first_is_current(small_tiles):
     cpu = hbfast.topk(q, c, 11)
     assert torch.equal(got_topk[1].cpu(), cpu[1]) and torch.equal(got_topk[0].cpu(), cpu[0])
     assert torch.equal(got_ranks.cpu(), hbfast.relevant_ranks(q, c, rel))
-    assert_close_to_reference(got_loss, loss_and_grads("reference", lq.double(), lp.double(), memory_budget=0), 2e-6)
+    assert_close_to_reference(got_loss, loss_and_grads("reference", lq.double(), lp.double(), memory_budget=0), 1e-5)
 
 
 @requires_cuda
@@ -361,7 +361,7 @@ def test_tf32_enabled_by_the_user_changes_nothing(small_tiles):
         matmul.fp32_precision = before
     assert torch.equal(gpu[0].cpu(), cpu[0]) and torch.equal(gpu[1].cpu(), cpu[1])
     assert torch.equal(ranks.cpu(), hbfast.relevant_ranks(q, c, rel))
-    assert_close_to_reference(got_loss, ref_loss, rtol=2e-6)
+    assert_close_to_reference(got_loss, ref_loss, rtol=1e-5)  # TF32 would be ~1e-3 off
 
 
 # ---- the device math ------------------------------------------------------------------------------
@@ -370,7 +370,7 @@ def test_tf32_enabled_by_the_user_changes_nothing(small_tiles):
 def test_device_math_accuracy():
     """exp, log and the log-sum-exp as the GPU computes them, against float64."""
     g = torch.Generator().manual_seed(0)
-    x = torch.cat([torch.linspace(-87, 88, 20001), torch.randn(20000, generator=g) * 30]).float()
+    x = torch.cat([torch.linspace(-87, 88, 20001), (torch.randn(20000, generator=g) * 30).clamp(-87, 88)]).float()
     y = (torch.randn(len(x), generator=g) * 20).float()
     positive = x.abs() + 1e-30
     out = torch.empty(4, len(x), device="cuda")

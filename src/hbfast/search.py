@@ -278,7 +278,7 @@ def _check_relevant(relevant, nq: int, total: int, device: torch.device) -> torc
         raise ValueError(f"mixed devices: queries are on {device}, relevant is on {relevant.device}")
     rel = relevant.to(torch.int64).contiguous()
     if rel.numel():
-        lo, hi = int(rel.min()), int(rel.max())
+        lo, hi = torch.stack([rel.min(), rel.max()]).tolist()  # one device wait
         if lo < -1 or hi >= total:
             raise ValueError(f"relevant ids must be in [0, {total}) or -1 for padding, found values in [{lo}, {hi}]")
     return rel
@@ -404,7 +404,8 @@ def relevant_ranks(queries, corpus, relevant, *, metric: str = "ip", per_chunk: 
     # Where they did, count again with the tile's own score: the same tile shapes give the same
     # products, so the ranks follow the tile scores exactly, duplicates of an item included.
     differs = ((own_scores != rel_scores) & (rel >= 0)).any(dim=1)  # [nq]
-    redo = [i0 for i0 in starts if bool(differs[i0 : i0 + tile_q].any())]
+    tile_differs = torch.stack([differs[i0 : i0 + tile_q].any() for i0 in starts]).tolist()  # one device wait
+    redo = [i0 for i0, d in zip(starts, tile_differs) if d]
     if redo:
         rel_scores = own_scores.clone()
         for i0 in redo:
