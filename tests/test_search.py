@@ -260,7 +260,8 @@ def test_cuda_matches_cpu(k):
 
 
 def test_cuda_selection_keys_order_by_the_tie_rule():
-    """The CUDA top-k keeps (score, id) as one 64-bit key; check its order and round trip on the CPU."""
+    """The CUDA top-k keeps (score, id) as one 64-bit key: its order and round trip as the host
+    compiles select.h (test_cuda.py checks that the device computes the same keys)."""
     rng = np.random.default_rng(0)
     scores = np.concatenate([rng.standard_normal(500), [0.0, -0.0, 1.5, 1.5, -3e38, 3e38, 1e-45, -1e-45]]).astype(np.float32)
     ids = rng.permutation(len(scores)).astype(np.int64)
