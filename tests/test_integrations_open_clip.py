@@ -150,3 +150,23 @@ def _worker(rank, init_file):
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo")
 def test_two_processes_match_open_clip(tmp_path):
     mp.spawn(_worker, args=(str(tmp_path / "store"),), nprocs=WORLD, join=True)
+
+
+# ---- the open_clip_train launcher (examples/open_clip_train.py) ------------------------------------
+
+def test_launcher_builds_the_drop_ins_from_open_clip_train_args():
+    from types import SimpleNamespace
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "open_clip_train.py"
+    spec = importlib.util.spec_from_file_location("open_clip_train_launcher", path)
+    launcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launcher)  # does not import open_clip_train (main() does)
+    args = SimpleNamespace(distill=False, model="ViT-B-32", horovod=False, siglip=False, loss_dist_impl=None,
+                           local_loss=True, gather_with_grad=True, rank=1, world_size=4)
+    clip = launcher.create_loss(args)
+    assert isinstance(clip, drop_in.ClipLoss)
+    assert (clip.local_loss, clip.gather_with_grad, clip.rank, clip.world_size) == (True, True, 1, 4)
+    args.siglip, args.loss_dist_impl = True, "shift"
+    siglip = launcher.create_loss(args)
+    assert isinstance(siglip, drop_in.SigLipLoss)
+    assert (siglip.rank, siglip.world_size, siglip.dist_impl) == (1, 4, "shift")
