@@ -162,7 +162,7 @@ def _check_features(image_features, text_features) -> None:
     if i.device.type == "cuda":
         require_cuda("hbfast.siglip_loss")
     elif i.device.type != "cpu":
-        raise ValueError(f"siglip_loss runs on cpu or cuda tensors, got device {i.device}")
+        raise ValueError(f"image_features and text_features must be cpu or cuda tensors, got device {i.device}")
 
 
 def check_scalar(name: str, value, device: torch.device) -> None:
