@@ -142,6 +142,10 @@ def _worker(rank, init_file):
         for loss in (drop_in.ClipLoss(rank=rank, world_size=3), drop_in.SigLipLoss(rank=rank, world_size=3)):
             with pytest.raises(ValueError, match="do not match the process group"):
                 loss(image, text, scale, bias)
+        # local batches of different sizes (every rank raises: the sizes are exchanged first)
+        for loss in (drop_in.ClipLoss(rank=rank, world_size=WORLD), drop_in.SigLipLoss(rank=rank, world_size=WORLD)):
+            with pytest.raises(ValueError, match="same local batch size"):
+                loss(image[: LOCAL_B - rank], text[: LOCAL_B - rank], scale, bias)
     finally:
         dist.destroy_process_group()
 

@@ -29,8 +29,8 @@ def _check_group(rank, world_size) -> None:
         raise ValueError(f"need world_size >= 1 and 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
 
 
-def _check_process_group(what: str, rank: int, world_size: int, features: Tensor) -> None:
-    """world_size > 1 must describe the initialised default process group (the same check on every rank)."""
+def _check_process_group(what: str, rank: int, world_size: int) -> None:
+    """world_size > 1 must describe the initialised default process group."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
@@ -38,7 +38,6 @@ def _check_process_group(what: str, rank: int, world_size: int, features: Tensor
     if dist.get_world_size() != world_size or dist.get_rank() != rank:
         raise ValueError(f"{what}: rank={rank}, world_size={world_size} do not match the process group "
                          f"(rank {dist.get_rank()} of {dist.get_world_size()})")
-    _gather_info(features)  # same local batch on every rank
 
 
 def _compute_dtype(t: Tensor) -> torch.dtype:
@@ -108,7 +107,8 @@ class ClipLoss(torch.nn.Module):
         if self.world_size == 1:
             loss = self._symmetric(image, text, scale)
         else:
-            _check_process_group("ClipLoss", self.rank, self.world_size, image)
+            _check_process_group("ClipLoss", self.rank, self.world_size)
+            _gather_info(image)  # the same local batch size on every rank
             all_image, all_text = self._gathered(image, text)
             if self.local_loss:
                 offset = self.rank * image.shape[0]
@@ -149,7 +149,7 @@ class SigLipLoss(torch.nn.Module):
         _check_features(image_features, text_features)
         gather = self.world_size > 1
         if gather:
-            _check_process_group("SigLipLoss", self.rank, self.world_size, image_features)
+            _check_process_group("SigLipLoss", self.rank, self.world_size)  # siglip_loss checks the batch sizes
         loss = siglip_loss(image_features, text_features, logit_scale, logit_bias, gather=gather,
                            memory_budget=self.memory_budget)
         return {"contrastive_loss": loss} if output_dict else loss
