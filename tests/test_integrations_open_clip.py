@@ -80,6 +80,16 @@ def test_siglip_loss_matches_open_clip(B, dim, dtype):
 
 
 @requires_open_clip
+@pytest.mark.skipif(not hbfast.build_info()["cuda_available"], reason="needs a CUDA GPU")
+def test_cuda_matches_open_clip():
+    image, text, scale, bias = (t.cuda() for t in make_inputs(300, 64, seed=5))
+    for ours, theirs in ((drop_in.ClipLoss(), open_clip_loss.ClipLoss()),
+                         (drop_in.SigLipLoss(), open_clip_loss.SigLipLoss())):
+        got = [t.cpu() for t in run(ours, image, text, scale, bias)]
+        assert_same(got, [t.cpu() for t in run(theirs, image, text, scale, bias)])
+
+
+@requires_open_clip
 def test_plain_loss_value_without_output_dict():
     image, text, scale, bias = make_inputs(9)
     assert torch.allclose(drop_in.SigLipLoss()(image, text, scale, bias),
