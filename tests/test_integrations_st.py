@@ -86,3 +86,125 @@ def test_large_batch_runs_without_the_score_matrix():
     value = loss.compute_loss_from_embeddings(cols, None)
     value.backward()
     assert torch.isfinite(value) and all(torch.isfinite(c.grad).all() for c in cols)
+
+
+# ---- the hybrid batch sampler ---------------------------------------------------------------------
+
+LANGS = ("en", "de", "fr")
+
+
+def parallel_texts(n_items=30, seed=0):
+    """Item i's query and passage per language; some items miss some languages."""
+    rng = np.random.default_rng(seed)
+    queries, passages = {}, {}
+    for lang in LANGS:
+        present = rng.random(n_items) < 0.8
+        queries[lang] = [f"{lang} question {i} about topic {i % 7}" if present[i] else None for i in range(n_items)]
+        passages[lang] = [f"{lang} passage {i}: the answer is {i * 3}" if present[i] else None for i in range(n_items)]
+    return queries, passages
+
+
+def check_hybrid_epoch(batches, dataset, item_ids, languages, world_size):
+    """X-X: one language per global batch; X-Y: query language != passage language in every row; no
+    item twice in an epoch; the world_size consecutive batches of a step share kind (and language)."""
+    assert len(batches) % world_size == 0
+    seen = set()
+    for step in range(0, len(batches), world_size):
+        rows = [r for b in batches[step : step + world_size] for r in b]
+        assert all(len(b) > 0 for b in batches[step : step + world_size])
+        pairs = [tuple(languages[r]) for r in rows]
+        mono = [q == p for q, p in pairs]
+        assert all(mono) or not any(mono), "a global step mixes X-X and X-Y rows"
+        if all(mono):
+            assert len({q for q, _ in pairs}) == 1, "an X-X step uses more than one language"
+        items = [item_ids[r] for r in rows]
+        assert not seen & set(items) and len(set(items)) == len(items), "an item repeats within the epoch"
+        seen |= set(items)
+        for r in rows:  # the row's texts are the item's, in the row's languages
+            q, p = languages[r]
+            assert dataset[r]["anchor"].startswith(f"{q} question {item_ids[r]} ")
+            assert dataset[r]["positive"].startswith(f"{p} passage {item_ids[r]}:")
+    return seen
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_hybrid_sampler_batches_satisfy_the_invariants(world_size, alpha):
+    queries, passages = parallel_texts(40)
+    dataset, item_ids, languages = hst.hybrid_pairs_dataset(queries, passages, alpha=alpha)
+    make = hst.hybrid_batch_sampler(item_ids, languages, alpha=alpha, world_size=world_size)
+    sampler = make(dataset, batch_size=4, drop_last=False, valid_label_columns=["label"],
+                   generator=torch.Generator(), seed=3)
+    assert isinstance(sampler, hst.DefaultBatchSampler)
+    epochs = []
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        seen = check_hybrid_epoch(batches, dataset, item_ids, languages, world_size)
+        if alpha < 1:  # drop_last=False: every item with two languages is used, but for a last global
+            # batch of fewer than world_size rows (it cannot give every rank a row, so it is left out)
+            multi = {i for i in set(item_ids) if len({l for j, ls in zip(item_ids, languages) if j == i for l in ls}) > 1}
+            assert len(multi - seen) < world_size
+        epochs.append(batches)
+    assert epochs[0] != epochs[1]  # reseeded per epoch
+    sampler.set_epoch(0)
+    assert list(sampler) == epochs[0]  # a pure function of (seed, epoch)
+    # the per-rank batches are exactly hbfast.hybrid_batches' rank slices
+    plan = hst.hybrid_batches(make(dataset, 4, False, seed=3).layout.availability, 4, alpha=alpha, seed=3, epoch=0,
+                              drop_last=False, rank=world_size - 1, world_size=world_size)
+    last_rank = epochs[0][world_size - 1 :: world_size]
+    assert [len(b) for b in last_rank] == [int((row >= 0).sum()) for row in plan.items][: len(last_rank)]
+
+
+def test_hybrid_sampler_bad_input():
+    queries, passages = parallel_texts(12)
+    dataset, item_ids, languages = hst.hybrid_pairs_dataset(queries, passages)
+    with pytest.raises(ValueError, match="item_ids=..., languages=..."):  # the class given without the layout
+        hst.HybridDefaultBatchSampler(dataset, 4, False)
+    with pytest.raises(ValueError, match="rows"):
+        hst.hybrid_batch_sampler(item_ids, languages[:-1])
+    with pytest.raises(ValueError, match="one .query language, passage language. pair"):
+        hst.hybrid_batch_sampler(item_ids, [q for q, _ in languages])
+    cross = [i for i, (q, p) in enumerate(languages) if q != p]
+    with pytest.raises(ValueError, match="has no row with query language"):
+        hst.hybrid_batch_sampler([item_ids[i] for i in range(len(item_ids)) if i != cross[0]],
+                                 [languages[i] for i in range(len(item_ids)) if i != cross[0]], alpha=0.5)
+    with pytest.raises(ValueError, match="are both item"):
+        hst.hybrid_batch_sampler(item_ids + item_ids[:1], languages + languages[:1])
+    make = hst.hybrid_batch_sampler(item_ids, languages)
+    with pytest.raises(ValueError, match="dataset has 3 rows"):
+        make(dataset.select(range(3)), 4, False)
+    assert isinstance(hst.hybrid_batch_sampler(item_ids, languages, other_datasets="default")(dataset.select(range(3)), 2, False),
+                      hst.DefaultBatchSampler)
+    with pytest.raises(ValueError, match="larger than any batch kind"):
+        make(dataset, 1000, False)
+    with pytest.raises(ValueError, match="world_size"):
+        hst.hybrid_batch_sampler(item_ids, languages, world_size=0)(dataset, 4, False)
+
+
+# ---- whole trainer runs ---------------------------------------------------------------------------
+
+def train_losses(loss_class, dataset, batch_sampler, tmp_path, steps=2):
+    from hbfast.encoders import packaged_model_path
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+
+    model = SentenceTransformer(str(packaged_model_path()), device="cpu")
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=4, learning_rate=5e-5, logging_steps=1,
+        seed=7, report_to="none", save_strategy="no", use_cpu=True, batch_sampler=batch_sampler,
+        dataloader_drop_last=True, disable_tqdm=True,
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss_class(model))
+    trainer.train()
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def test_trainer_gives_the_same_losses_as_sentence_transformers(tmp_path):
+    queries, passages = parallel_texts(30)
+    dataset, item_ids, languages = hst.hybrid_pairs_dataset(queries, passages)
+    sampler = hst.hybrid_batch_sampler(item_ids, languages, alpha=0.5)
+    ours = train_losses(hst.MultipleNegativesRankingLoss, dataset, sampler, tmp_path / "ours")
+    theirs = train_losses(st_losses.MultipleNegativesRankingLoss, dataset, sampler, tmp_path / "theirs")
+    assert len(ours) == 2
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4)
