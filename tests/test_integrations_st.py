@@ -208,3 +208,35 @@ def test_trainer_gives_the_same_losses_as_sentence_transformers(tmp_path):
     theirs = train_losses(st_losses.MultipleNegativesRankingLoss, dataset, sampler, tmp_path / "theirs")
     assert len(ours) == 2
     np.testing.assert_allclose(ours, theirs, rtol=1e-4)
+
+
+# ---- gather_across_devices under torch.distributed ---------------------------------------------------
+
+def _gather_worker(rank, init_file):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        full = columns(b=2 * 9, d=12, negatives=1, seed=11)
+        local = [c[rank * 9 : (rank + 1) * 9] for c in full]
+        for symmetric in (False, True):
+            ours = (hst.MultipleNegativesSymmetricRankingLoss if symmetric else hst.MultipleNegativesRankingLoss)(
+                None, gather_across_devices=True)
+            theirs = (st_symmetric if symmetric else st_losses.MultipleNegativesRankingLoss)(None, gather_across_devices=True)
+            assert ours._gathers()
+            value, grads = loss_and_grads(ours, local)
+            ref_value, ref_grads = loss_and_grads(theirs, local)
+            torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-5)
+            for g, r in zip(grads, ref_grads):
+                torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gather_across_devices_matches_sentence_transformers(tmp_path):
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("needs torch.distributed with gloo")
+    mp.spawn(_gather_worker, args=(str(tmp_path / "store"),), nprocs=2, join=True)
