@@ -140,3 +140,21 @@ def test_bad_input():
         hfaiss.IndexFlatIP(0)
     with pytest.raises(TypeError, match="float32"):
         hfaiss.normalize_L2(np.zeros((2, 2)))
+
+
+def test_example_runs_and_matches_faiss():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "faiss_drop_in.py"
+    spec = importlib.util.spec_from_file_location("faiss_drop_in", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    D, I = example.main(["--n", "300", "--nq", "12", "--d", "24", "--k", "5"])
+    rng = np.random.default_rng(0)  # the example's data, searched by faiss itself
+    xb = rng.standard_normal((300, 24)).astype(np.float32)
+    xq = xb[rng.choice(300, 12, replace=False)] + 0.1 * rng.standard_normal((12, 24)).astype(np.float32)
+    example.faiss = faiss
+    Df, If = example.search(xb, xq, 5)
+    np.testing.assert_allclose(D, Df, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(I, If)

@@ -79,10 +79,10 @@ def test_unfusable_settings_raise_clear_errors():
 
 
 def test_large_batch_runs_without_the_score_matrix():
-    # B = 8192 with 2 columns of negatives: sentence-transformers' matrix would be 8192 x 24576 floats
-    # (768 MiB with its softmax); hbfast keeps blocks within memory_budget (here 16 MiB) and recomputes the rest.
-    loss = hst.MultipleNegativesRankingLoss(None, memory_budget=16 << 20)
-    cols = [c.requires_grad_() for c in columns(b=8192, d=32, negatives=2)]
+    # B = 4096 with 2 columns of negatives: sentence-transformers' matrix would be 4096 x 12288 floats
+    # (192 MiB, more with its softmax); hbfast keeps blocks within memory_budget (here 8 MiB), recomputes the rest.
+    loss = hst.MultipleNegativesRankingLoss(None, memory_budget=8 << 20)
+    cols = [c.requires_grad_() for c in columns(b=4096, d=16, negatives=2)]
     value = loss.compute_loss_from_embeddings(cols, None)
     value.backward()
     assert torch.isfinite(value) and all(torch.isfinite(c.grad).all() for c in cols)
@@ -183,31 +183,28 @@ def test_hybrid_sampler_bad_input():
         hst.hybrid_batch_sampler(item_ids, languages, world_size=0)(dataset, 4, False)
 
 
-# ---- whole trainer runs ---------------------------------------------------------------------------
+# ---- whole trainer runs (examples/st_drop_in.py) -----------------------------------------------------
 
-def train_losses(loss_class, dataset, batch_sampler, tmp_path, steps=2):
-    from hbfast.encoders import packaged_model_path
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+def load_example(name):
+    import importlib.util
+    import pathlib
 
-    model = SentenceTransformer(str(packaged_model_path()), device="cpu")
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=4, learning_rate=5e-5, logging_steps=1,
-        seed=7, report_to="none", save_strategy="no", use_cpu=True, batch_sampler=batch_sampler,
-        dataloader_drop_last=True, disable_tqdm=True,
-    )
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss_class(model))
-    trainer.train()
-    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def test_trainer_gives_the_same_losses_as_sentence_transformers(tmp_path):
-    queries, passages = parallel_texts(30)
-    dataset, item_ids, languages = hst.hybrid_pairs_dataset(queries, passages)
-    sampler = hst.hybrid_batch_sampler(item_ids, languages, alpha=0.5)
-    ours = train_losses(hst.MultipleNegativesRankingLoss, dataset, sampler, tmp_path / "ours")
-    theirs = train_losses(st_losses.MultipleNegativesRankingLoss, dataset, sampler, tmp_path / "theirs")
+def test_trainer_gives_the_same_losses_as_sentence_transformers():
+    # the example on 3 bundled XQuAD-R languages, hybrid batches; same seed, so the same batches and dropout
+    example = load_example("st_drop_in")
+    kw = dict(languages=("en", "de", "zh"), n_items=24, steps=2, batch_size=4, alpha=0.5, max_seq_length=24)
+    ours = example.train(loss="hbfast", **kw)
+    theirs = example.train(loss="sentence-transformers", **kw)
     assert len(ours) == 2
     np.testing.assert_allclose(ours, theirs, rtol=1e-4)
+    assert ours[0] != ours[1]
 
 
 # ---- gather_across_devices under torch.distributed ---------------------------------------------------
