@@ -157,6 +157,22 @@ def test_hybrid_sampler_batches_satisfy_the_invariants(world_size, alpha):
     assert [len(b) for b in last_rank] == [int((row >= 0).sum()) for row in plan.items][: len(last_rank)]
 
 
+def test_accelerate_hands_each_rank_its_slice_of_the_global_batch():
+    # what the trainer does under DDP: accelerate wraps the batch sampler in BatchSamplerShard
+    from accelerate.data_loader import BatchSamplerShard
+
+    queries, passages = parallel_texts(40)
+    dataset, item_ids, languages = hst.hybrid_pairs_dataset(queries, passages)
+    make = hst.hybrid_batch_sampler(item_ids, languages, world_size=2)
+    sampler = make(dataset, batch_size=3, drop_last=True, seed=5)
+    layout = sampler.layout
+    for rank in (0, 1):
+        shard = BatchSamplerShard(sampler, num_processes=2, process_index=rank, split_batches=False, even_batches=False)
+        plan = hst.hybrid_batches(layout.availability, 3, alpha=0.5, seed=5, epoch=0, rank=rank, world_size=2)
+        expected = [layout.rows(i, q, p).tolist() for i, q, p in zip(plan.items, plan.query_lang, plan.passage_lang)]
+        assert list(shard) == expected
+
+
 def test_hybrid_sampler_bad_input():
     queries, passages = parallel_texts(12)
     dataset, item_ids, languages = hst.hybrid_pairs_dataset(queries, passages)
