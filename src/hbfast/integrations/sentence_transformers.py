@@ -89,7 +89,7 @@ class MultipleNegativesRankingLoss(_st_losses.MultipleNegativesRankingLoss):
                 f"partition_mode='per_direction'; got directions={directions}, partition_mode={partition_mode!r}: "
                 "use sentence_transformers' own MultipleNegativesRankingLoss for it"
             )
-        self._normalize = _normalizes(similarity_fct)
+        _normalizes(similarity_fct)  # fails early for a similarity hbfast cannot fuse
         kwargs = dict(model=model, scale=scale, similarity_fct=similarity_fct, gather_across_devices=gather_across_devices)
         if "directions" in inspect.signature(super().__init__).parameters:  # sentence-transformers >= 6
             kwargs.update(directions=directions, partition_mode=partition_mode)
@@ -114,7 +114,7 @@ class MultipleNegativesRankingLoss(_st_losses.MultipleNegativesRankingLoss):
         hard_negatives = torch.cat(negatives, 0) if negatives else None  # [n * B, D]
         return contrastive_loss(
             anchors, positives, temperature=1.0 / self.scale, symmetric=self.symmetric,
-            hard_negatives=hard_negatives, normalize=self._normalize, gather=self._gathers(),
+            hard_negatives=hard_negatives, normalize=_normalizes(self.similarity_fct), gather=self._gathers(),
             memory_budget=self.memory_budget,
         )
 
