@@ -2,7 +2,8 @@
 against sentence-transformers' SentenceTransformerTrainer (MultipleNegativesRankingLoss; the cached
 variant for the large batch), same model (packaged all-MiniLM-L6-v2), data (MLQA-R pairs), batch
 size and max length, in one run. Each measurement runs in its own process (peak memory = that
-process's peak RSS, or peak CUDA memory on a GPU); time counts the steps after the first.
+process's peak RSS, or peak CUDA memory on a GPU); time counts the steps after the first (the
+only step when there is one).
 
     python benchmarks/compare_training.py                       # demo config and batch 4096 (cached)
     python benchmarks/compare_training.py --steps 4 --large-steps 2 --large-length 16
@@ -40,6 +41,12 @@ def _peak_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _timed(times: list) -> dict:
+    """Seconds of the steps after the first (of the only step when there is one)."""
+    timed = times[1:] or times
+    return {"seconds": sum(timed), "timed_steps": len(timed)}
+
+
 def run_hbfast(spec: dict) -> dict:
     from hbfast.train import TrainConfig, Trainer, text_tasks
     from hbfast.train.loop import _rows
@@ -53,7 +60,7 @@ def run_hbfast(spec: dict) -> dict:
         start = time.perf_counter()
         trainer.train_step(_rows(plan, step % len(plan)))
         times.append(time.perf_counter() - start)
-    return {"seconds": sum(times[1:]), "timed_steps": len(times) - 1, "peak_mb": _peak_mb(str(trainer.device))}
+    return {**_timed(times), "peak_mb": _peak_mb(str(trainer.device))}
 
 
 def run_st(spec: dict) -> dict:
@@ -72,11 +79,14 @@ def run_st(spec: dict) -> dict:
     data = datasets.Dataset.from_dict({"anchor": queries, "positive": passages})
     loss = (CachedMultipleNegativesRankingLoss(model, mini_batch_size=spec["mini_batch"]) if spec["mini_batch"]
             else MultipleNegativesRankingLoss(model))
-    stamps = []
+    times = []
 
     class Stamp(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            times.append(-time.perf_counter())
+
         def on_step_end(self, args, state, control, **kwargs):
-            stamps.append(time.perf_counter())
+            times[-1] += time.perf_counter()
 
     args = SentenceTransformerTrainingArguments(
         output_dir=spec["out"], per_device_train_batch_size=spec["batch"], max_steps=spec["steps"], learning_rate=1e-5,
@@ -84,7 +94,7 @@ def run_st(spec: dict) -> dict:
         dataloader_drop_last=True, use_cpu=device == "cpu", bf16=device.startswith("cuda"), disable_tqdm=True)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss, callbacks=[Stamp()])
     trainer.train()
-    return {"seconds": stamps[-1] - stamps[0], "timed_steps": len(stamps) - 1, "peak_mb": _peak_mb(device)}
+    return {**_timed(times), "peak_mb": _peak_mb(device)}
 
 
 def child(spec: dict) -> None:
