@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 
 from .config import BATCH_TYPES, LOSSES, TrainConfig
 
@@ -78,6 +79,8 @@ def run_train(args) -> int:
         summary = train(config_from(args), **text_options(args))
     finally:
         distributed.cleanup()
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     print(f"trained {summary['steps']} steps in {summary['seconds']:.1f} s (last loss {summary['last_loss']:.4f}"
           f"{', stopped early' if summary['stopped_early'] else ''}); model: {summary['final']}")
     return 0

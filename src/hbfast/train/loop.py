@@ -73,9 +73,13 @@ class Trainer:
                                           seed=config.seed, lang_weights=config.weights, rank=self.rank, world_size=world)
         self.heldout_plan = None
         if heldout is not None and config.eval_every:
-            self.heldout_plan = HybridBatchSampler(heldout.availability, self.local_batch, alpha=config.effective_alpha,
-                                                   seed=config.seed, lang_weights="size", rank=self.rank,
-                                                   world_size=world).plan
+            try:
+                self.heldout_plan = HybridBatchSampler(heldout.availability, self.local_batch,
+                                                       alpha=config.effective_alpha, seed=config.seed,
+                                                       lang_weights="size", rank=self.rank, world_size=world).plan
+            except ValueError as e:
+                raise ValueError(f"the held-out split ({len(heldout.availability)} items) cannot fill one batch of "
+                                 f"{config.batch_size}: raise --heldout or lower --batch-size ({e})") from None
         torch.manual_seed(config.seed + self.rank)
         np.random.seed(config.seed + self.rank)
         self.model = task.build_model().to(self.device)
