@@ -66,8 +66,8 @@ def test_resume_after_sigkill_gives_the_uninterrupted_weights(setup, tmp_path, m
 
 def test_two_process_ddp_equals_one_process(setup, tmp_path, monkeypatch):
     common = ["--steps", "3", "--dropout", "0", "--save-every", "2", "--batch-type", "hybrid"]
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                          "29517", "-m", "hbfast", *_args(setup, tmp_path / "ddp", *common)],
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "hbfast", *_args(setup, tmp_path / "ddp", *common)],
                          env=_env(setup, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert {p.name for p in (tmp_path / "ddp" / "checkpoint-2").glob("rng-rank*.pt")} == {"rng-rank0.pt", "rng-rank1.pt"}
