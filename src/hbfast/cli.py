@@ -1,4 +1,5 @@
-"""The ``hbfast`` command: ``hbfast eval`` scores an encoder on XQuAD-R, MLQA-R, XTD or a BEIR-style set."""
+"""The ``hbfast`` command: ``eval`` scores an encoder (XQuAD-R, MLQA-R, XTD, BEIR-style); ``train`` trains
+a dual encoder with hybrid batches; ``demo`` compares X-X, X-Y and hybrid training; ``sweep`` varies alpha."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--images", default=None, help="XTD: directory of the COCO images")
     ev.add_argument("--out", default="hbfast-eval", help="output directory (default: ./hbfast-eval)")
     ev.add_argument("--languages", default=None, help="comma-separated subset, e.g. en,de,zh")
+    ev.add_argument("--paragraphs", type=int, default=None,
+                    help="XQuAD-R / MLQA-R: only the first N paragraphs of each language (a quicker, smaller benchmark)")
     ev.add_argument("--backend", default="auto", choices=("auto", "sentence-transformers", "transformers", "open_clip"),
                     help="model library (auto: sentence-transformers if the model has modules.json, else transformers)")
     ev.add_argument("--pooling", default="mean", choices=("mean", "cls"), help="transformers backend pooling")
@@ -36,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     ev.add_argument("--split", default="test", help="BEIR: qrels split")
     ev.add_argument("--no-progress", action="store_true")
+    from .train.cli import add_commands
+
+    add_commands(commands)
     return parser
 
 
@@ -84,6 +90,8 @@ def run_eval(args) -> int:
             ds = data.load_beir(args.data_dir, args.split)
         else:
             ds = data.load_lareqa(args.dataset, data_dir=args.data_dir, languages=args.languages)
+            if args.paragraphs is not None:
+                ds = ds.head(args.paragraphs)
         print(f"{ds}", file=sys.stderr)
         # The protocol draws one bar over every text (rate, time left); the encoders draw none.
         query, passage = encoders.load_text_encoders(args.model, backend=args.backend, pooling=args.pooling,
@@ -106,13 +114,17 @@ def run_eval(args) -> int:
 
 
 def main(argv=None) -> int:
+    from .train.checkpoint import CheckpointError
+
     args = _parser().parse_args(argv)
     if getattr(args, "model", None) is None or Path(args.model).exists():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local model: set before huggingface_hub is imported
     try:
         if args.command == "eval":
             return run_eval(args)
-    except (ValueError, OSError, ImportError) as e:  # OSError: files, and failed downloads (data or model)
+        return args.run(args)
+    # OSError: files, and failed downloads (data or model)
+    except (ValueError, OSError, ImportError, CheckpointError, FloatingPointError) as e:
         print(f"hbfast {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 1
