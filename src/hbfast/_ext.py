@@ -1,9 +1,17 @@
 """Loading of the compiled extension ``hbfast._C``, what it was built with, and device dispatch."""
 from __future__ import annotations
 
+import ctypes
 import functools
+import os
 
-from . import _C
+import scipy_openblas32 as _openblas
+
+# _C links the scipy-openblas32 wheel's OpenBLAS: load it from the installed wheel first, so _C finds it
+# wherever both are installed (its soname is then already loaded).
+ctypes.CDLL(os.path.join(_openblas.get_lib_dir(), _openblas.get_library(fullname=True)), mode=ctypes.RTLD_GLOBAL)
+
+from . import _C  # noqa: E402
 
 IMPLS = ("auto", "kernel", "reference")
 
@@ -30,10 +38,16 @@ def build_info() -> dict:
     """What this build of hbfast contains and what it can use now.
 
     Keys: ``version``, ``cuda`` (CUDA kernels compiled in), ``cuda_archs`` (their targets),
-    ``cuda_available`` (a GPU usable now), ``threads`` (CPU threads the kernels use).
+    ``cuda_available`` (a GPU usable now), ``threads`` (CPU threads the kernels use), ``openblas``
+    (the OpenBLAS linked in), ``gemm``: the CPU matrix products (``openblas``, ``mkl``: the libraries;
+    ``override``: HBFAST_GEMM; ``chosen``: the product measured faster per shape class so far;
+    ``measuring``: classes still being measured; see ``hbfast._gemm``).
     """
+    from . import _gemm
+
     info = dict(_C.build_info())
     info["cuda_available"] = _cuda_available()
+    info["gemm"] = _gemm.describe()
     return info
 
 

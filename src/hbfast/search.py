@@ -1,8 +1,11 @@
 """Exact similarity search: ``topk`` and ``relevant_ranks`` (and ``FlatIndex``, a corpus kept for reuse).
 
-Both walk the score matrix in tiles: a torch matrix product writes one fp32 tile into a reused buffer
-(MKL on CPU, cuBLAS on GPU), then a C++/CUDA epilogue merges it into the per-query running top-k or
-counts, for each relevant item, the candidates that beat it. Memory is O(nq * k + tile); the full
+Both walk the score matrix in tiles: a matrix product writes one fp32 tile, then a C++/CUDA epilogue
+merges it into the per-query running top-k or counts, for each relevant item, the candidates that
+beat it. On the GPU the product is torch's (cuBLAS). On the CPU it is torch's (MKL, into a reused
+buffer) or hbfast's fused one (OpenBLAS called by each of hbfast's threads on a small block of
+queries, the epilogue reading the block while it is in cache), whichever is faster for the shape on
+this machine (measured, see ``hbfast._gemm``; ``HBFAST_GEMM=mkl|openblas`` forces one). Memory is O(nq * k + tile); the full
 score matrix never exists, and the corpus may arrive as chunks (a memmap split in pieces).
 
 Tie rule (everywhere in hbfast): higher score first; equal scores rank the lower corpus id first.
@@ -20,7 +23,7 @@ from typing import Iterable, Iterator, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from . import _C, reference
+from . import _C, _gemm, reference
 from ._ext import check_impl, require_cuda
 
 Matrix = Union[torch.Tensor, np.ndarray]
@@ -201,17 +204,26 @@ def _topk_cpu(q32: torch.Tensor, chunks, k: int, metric: str, total: Optional[in
         capacity = min(capacity, total + 1)
     state = _C.TopkStateCpu(nq, k, max(capacity, k + 1))
     tile_q = min(nq, CPU_QUERY_TILE)
-    buffer = torch.empty(tile_q * CPU_CORPUS_TILE, dtype=torch.float32)  # reused product tile
+    buffer = None  # torch's product tile, reused (hbfast's fused product keeps its own small tiles)
+    key = _gemm.shape_class("topk", nq, CPU_CORPUS_TILE, dim, k <= _C.TOPK_HEAP_MAX_K)
     seen = 0
     with _progress(total, progress, "topk") as bar:
         for first_id, ct in _tiles(chunks, dim, q32.device, metric, CPU_CORPUS_TILE):
             width = ct.shape[0]
-            for i0 in range(0, nq, tile_q):
-                qt = q32[i0 : i0 + tile_q]  # [tq, D]
-                tile = buffer[: qt.shape[0] * width].view(qt.shape[0], width)  # [tq, tc]
-                torch.matmul(qt, ct.T, out=tile)
-                if not _C.topk_merge_cpu(state, tile.data_ptr(), i0, qt.shape[0], width, width, first_id):
-                    raise _non_finite(first_id, width)
+            with _gemm.chooser.timed(key) as run:
+                run.units = nq * width
+                if run.backend == "openblas":  # product and selection in one pass over small tiles
+                    if not _C.topk_search_cpu(state, q32.data_ptr(), dim, ct.data_ptr(), width, first_id):
+                        raise _non_finite(first_id, width)
+                else:
+                    if buffer is None:
+                        buffer = torch.empty(tile_q * CPU_CORPUS_TILE, dtype=torch.float32)
+                    for i0 in range(0, nq, tile_q):
+                        qt = q32[i0 : i0 + tile_q]  # [tq, D]
+                        tile = buffer[: qt.shape[0] * width].view(qt.shape[0], width)  # [tq, tc]
+                        torch.matmul(qt, ct.T, out=tile)
+                        if not _C.topk_merge_cpu(state, tile.data_ptr(), i0, qt.shape[0], width, width, first_id):
+                            raise _non_finite(first_id, width)
             seen += width
             bar.update(width)
     if seen < k:
@@ -388,7 +400,8 @@ def relevant_ranks(queries, corpus, relevant, *, metric: str = "ip", per_chunk: 
     tile_q = min(q32.shape[0], CUDA_QUERY_TILE if cuda else CPU_QUERY_TILE)
     starts = list(range(0, q32.shape[0], tile_q))
     per_chunk_counts = (chunk_counts, rel_chunk, chunk_starts) if per_chunk else None
-    _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q, metric, total, progress,
+    products = {}  # the product each tile used, so that a redo pass computes the same scores
+    _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q, metric, total, progress, products,
                 per_chunk_counts)
     # The batched products above may round an item's score differently from its tile (by an ulp).
     # Where they did, count again with the tile's own score: the same tile shapes give the same
@@ -402,7 +415,7 @@ def relevant_ranks(queries, corpus, relevant, *, metric: str = "ip", per_chunk: 
             if per_chunk:
                 chunk_counts[i0 : i0 + tile_q] = 0
         _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, redo, tile_q, metric, total, progress,
-                    per_chunk_counts)
+                    products, per_chunk_counts)
     ranks = torch.where(rel >= 0, counts + 1, torch.full_like(counts, -1))
     if not per_chunk:
         return _output(ranks, as_numpy)
@@ -410,10 +423,12 @@ def relevant_ranks(queries, corpus, relevant, *, metric: str = "ip", per_chunk: 
     return _output(ranks, as_numpy), _output(chunk_ranks, as_numpy)
 
 
-def _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q, metric, total, progress,
+def _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q, metric, total, progress, products,
                 per_chunk_counts=None):
     """One walk over the corpus tiles for the query tiles starting at `starts`: adds to counts
     [nq, r] the candidates that beat each relevant item, and records each item's own tile score.
+    products: {(query tile start, first corpus id): CPU product used}, filled by the first pass and
+    followed by a redo pass.
     With per_chunk_counts = (chunk_counts, rel_chunk, chunk_starts), also adds to chunk_counts the
     candidates of each item's own chunk that beat it (a tile never spans two chunks)."""
     cuda = q32.device.type == "cuda"
@@ -423,7 +438,8 @@ def _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q
     nq, dim = q32.shape
     r = rel.shape[1]
     tile_c = CUDA_CORPUS_TILE if cuda else CPU_CORPUS_TILE
-    buffer = torch.empty(tile_q * tile_c, dtype=torch.float32, device=q32.device)
+    buffer = None  # torch's product tile (hbfast's fused product keeps its own small tiles)
+    key = None if cuda else _gemm.shape_class("relevant_ranks", tile_q, tile_c, dim)
     if per_chunk_counts is not None:
         chunk_counts, rel_chunk, chunk_starts = per_chunk_counts
         chunk_starts = chunk_starts.tolist()
@@ -433,17 +449,28 @@ def _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q
             width = ct.shape[0]
             for i0 in starts:
                 qt = q32[i0 : i0 + tile_q]  # [tq, D]
-                tile = buffer[: qt.shape[0] * width].view(qt.shape[0], width)  # [tq, tc]
-                torch.matmul(qt, ct.T, out=tile)
                 target = counts[i0 : i0 + qt.shape[0]]
                 if per_chunk_counts is not None:
                     target = piece[: qt.shape[0]].zero_()
-                args = (tile.data_ptr(), qt.shape[0], width, width, first_id, rel_scores[i0].data_ptr(),
-                        rel[i0].data_ptr(), r, target.data_ptr(), own_scores[i0].data_ptr())
-                if cuda:
-                    _C.count_beating_cuda(*args, bad.data_ptr(), stream)
-                elif not _C.count_beating_cpu(*args):
-                    raise _non_finite(first_id, width)
+                rel_args = (rel_scores[i0].data_ptr(), rel[i0].data_ptr(), r, target.data_ptr(), own_scores[i0].data_ptr())
+                # A redo pass must compute every tile with the product of the first pass (same scores).
+                backend = "mkl" if cuda else products.setdefault((i0, first_id), _gemm.chooser.next(key))
+                with _gemm.chooser.timed(key) as run:
+                    run.backend, run.units = backend, qt.shape[0] * width
+                    if backend == "openblas":  # product and counting in one pass over small tiles
+                        if not _C.count_beating_search_cpu(qt.data_ptr(), qt.shape[0], dim, ct.data_ptr(), width,
+                                                           first_id, *rel_args):
+                            raise _non_finite(first_id, width)
+                    else:
+                        if buffer is None:
+                            buffer = torch.empty(tile_q * tile_c, dtype=torch.float32, device=q32.device)
+                        tile = buffer[: qt.shape[0] * width].view(qt.shape[0], width)  # [tq, tc]
+                        torch.matmul(qt, ct.T, out=tile)
+                        args = (tile.data_ptr(), qt.shape[0], width, width, first_id) + rel_args
+                        if cuda:
+                            _C.count_beating_cuda(*args, bad.data_ptr(), stream)
+                        elif not _C.count_beating_cpu(*args):
+                            raise _non_finite(first_id, width)
                 if per_chunk_counts is not None:
                     rows = slice(i0, i0 + qt.shape[0])
                     counts[rows] += target
