@@ -56,8 +56,8 @@ void set_fused_blocks(int64_t rows, int64_t cols) {
 
 int64_t fused_block_rows(int64_t n) {
   int64_t rows = g_block_rows.load(), threads = get_num_threads();
-  int64_t share = (n + 2 * threads - 1) / (2 * threads);  // half a thread's share
-  return std::max<int64_t>(1, std::min(rows, std::max<int64_t>(share, std::min<int64_t>(rows, 64))));
+  int64_t share = (n + threads - 1) / threads;  // a thread's share
+  return std::max<int64_t>(1, std::min(rows, share));
 }
 
 int64_t fused_block_cols(int64_t cols) { return std::max<int64_t>(1, std::min(g_block_cols.load(), cols)); }
