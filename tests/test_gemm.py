@@ -108,14 +108,16 @@ def test_the_choice_is_measured_then_kept(monkeypatch):
     key = _gemm.shape_class("test", 1000, 4096, 768)
     assert key == _gemm.shape_class("test", 1024, 3000, 768)  # pooled by powers of two
     seen = []
-    for slow in ("mkl", "openblas"):  # each product measured SAMPLES times, alternately
+    for slow in ("mkl", "openblas"):  # each product measured WARMUP + SAMPLES times, alternately
         chooser = _gemm._Chooser()
         seen = []
-        for _ in range(2 * _gemm.SAMPLES):
+        for i in range(2 * (_gemm.WARMUP + _gemm.SAMPLES)):
             backend = chooser.next(key)
             seen.append(backend)
-            chooser.record(key, backend, 2.0 if backend == slow else 1.0, units=1)
-        assert sorted(seen) == sorted(BACKENDS * _gemm.SAMPLES)
+            warmup = i < 2 * _gemm.WARMUP  # slow first calls do not count
+            chooser.record(key, backend, 9.0 if warmup and backend != slow else 2.0 if backend == slow else 1.0, units=1)
+            assert (chooser.describe()["chosen"] == {}) == (i < 2 * (_gemm.WARMUP + _gemm.SAMPLES) - 1)
+        assert sorted(seen) == sorted(BACKENDS * (_gemm.WARMUP + _gemm.SAMPLES))
         assert seen[0] != seen[1]
         faster = next(b for b in BACKENDS if b != slow)
         assert chooser.next(key) == faster and chooser.describe()["chosen"] == {"test/1024/4096/768": faster}

@@ -3,8 +3,10 @@
 Neither is faster everywhere: MKL wins on Intel CPUs at some shapes, OpenBLAS on AMD ones and at others,
 and the fused path saves the round trip of each score tile through memory. So the choice is measured,
 per process and per shape class, on the real work: the first tiles (topk, relevant_ranks) or calls (the
-loss) of a shape class alternate between the two products, each timed per score; after
-``SAMPLES`` timings of each, the faster one is kept for that class for the rest of the process.
+loss) of a shape class alternate between the two products, each timed per score; the first
+``WARMUP`` timings of each are dropped (first-touch pages, library buffers), and after ``SAMPLES``
+more of each, the one with the lower minimum is kept for that class for the rest of the process
+(the minimum: on a loaded machine, the least disturbed timing is the one that shows the speed).
 Both give exact results (the same arithmetic up to the rounding order of each dot product).
 
 ``HBFAST_GEMM=mkl`` or ``HBFAST_GEMM=openblas`` skips the measurement and forces one product (read at
@@ -19,7 +21,8 @@ import time
 from typing import Dict, Hashable, List, Optional
 
 BACKENDS = ("mkl", "openblas")
-SAMPLES = 2  # timings of each product before a shape class is decided (the minimum counts)
+WARMUP = 1  # first timings of each product per class that are dropped (buffers and pages set up)
+SAMPLES = 3  # timings of each product kept before a shape class is decided (the minimum counts)
 _ENV = "HBFAST_GEMM"
 
 
@@ -67,8 +70,8 @@ class _Chooser:
                 return
             times = self._times.setdefault(key, {b: [] for b in BACKENDS})
             times[backend].append(seconds / units)
-            if all(len(times[b]) >= SAMPLES for b in BACKENDS):
-                self._chosen[key] = min(BACKENDS, key=lambda b: min(times[b]))
+            if all(len(times[b]) >= WARMUP + SAMPLES for b in BACKENDS):
+                self._chosen[key] = min(BACKENDS, key=lambda b: min(times[b][WARMUP:]))
 
     def timed(self, key: tuple):
         """Context for one piece of work: ``with chooser.timed(key) as run: ... run.backend ... run.units = n``."""
