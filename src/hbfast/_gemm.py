@@ -9,16 +9,25 @@ more of each, the one with the lower minimum is kept for that class for the rest
 (the minimum: on a loaded machine, the least disturbed timing is the one that shows the speed).
 Both give exact results (the same arithmetic up to the rounding order of each dot product).
 
+The fused topk / relevant_ranks tiles are in ``_C`` (``topk_search_cpu``, ``count_beating_search_cpu``);
+the loss's block products go through :func:`products`.
+
 ``HBFAST_GEMM=mkl`` or ``HBFAST_GEMM=openblas`` skips the measurement and forces one product (read at
 every call, so a test or a benchmark can switch it). ``hbfast.build_info()["gemm"]`` reports the
 override and every choice made so far.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
-from typing import Dict, Hashable, List, Optional
+from typing import Dict, Hashable, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _C
 
 BACKENDS = ("mkl", "openblas")
 WARMUP = 1  # first timings of each product per class that are dropped (buffers and pages set up)
@@ -109,12 +118,46 @@ class _Timed:
 chooser = _Chooser()
 
 
+@contextlib.contextmanager
+def products(q: Tensor, op: str, n_rows: int, n_cols: int):
+    """The block product of one step of the loss (op: its name): ``mm(a, b, out, accumulate=False)``
+    writes a @ b into out (or adds it). On the CPU in float32 it is torch's (MKL) or OpenBLAS over
+    hbfast's threads, whichever this process measured faster for the shape class; the step is timed."""
+    if q.device.type != "cpu" or q.dtype != torch.float32:
+        yield _torch_mm
+        return
+    with chooser.timed(shape_class(op, n_rows, n_cols, q.shape[1])) as run:
+        run.units = n_rows * n_cols
+        yield _openblas_mm if run.backend == "openblas" else _torch_mm
+
+
+def _torch_mm(a: Tensor, b: Tensor, out: Tensor, accumulate: bool = False) -> None:
+    if accumulate:
+        out.addmm_(a, b)
+    else:
+        torch.mm(a, b, out=out)
+
+
+def _layout(t: Tensor) -> Tuple[bool, int]:
+    """(transposed, leading dimension) of a 2-D float32 CPU matrix with unit stride on one side."""
+    if t.stride(1) == 1 and t.stride(0) >= max(1, t.shape[1]):
+        return False, t.stride(0)
+    if t.stride(0) == 1 and t.stride(1) >= max(1, t.shape[0]):
+        return True, t.stride(1)
+    raise ValueError(f"internal: a product operand with strides {t.stride()} (hbfast passes contiguous blocks)")
+
+
+def _openblas_mm(a: Tensor, b: Tensor, out: Tensor, accumulate: bool = False) -> None:
+    (ta, lda), (tb, ldb), (tc, ldc) = _layout(a), _layout(b), _layout(out)
+    if tc:
+        raise ValueError("internal: the product's output must be row-major")
+    m, k = a.shape
+    _C.sgemm_cpu(ta, tb, m, b.shape[1], k, 1.0, a.data_ptr(), lda, b.data_ptr(), ldb, 1.0 if accumulate else 0.0,
+                 out.data_ptr(), ldc)
+
+
 def describe() -> dict:
     """For build_info: the libraries, the override and the choices made so far."""
-    import torch
-
-    from . import _C
-
     info = chooser.describe()
     info["openblas"] = _C.build_info()["openblas"]
     info["mkl"] = "torch " + ("MKL" if torch.backends.mkl.is_available() else "BLAS") + f" ({torch.__version__})"

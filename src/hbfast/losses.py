@@ -6,7 +6,7 @@ time: a matrix product (cuBLAS on the GPU; on the CPU torch's MKL or hbfast's Op
 (float64 for float64 inputs on the CPU) and hbfast's C++/CUDA epilogue
 (``_C.contrastive_forward_block``) merges it into online per-row and per-column log-sum-exps in
 one vectorised pass. The backward turns each block into the gradient
-block G = dL/dS (``_C.contrastive_backward_block``) and torch multiplies it out:
+block G = dL/dS (``_C.contrastive_backward_block``) and the same product multiplies it out:
 ``grad_q = scale * G @ keys``, ``grad_keys = scale * G.T @ q``. Blocks are kept from the forward
 for the backward while they fit in ``memory_budget`` bytes, else recomputed.
 
@@ -79,44 +79,6 @@ def _empty_block(rows: int, cols: int, like: Tensor) -> Tensor:
     return t
 
 
-@contextlib.contextmanager
-def _products(q: Tensor, op: str, n_rows: int, n_cols: int):
-    """The block product of one forward or backward: ``mm(a, b, out, accumulate=False)`` writes
-    a @ b into out (or adds it). On the CPU in float32 it is torch's (MKL) or hbfast's OpenBLAS,
-    whichever this process measured faster for the shape class (``hbfast._gemm``); the step is timed."""
-    if q.device.type != "cpu" or q.dtype != torch.float32:
-        yield _torch_mm
-        return
-    with _gemm.chooser.timed(_gemm.shape_class(op, n_rows, n_cols, q.shape[1])) as run:
-        run.units = n_rows * n_cols
-        yield _openblas_mm if run.backend == "openblas" else _torch_mm
-
-
-def _torch_mm(a: Tensor, b: Tensor, out: Tensor, accumulate: bool = False) -> None:
-    if accumulate:
-        out.addmm_(a, b)
-    else:
-        torch.mm(a, b, out=out)
-
-
-def _layout(t: Tensor) -> Tuple[bool, int]:
-    """(transposed, leading dimension) of a 2-D float32 CPU matrix with unit stride on one side."""
-    if t.stride(1) == 1 and t.stride(0) >= max(1, t.shape[1]):
-        return False, t.stride(0)
-    if t.stride(0) == 1 and t.stride(1) >= max(1, t.shape[0]):
-        return True, t.stride(1)
-    raise ValueError(f"internal: a product operand with strides {t.stride()} (hbfast passes contiguous blocks)")
-
-
-def _openblas_mm(a: Tensor, b: Tensor, out: Tensor, accumulate: bool = False) -> None:
-    (ta, lda), (tb, ldb), (tc, ldc) = _layout(a), _layout(b), _layout(out)
-    if tc:
-        raise ValueError("internal: the product's output must be row-major")
-    m, k = a.shape
-    _C.sgemm_cpu(ta, tb, m, b.shape[1], k, 1.0, a.data_ptr(), lda, b.data_ptr(), ldb, 1.0 if accumulate else 0.0,
-                 out.data_ptr(), ldc)
-
-
 def _group_codes(groups: Optional[Tensor]) -> Optional[Tensor]:
     if groups is None:
         return None
@@ -155,7 +117,7 @@ def _forward_op(
     f64 = q.dtype == torch.float64
     keys_t = keys.t()
     cuda, stream = q.device.type == "cuda", _stream(q.device)
-    with _on_device(q.device), _products(q, "loss_forward", R, N) as mm:
+    with _on_device(q.device), _gemm.products(q, "loss_forward", R, N) as mm:
         for lo, hi in blocks:
             x = cache[lo:hi] if hi <= n_cached else work[: hi - lo]
             mm(q[lo:hi], keys_t, x)  # [rows, N] raw dot products
@@ -201,7 +163,7 @@ def _backward_op(
     f64 = q.dtype == torch.float64
     cuda, stream = q.device.type == "cuda", _stream(q.device)
     dscale_host = 0.0
-    with _on_device(q.device), _products(q, "loss_backward", R, N) as mm:
+    with _on_device(q.device), _gemm.products(q, "loss_backward", R, N) as mm:
         for lo, hi in blocks:
             g = work[: hi - lo]
             if hi <= n_cached:

@@ -1,12 +1,10 @@
 """Exact similarity search: ``topk`` and ``relevant_ranks`` (and ``FlatIndex``, a corpus kept for reuse).
 
-Both walk the score matrix in tiles: a matrix product writes one fp32 tile, then a C++/CUDA epilogue
-merges it into the per-query running top-k or counts, for each relevant item, the candidates that
-beat it. On the GPU the product is torch's (cuBLAS). On the CPU it is torch's (MKL, into a reused
-buffer) or hbfast's fused one (OpenBLAS called by each of hbfast's threads on a small block of
-queries, the epilogue reading the block while it is in cache), whichever is faster for the shape on
-this machine (measured, see ``hbfast._gemm``; ``HBFAST_GEMM=mkl|openblas`` forces one). Memory is O(nq * k + tile); the full
-score matrix never exists, and the corpus may arrive as chunks (a memmap split in pieces).
+Both walk the score matrix in tiles: a matrix product writes one fp32 tile (cuBLAS on GPU; on CPU
+torch's MKL, or OpenBLAS fused with the epilogue in hbfast's threads, as ``hbfast._gemm`` measured
+faster), then a C++/CUDA epilogue merges it into the per-query running top-k or counts, for each
+relevant item, the candidates that beat it. Memory is O(nq * k + tile); the full score matrix never
+exists, and the corpus may arrive as chunks (a memmap split in pieces).
 
 Tie rule (everywhere in hbfast): higher score first; equal scores rank the lower corpus id first.
 
@@ -427,8 +425,7 @@ def _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q
                 per_chunk_counts=None):
     """One walk over the corpus tiles for the query tiles starting at `starts`: adds to counts
     [nq, r] the candidates that beat each relevant item, and records each item's own tile score.
-    products: {(query tile start, first corpus id): CPU product used}, filled by the first pass and
-    followed by a redo pass.
+    products: {(query tile start, first corpus id): CPU product}, filled by a first pass, kept by a redo.
     With per_chunk_counts = (chunk_counts, rel_chunk, chunk_starts), also adds to chunk_counts the
     candidates of each item's own chunk that beat it (a tile never spans two chunks)."""
     cuda = q32.device.type == "cuda"
@@ -453,11 +450,10 @@ def _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q
                 if per_chunk_counts is not None:
                     target = piece[: qt.shape[0]].zero_()
                 rel_args = (rel_scores[i0].data_ptr(), rel[i0].data_ptr(), r, target.data_ptr(), own_scores[i0].data_ptr())
-                # A redo pass must compute every tile with the product of the first pass (same scores).
-                backend = "mkl" if cuda else products.setdefault((i0, first_id), _gemm.chooser.next(key))
-                with _gemm.chooser.timed(key) as run:
-                    run.backend, run.units = backend, qt.shape[0] * width
-                    if backend == "openblas":  # product and counting in one pass over small tiles
+                with _gemm.chooser.timed(key) as run:  # a redo pass uses the first pass's products
+                    run.backend = run.backend if cuda else products.setdefault((i0, first_id), run.backend)
+                    run.units = qt.shape[0] * width
+                    if run.backend == "openblas":  # product and counting in one pass over small tiles
                         if not _C.count_beating_search_cpu(qt.data_ptr(), qt.shape[0], dim, ct.data_ptr(), width,
                                                            first_id, *rel_args):
                             raise _non_finite(first_id, width)
