@@ -104,25 +104,24 @@ def test_openblas_product_matches_torch(ta, tb, beta):
 
 def test_the_choice_is_measured_then_kept(monkeypatch):
     monkeypatch.delenv("HBFAST_GEMM", raising=False)
-    chooser = _gemm._Chooser()
     key = _gemm.shape_class("test", 1000, 4096, 768)
     assert key == _gemm.shape_class("test", 1024, 3000, 768)  # pooled by powers of two
-    seen = []
-    for slow in ("mkl", "openblas"):  # each product measured WARMUP + SAMPLES times, alternately
+    n = _gemm.WARMUP + _gemm.SAMPLES  # timings of each product: one product's, then the other's
+    for slow in BACKENDS:
         chooser = _gemm._Chooser()
         seen = []
-        for i in range(2 * (_gemm.WARMUP + _gemm.SAMPLES)):
+        for i in range(2 * n):
             backend = chooser.next(key)
             seen.append(backend)
-            warmup = i < 2 * _gemm.WARMUP  # slow first calls do not count
-            chooser.record(key, backend, 9.0 if warmup and backend != slow else 2.0 if backend == slow else 1.0, units=1)
-            assert (chooser.describe()["chosen"] == {}) == (i < 2 * (_gemm.WARMUP + _gemm.SAMPLES) - 1)
-        assert sorted(seen) == sorted(BACKENDS * (_gemm.WARMUP + _gemm.SAMPLES))
-        assert seen[0] != seen[1]
+            # the faster product's first (warm-up) timing is the slowest of all: it must not count
+            seconds = 9.0 if i % n < _gemm.WARMUP and backend != slow else 2.0 if backend == slow else 1.0
+            chooser.record(key, backend, seconds, units=1)
+            assert (chooser.describe()["chosen"] == {}) == (i < 2 * n - 1)
+        assert seen == [_gemm.MEASURE_ORDER[0]] * n + [_gemm.MEASURE_ORDER[1]] * n
         faster = next(b for b in BACKENDS if b != slow)
         assert chooser.next(key) == faster and chooser.describe()["chosen"] == {"test/1024/4096/768": faster}
-    chooser.reset()
-    assert chooser.describe() == {"override": None, "chosen": {}, "measuring": []}
+        chooser.reset()
+        assert chooser.describe() == {"override": None, "chosen": {}, "measuring": []}
 
 
 def test_override_and_build_info(monkeypatch):

@@ -3,7 +3,7 @@
 Neither is faster everywhere: MKL wins on Intel CPUs at some shapes, OpenBLAS on AMD ones and at others,
 and the fused path saves the round trip of each score tile through memory. So the choice is measured,
 per process and per shape class, on the real work: the first tiles (topk, relevant_ranks) or calls (the
-loss) of a shape class alternate between the two products, each timed per score; the first
+loss) of a shape class run with one product, then with the other, each timed per score; the first
 ``WARMUP`` timings of each are dropped (first-touch pages, library buffers), and after ``SAMPLES``
 more of each, the one with the lower minimum is kept for that class for the rest of the process
 (the minimum: on a loaded machine, the least disturbed timing is the one that shows the speed).
@@ -32,6 +32,7 @@ from . import _C
 BACKENDS = ("mkl", "openblas")
 WARMUP = 1  # first timings of each product per class that are dropped (buffers and pages set up)
 SAMPLES = 3  # timings of each product kept before a shape class is decided (the minimum counts)
+MEASURE_ORDER = ("openblas", "mkl")
 _ENV = "HBFAST_GEMM"
 
 
@@ -68,7 +69,10 @@ class _Chooser:
             if key in self._chosen:
                 return self._chosen[key]
             times = self._times.setdefault(key, {b: [] for b in BACKENDS})
-            return min(BACKENDS, key=lambda b: len(times[b]))  # alternate: the one with fewer timings
+            # One product's timings after the other's, not alternating: torch's OpenMP threads spin
+            # for a while after each MKL call and would slow an OpenBLAS tile that follows at once
+            # (the first, dropped timing of each absorbs the switch).
+            return next(b for b in MEASURE_ORDER if len(times[b]) < WARMUP + SAMPLES)
 
     def record(self, key: tuple, backend: str, seconds: float, units: float) -> None:
         """Time of one piece of work (`units`: its size, e.g. scores computed) under `backend`."""
