@@ -47,7 +47,8 @@ void parallel_for(int64_t n, int64_t min_grain, Fn&& fn) {
 
 // Calls fn(begin, end, worker) for the blocks [b * block, min(n, (b + 1) * block)) of [0, n), handed
 // out one at a time to at most get_num_threads() workers (worker in [0, workers)), so a core slowed by
-// other work takes fewer blocks. Returns the number of workers it used (see parallel_workers).
+// other work takes fewer blocks. parallel_workers(n, block) says how many workers it will use (callers
+// size per-worker scratch with it).
 int64_t parallel_workers(int64_t n, int64_t block);
 template <class Fn>
 void parallel_blocks(int64_t n, int64_t block, Fn&& fn) {
