@@ -143,3 +143,22 @@ def test_openblas_lives_beside_torch_and_numpy():
     torch.testing.assert_close(c, a @ b, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(torch.from_numpy(a.numpy() @ b.numpy()), c, atol=1e-4, rtol=1e-5)
     assert torch.get_num_threads() >= 1 and np.isfinite(np.linalg.norm(a.numpy()))
+
+
+def test_search_measures_on_scratch_work_then_keeps_one_product(monkeypatch):
+    monkeypatch.delenv("HBFAST_GEMM", raising=False)
+    chooser = _gemm._Chooser()
+    calls = []
+    chosen = chooser.decide(("test",), lambda b: calls.append(b))
+    n = _gemm.WARMUP + _gemm.SAMPLES
+    assert calls == [_gemm.MEASURE_ORDER[0]] * n + [_gemm.MEASURE_ORDER[1]] * n and chosen in BACKENDS
+    assert chooser.decide(("test",), lambda b: calls.append(b)) == chosen and len(calls) == 2 * n  # kept
+    # a call never mixes products: two identical calls in a fresh process state give identical results
+    monkeypatch.setattr(_gemm, "chooser", _gemm._Chooser())
+    g = torch.Generator().manual_seed(5)
+    q, c = torch.randn(40, 33, generator=g), torch.randn(500, 33, generator=g)
+    rel = torch.randint(0, 500, (40, 3), generator=g)
+    first = hbfast.topk(q, c, 7), hbfast.relevant_ranks(q, c, rel)
+    second = hbfast.topk(q, c, 7), hbfast.relevant_ranks(q, c, rel)
+    assert torch.equal(first[0][0], second[0][0]) and torch.equal(first[0][1], second[0][1])
+    assert torch.equal(first[1], second[1])

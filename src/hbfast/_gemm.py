@@ -2,8 +2,9 @@
 
 Neither is faster everywhere: MKL wins on Intel CPUs at some shapes, OpenBLAS on AMD ones and at others,
 and the fused path saves the round trip of each score tile through memory. So the choice is measured,
-per process and per shape class, on the real work: the first tiles (topk, relevant_ranks) or calls (the
-loss) of a shape class run with one product, then with the other, each timed per score; the first
+per process and per shape class, on the real shapes: topk and relevant_ranks time both products on
+their first tile into scratch state before the call's real work (so one call never mixes products),
+the loss's first calls of a shape class run with one product, then with the other, each timed per score; the first
 ``WARMUP`` timings of each are dropped (first-touch pages, library buffers), and after ``SAMPLES``
 more of each, the one with the lower minimum is kept for that class for the rest of the process
 (the minimum: on a loaded machine, the least disturbed timing is the one that shows the speed).
@@ -22,7 +23,7 @@ import contextlib
 import os
 import threading
 import time
-from typing import Dict, Hashable, List, Optional, Tuple
+from typing import Callable, Dict, Hashable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -85,6 +86,21 @@ class _Chooser:
             times[backend].append(seconds / units)
             if all(len(times[b]) >= WARMUP + SAMPLES for b in BACKENDS):
                 self._chosen[key] = min(BACKENDS, key=lambda b: min(times[b][WARMUP:]))
+
+    def decide(self, key: tuple, trial: Callable[[str], None]) -> str:
+        """The product for this class. Until one is chosen, first times ``trial(backend)`` (a piece of
+        throwaway work of the real shape, e.g. the first tile into a scratch state) WARMUP + SAMPLES
+        times with each product, so that every result of a call comes from one product."""
+        forced = override()
+        if forced is not None:
+            return forced
+        for backend in MEASURE_ORDER:
+            while key not in self._chosen and len(self._times.get(key, {}).get(backend, ())) < WARMUP + SAMPLES:
+                start = time.perf_counter()
+                trial(backend)
+                self.record(key, backend, time.perf_counter() - start, 1.0)
+        with self._lock:
+            return self._chosen[key]
 
     def timed(self, key: tuple):
         """Context for one piece of work: ``with chooser.timed(key) as run: ... run.backend ... run.units = n``."""
