@@ -9,7 +9,8 @@ import scipy_openblas32 as _openblas
 
 # _C links the scipy-openblas32 wheel's OpenBLAS: load it from the installed wheel first, so _C finds it
 # wherever both are installed (its soname is then already loaded).
-ctypes.CDLL(os.path.join(_openblas.get_lib_dir(), _openblas.get_library(fullname=True)), mode=ctypes.RTLD_GLOBAL)
+_OPENBLAS_LIB = sorted(f for f in os.listdir(_openblas.get_lib_dir()) if f.startswith("libscipy_openblas") and ".so" in f)
+ctypes.CDLL(os.path.join(_openblas.get_lib_dir(), _OPENBLAS_LIB[0]), mode=ctypes.RTLD_GLOBAL)
 
 from . import _C  # noqa: E402
 
