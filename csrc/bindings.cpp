@@ -13,6 +13,7 @@
 #include "common/parallel.h"
 #include "common/select.h"
 #include "cpu/contrastive_cpu.h"
+#include "cpu/gemm_cpu.h"
 #include "cpu/metrics_cpu.h"
 #include "cpu/ranks_cpu.h"
 #include "cpu/sampler_cpu.h"
@@ -81,6 +82,12 @@ bool topk_merge_cpu(hbfast::TopkStateCpu& state, uintptr_t tile, int64_t q0, int
   return state.merge(ptr<const float>(tile), q0, rows, cols, ld, id0);
 }
 
+bool topk_search_cpu(hbfast::TopkStateCpu& state, uintptr_t queries, int64_t dim, uintptr_t corpus, int64_t cols,
+                     int64_t id0) {
+  py::gil_scoped_release release;
+  return state.search(ptr<const float>(queries), dim, ptr<const float>(corpus), cols, id0);
+}
+
 void topk_finish_cpu(const hbfast::TopkStateCpu& state, uintptr_t out_scores, uintptr_t out_ids) {
   py::gil_scoped_release release;
   state.finish(ptr<float>(out_scores), ptr<int64_t>(out_ids));
@@ -91,6 +98,22 @@ bool count_beating_cpu(uintptr_t tile, int64_t rows, int64_t cols, int64_t ld, i
   py::gil_scoped_release release;
   return hbfast::count_beating_cpu(ptr<const float>(tile), rows, cols, ld, id0, ptr<const float>(rel_scores),
                                    ptr<const int64_t>(rel_ids), r, ptr<int64_t>(counts), ptr<float>(own_scores));
+}
+
+bool count_beating_search_cpu(uintptr_t queries, int64_t rows, int64_t dim, uintptr_t corpus, int64_t cols, int64_t id0,
+                              uintptr_t rel_scores, uintptr_t rel_ids, int64_t r, uintptr_t counts, uintptr_t own_scores) {
+  py::gil_scoped_release release;
+  return hbfast::count_beating_search_cpu(ptr<const float>(queries), rows, dim, ptr<const float>(corpus), cols, id0,
+                                          ptr<const float>(rel_scores), ptr<const int64_t>(rel_ids), r,
+                                          ptr<int64_t>(counts), ptr<float>(own_scores));
+}
+
+// C [m, n] (ldc) = alpha * op(A) @ op(B) + beta * C with OpenBLAS over hbfast's threads (gemm_cpu.h).
+void sgemm_cpu(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, uintptr_t a, int64_t lda,
+               uintptr_t b, int64_t ldb, double beta, uintptr_t c, int64_t ldc) {
+  py::gil_scoped_release release;
+  hbfast::sgemm_parallel(trans_a, trans_b, m, n, k, float(alpha), ptr<const float>(a), lda, ptr<const float>(b), ldb,
+                         float(beta), ptr<float>(c), ldc);
 }
 
 using IntArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
@@ -207,6 +230,7 @@ py::dict build_info() {
   info["cuda_driver_version"] = 0;
 #endif
   info["threads"] = hbfast::get_num_threads();
+  info["openblas"] = hbfast::gemm_library();
   return info;
 }
 
@@ -406,6 +430,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("topk_merge_cpu", &topk_merge_cpu);
   m.def("topk_finish_cpu", &topk_finish_cpu);
   m.def("count_beating_cpu", &count_beating_cpu);
+  m.def("topk_search_cpu", &topk_search_cpu);
+  m.def("count_beating_search_cpu", &count_beating_search_cpu);
+  m.def("sgemm_cpu", &sgemm_cpu);
+  m.def("set_fused_blocks", &hbfast::set_fused_blocks);
   m.def("ranked_metrics", &ranked_metrics, py::arg("ranks"), py::arg("gains"), py::arg("n_relevant"), py::arg("kinds"),
         py::arg("cutoffs"));
   m.def("run_ranks", &run_ranks);

@@ -26,4 +26,8 @@ std::atomic<int> g_threads{default_threads()};
 int get_num_threads() { return g_threads.load(); }
 void set_num_threads(int n) { g_threads.store(n > 0 ? n : default_threads()); }
 
+int64_t parallel_workers(int64_t n, int64_t block) {
+  return std::max<int64_t>(1, std::min<int64_t>(get_num_threads(), (n + block - 1) / std::max<int64_t>(block, 1)));
+}
+
 }  // namespace hbfast

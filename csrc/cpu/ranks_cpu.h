@@ -14,4 +14,10 @@ bool count_beating_cpu(const float* tile, int64_t rows, int64_t cols, int64_t ld
                        const float* rel_scores, const int64_t* rel_ids, int64_t r, int64_t* counts,
                        float* own_scores);
 
+// The same with the product fused in (gemm_cpu.h): the tile is q [rows, dim] @ c [cols, dim]^T,
+// multiplied block by block of queries by each thread and counted while in cache.
+bool count_beating_search_cpu(const float* q, int64_t rows, int64_t dim, const float* c, int64_t cols, int64_t id0,
+                              const float* rel_scores, const int64_t* rel_ids, int64_t r, int64_t* counts,
+                              float* own_scores);
+
 }  // namespace hbfast

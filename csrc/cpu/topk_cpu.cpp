@@ -11,6 +11,7 @@
 #include "common/parallel.h"
 #include "common/select.h"
 #include "cpu/finite_cpu.h"
+#include "cpu/gemm_cpu.h"
 
 namespace hbfast {
 namespace {
@@ -97,21 +98,46 @@ void TopkStateCpu::merge_buffer_row(const float* row, int64_t q, int64_t cols, i
     if (row[j] > threshold) push(j);
 }
 
+// Rows [0, rows) of tile are queries q0.. (one thread). False when a score is not finite.
+bool TopkStateCpu::merge_rows(const float* tile, int64_t q0, int64_t rows, int64_t cols, int64_t ld, int64_t id0) {
+  bool finite = true;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = tile + r * ld;  // [cols]
+    if (!all_finite_cpu(row, cols)) {
+      finite = false;  // the caller raises; the state is then thrown away
+      continue;
+    }
+    if (use_heap_)
+      merge_heap_row(row, q0 + r, cols, id0);
+    else
+      merge_buffer_row(row, q0 + r, cols, id0);
+  }
+  return finite;
+}
+
 bool TopkStateCpu::merge(const float* tile, int64_t q0, int64_t rows, int64_t cols, int64_t ld, int64_t id0) {
   if (q0 < 0 || rows < 0 || q0 + rows > n_queries_) throw std::invalid_argument("TopkStateCpu.merge: query rows out of range");
   if (cols <= 0 || rows == 0) return true;
   std::atomic<bool> finite{true};
   parallel_for(rows, 8, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const float* row = tile + r * ld;  // [cols]
-      if (!all_finite_cpu(row, cols)) {
-        finite = false;  // the caller raises; the state is then thrown away
-        continue;
-      }
-      if (use_heap_)
-        merge_heap_row(row, q0 + r, cols, id0);
-      else
-        merge_buffer_row(row, q0 + r, cols, id0);
+    if (!merge_rows(tile + begin * ld, q0 + begin, end - begin, cols, ld, id0)) finite = false;
+  });
+  return finite.load();
+}
+
+bool TopkStateCpu::search(const float* q, int64_t dim, const float* c, int64_t cols, int64_t id0) {
+  if (cols <= 0 || n_queries_ == 0) return true;
+  std::atomic<bool> finite{true};
+  const int64_t block_rows = fused_block_rows(n_queries_), block_cols = fused_block_cols(cols);
+  const size_t tile_size = size_t(block_rows * block_cols);
+  scratch_.resize(std::max(scratch_.size(), tile_size * parallel_workers(n_queries_, block_rows)));
+  parallel_blocks(n_queries_, block_rows, [&](int64_t begin, int64_t end, int64_t worker) {
+    float* tile = scratch_.data() + worker * tile_size;  // [rows, width], this worker's own
+    for (int64_t j0 = 0; j0 < cols; j0 += block_cols) {  // ids in increasing order for these queries
+      int64_t width = std::min(block_cols, cols - j0);
+      sgemm_serial(false, true, end - begin, width, dim, 1.0f, q + begin * dim, dim, c + j0 * dim, dim, 0.0f, tile,
+                   width);
+      if (!merge_rows(tile, begin, end - begin, width, width, id0 + j0)) finite = false;
     }
   });
   return finite.load();

@@ -18,6 +18,12 @@ class TopkStateCpu {
   // for each query. Returns false when a score is NaN or infinite (the tile is then ignored).
   bool merge(const float* tile, int64_t q0, int64_t rows, int64_t cols, int64_t ld, int64_t id0);
 
+  // The product and the merge in one pass (gemm_cpu.h): scores of every query, q [n_queries, dim],
+  // against corpus rows c [cols, dim] with ids [id0, id0 + cols). Each thread takes blocks of
+  // queries, multiplies a block into its own small tile and merges it while it is in cache.
+  // Same contract as merge.
+  bool search(const float* q, int64_t dim, const float* c, int64_t cols, int64_t id0);
+
   // Write the k best of every query, best first: out_scores [n_queries, k], out_ids [n_queries, k].
   // Valid once at least k candidates were merged for every query.
   void finish(float* out_scores, int64_t* out_ids) const;
@@ -33,6 +39,7 @@ class TopkStateCpu {
   void merge_heap_row(const float* row, int64_t q, int64_t cols, int64_t id0);
   void merge_buffer_row(const float* row, int64_t q, int64_t cols, int64_t id0);
   void shrink_buffer(int64_t q);
+  bool merge_rows(const float* tile, int64_t q0, int64_t rows, int64_t cols, int64_t ld, int64_t id0);
 
   int64_t n_queries_, k_, capacity_;
   bool use_heap_;
@@ -41,6 +48,7 @@ class TopkStateCpu {
   std::vector<Candidate> buffer_;       // [n_queries, capacity] (buffer mode)
   std::vector<int64_t> buffer_fill_;    // [n_queries]
   std::vector<float> buffer_threshold_; // [n_queries] score a candidate must beat to enter
+  std::vector<float> scratch_;          // search's tiles, one [block rows, cols] per worker (reused)
 };
 
 }  // namespace hbfast

@@ -2,9 +2,18 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
+import os
 
-from . import _C
+import scipy_openblas32 as _openblas
+
+# _C links the scipy-openblas32 wheel's OpenBLAS: load it from the installed wheel first, so _C finds it
+# wherever both are installed (its soname is then already loaded).
+_OPENBLAS_LIB = sorted(f for f in os.listdir(_openblas.get_lib_dir()) if f.startswith("libscipy_openblas") and ".so" in f)
+ctypes.CDLL(os.path.join(_openblas.get_lib_dir(), _OPENBLAS_LIB[0]), mode=ctypes.RTLD_GLOBAL)
+
+from . import _C  # noqa: E402
 
 IMPLS = ("auto", "kernel", "reference")
 
@@ -35,10 +44,16 @@ def build_info() -> dict:
     ``cuda_device_count``, ``cuda_device_error`` (why hbfast's CUDA runtime sees no GPU, "" if it
     does), ``cuda_runtime_version`` / ``cuda_driver_version`` (e.g. 13000 = 13.0; driver 0: none)
     and ``cuda_unusable`` (why CUDA tensors would fail although torch sees a GPU, "" if they work).
+    ``openblas`` (the OpenBLAS linked in), ``gemm``: the CPU matrix products (``openblas``, ``mkl``: the libraries;
+    ``override``: HBFAST_GEMM; ``chosen``: the product measured faster per shape class so far;
+    ``measuring``: classes still being measured; see ``hbfast._gemm``).
     """
+    from . import _gemm
+
     info = dict(_C.build_info())
     info["cuda_available"] = _cuda_available()
     info["cuda_unusable"] = cuda_unusable_reason()
+    info["gemm"] = _gemm.describe()
     return info
 
 

@@ -1,11 +1,12 @@
 """The fused in-batch contrastive (InfoNCE / CLIP) loss, without a B x B logits matrix.
 
 The score matrix S = scale * q @ keys.T (keys = [p; hard negatives]) is visited one row block at a
-time: torch computes the block's dot products (BLAS / cuBLAS) into a preallocated float32 buffer
+time: a matrix product (cuBLAS on the GPU; on the CPU torch's MKL or hbfast's OpenBLAS, whichever
+``hbfast._gemm`` measured faster for the shape) writes the block's dot products into a preallocated float32 buffer
 (float64 for float64 inputs on the CPU) and hbfast's C++/CUDA epilogue
 (``_C.contrastive_forward_block``) merges it into online per-row and per-column log-sum-exps in
 one vectorised pass. The backward turns each block into the gradient
-block G = dL/dS (``_C.contrastive_backward_block``) and torch multiplies it out:
+block G = dL/dS (``_C.contrastive_backward_block``) and the same product multiplies it out:
 ``grad_q = scale * G @ keys``, ``grad_keys = scale * G.T @ q``. Blocks are kept from the forward
 for the backward while they fit in ``memory_budget`` bytes, else recomputed.
 
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _C, _losses_cuda
+from . import _C, _gemm, _losses_cuda
 from ._ext import check_impl, require_cuda
 
 DEFAULT_MEMORY_BUDGET = 768 << 20  # bytes of score blocks kept from forward to backward
@@ -126,10 +127,10 @@ def _forward_op(
     f64 = q.dtype == torch.float64
     keys_t = keys.t()
     cuda, stream = q.device.type == "cuda", _stream(q.device)
-    with _on_device(q.device):
+    with _on_device(q.device), _gemm.products(q, "loss_forward", R, N) as mm:
         for lo, hi in blocks:
             x = cache[lo:hi] if hi <= n_cached else work[: hi - lo]
-            torch.mm(q[lo:hi], keys_t, out=x)  # [rows, N] raw dot products
+            mm(q[lo:hi], keys_t, x)  # [rows, N] raw dot products
             _C.contrastive_forward_block(
                 x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, s, _ptr(codes), row_lse[lo:].data_ptr(),
                 positive[lo:].data_ptr(), _ptr(col_max) if with_columns else 0, _ptr(col_sum) if with_columns else 0,
@@ -177,26 +178,26 @@ def _backward_op(
     f64 = q.dtype == torch.float64
     cuda, stream = q.device.type == "cuda", _stream(q.device)
     dscale_host = 0.0
-    with _on_device(q.device):
+    with _on_device(q.device), _gemm.products(q, "loss_backward", R, N) as mm:
         for lo, hi in blocks:
             g = work[: hi - lo]
             if hi <= n_cached:
                 x = cache[lo:hi]
             else:
                 x = g
-                torch.mm(q[lo:hi], keys_t, out=x)  # recompute [rows, N]; G overwrites it in place
+                mm(q[lo:hi], keys_t, x)  # recompute [rows, N]; G overwrites it in place
             dscale_host += _C.contrastive_backward_block(
                 x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, s, _ptr(codes), row_lse[lo:].data_ptr(),
                 _ptr(col_lse) if col_coef is not None else 0, row_coef[lo:].data_ptr(), _ptr(col_coef),
                 diag_coef[lo:].data_ptr(), g.data_ptr(), N, cuda, stream, dscale.data_ptr(), f64,
             )
             if need_q:
-                torch.mm(g, keys, out=grad_q[lo:hi])  # [rows, D]
+                mm(g, keys, grad_q[lo:hi])  # [rows, D]
             if need_keys:
                 if lo == 0:
-                    torch.mm(g.t(), q[lo:hi], out=grad_keys)  # [N, D]
+                    mm(g.t(), q[lo:hi], grad_keys)  # [N, D]
                 else:
-                    grad_keys.addmm_(g.t(), q[lo:hi])
+                    mm(g.t(), q[lo:hi], grad_keys, accumulate=True)
     dscale = ((dscale + dscale_host) / s).to(scale.dtype)  # sum(scale * G * X) / scale
     return grad_q, grad_keys, dscale
 

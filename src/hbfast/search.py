@@ -1,9 +1,10 @@
 """Exact similarity search: ``topk`` and ``relevant_ranks`` (and ``FlatIndex``, a corpus kept for reuse).
 
-Both walk the score matrix in tiles: a torch matrix product writes one fp32 tile into a reused buffer
-(MKL on CPU, cuBLAS on GPU), then a C++/CUDA epilogue merges it into the per-query running top-k or
-counts, for each relevant item, the candidates that beat it. Memory is O(nq * k + tile); the full
-score matrix never exists, and the corpus may arrive as chunks (a memmap split in pieces).
+Both walk the score matrix in tiles: a matrix product writes one fp32 tile (cuBLAS on GPU; on CPU
+torch's MKL, or OpenBLAS fused with the epilogue in hbfast's threads, as ``hbfast._gemm`` measured
+faster), then a C++/CUDA epilogue merges it into the per-query running top-k or counts, for each
+relevant item, the candidates that beat it. Memory is O(nq * k + tile); the full score matrix never
+exists, and the corpus may arrive as chunks (a memmap split in pieces).
 
 Tie rule (everywhere in hbfast): higher score first; equal scores rank the lower corpus id first.
 
@@ -20,7 +21,7 @@ from typing import Iterable, Iterator, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from . import _C, _search_cuda, reference
+from . import _C, _gemm, _search_cuda, reference
 from ._ext import check_impl, require_cuda
 from ._search_cuda import device_checks as _device_checks, on_gpu as _on_gpu, zero_norm_error as _zero_norm_error
 
@@ -236,19 +237,32 @@ def _topk_cpu(q32: torch.Tensor, chunks, k: int, metric: str, total: Optional[in
         capacity = min(capacity, total + 1)
     state = _C.TopkStateCpu(nq, k, max(capacity, k + 1))
     tile_q = min(nq, CPU_QUERY_TILE)
-    buffer = torch.empty(tile_q * CPU_CORPUS_TILE, dtype=torch.float32)  # reused product tile
+    buffer = []  # torch's product tile, made on first use (hbfast's fused product keeps its own small tiles)
+
+    def merge(state, backend, first_id, ct):  # one corpus tile [width, D] into state
+        width = ct.shape[0]
+        if backend == "openblas":  # product and selection in one pass over small tiles
+            if not _C.topk_search_cpu(state, q32.data_ptr(), dim, ct.data_ptr(), width, first_id):
+                raise _non_finite(first_id, width)
+            return
+        buffer[:] = buffer or [torch.empty(tile_q * CPU_CORPUS_TILE, dtype=torch.float32)]
+        for i0 in range(0, nq, tile_q):
+            qt = q32[i0 : i0 + tile_q]  # [tq, D]
+            tile = buffer[0][: qt.shape[0] * width].view(qt.shape[0], width)  # [tq, tc]
+            torch.matmul(qt, ct.T, out=tile)
+            if not _C.topk_merge_cpu(state, tile.data_ptr(), i0, qt.shape[0], width, width, first_id):
+                raise _non_finite(first_id, width)
+
+    key, backend = _gemm.shape_class("topk", nq, CPU_CORPUS_TILE, dim, k <= _C.TOPK_HEAP_MAX_K), None
     seen = 0
     with _progress(total, progress, "topk") as bar:
         for first_id, ct in _tiles(chunks, dim, q32.device, metric, CPU_CORPUS_TILE):
-            width = ct.shape[0]
-            for i0 in range(0, nq, tile_q):
-                qt = q32[i0 : i0 + tile_q]  # [tq, D]
-                tile = buffer[: qt.shape[0] * width].view(qt.shape[0], width)  # [tq, tc]
-                torch.matmul(qt, ct.T, out=tile)
-                if not _C.topk_merge_cpu(state, tile.data_ptr(), i0, qt.shape[0], width, width, first_id):
-                    raise _non_finite(first_id, width)
-            seen += width
-            bar.update(width)
+            if backend is None:  # measured on this tile into scratch states (once per process and class)
+                scratch = lambda b: merge(_C.TopkStateCpu(nq, k, max(capacity, k + 1)), b, first_id, ct)  # noqa: E731
+                backend = _gemm.chooser.decide(key, scratch)
+            merge(state, backend, first_id, ct)
+            seen += ct.shape[0]
+            bar.update(ct.shape[0])
     if seen < k:
         raise ValueError(f"k = {k} is larger than the corpus ({seen} items)")
     scores = torch.empty(nq, k, dtype=torch.float32)
@@ -397,8 +411,9 @@ def relevant_ranks(queries, corpus, relevant, *, metric: str = "ip", per_chunk: 
     tile_q = min(q32.shape[0], CUDA_QUERY_TILE if cuda else CPU_QUERY_TILE)
     starts = list(range(0, q32.shape[0], tile_q))
     per_chunk_counts = (chunk_counts, rel_chunk, chunk_starts) if per_chunk else None
+    products = {}  # the product the first pass used, so that a redo pass computes the same scores
     with _on_gpu(q32.device):
-        _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q, metric, total, progress,
+        _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q, metric, total, progress, products,
                     per_chunk_counts)
     # The batched products above may round an item's score differently from its tile (by an ulp).
     # Where they did, count again with the tile's own score: the same tile shapes give the same
@@ -414,7 +429,7 @@ def relevant_ranks(queries, corpus, relevant, *, metric: str = "ip", per_chunk: 
                 chunk_counts[i0 : i0 + tile_q] = 0
         with _on_gpu(q32.device):
             _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, redo, tile_q, metric, total, progress,
-                        per_chunk_counts)
+                        products, per_chunk_counts)
     ranks = torch.where(rel >= 0, counts + 1, torch.full_like(counts, -1))
     if not per_chunk:
         return _output(ranks, as_numpy)
@@ -422,10 +437,11 @@ def relevant_ranks(queries, corpus, relevant, *, metric: str = "ip", per_chunk: 
     return _output(ranks, as_numpy), _output(chunk_ranks, as_numpy)
 
 
-def _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q, metric, total, progress,
+def _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q, metric, total, progress, products,
                 per_chunk_counts=None):
     """One walk over the corpus tiles for the query tiles starting at `starts`: adds to counts
     [nq, r] the candidates that beat each relevant item, and records each item's own tile score.
+    products: {"backend": the product}, chosen by the first pass and kept by a redo pass (same scores).
     With per_chunk_counts = (chunk_counts, rel_chunk, chunk_starts), also adds to chunk_counts the
     candidates of each item's own chunk that beat it (a tile never spans two chunks)."""
     cuda = q32.device.type == "cuda"
@@ -437,27 +453,43 @@ def _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q
     nq, dim = q32.shape
     r = rel.shape[1]
     tile_c = CUDA_CORPUS_TILE if cuda else CPU_CORPUS_TILE
-    buffer = torch.empty(tile_q * tile_c, dtype=torch.float32, device=q32.device)
+    key = _gemm.shape_class("relevant_ranks", tile_q, tile_c, dim)
     if per_chunk_counts is not None:
         chunk_counts, rel_chunk, chunk_starts = per_chunk_counts
         chunk_starts = chunk_starts.tolist()
         piece = torch.empty(tile_q, r, dtype=torch.int64, device=q32.device)  # one tile's counts
+    buffer = []  # torch's product tile, made on first use (hbfast's fused product keeps its own small tiles)
+
+    def count(backend, qt, i0, first_id, ct, target, own):  # counts of one [tq, tc] tile into target [tq, r]
+        width = ct.shape[0]
+        rel_args = (rel_scores[i0].data_ptr(), rel[i0].data_ptr(), r, target.data_ptr(), own.data_ptr())
+        if backend == "openblas":  # product and counting in one pass over small tiles
+            if not _C.count_beating_search_cpu(qt.data_ptr(), qt.shape[0], dim, ct.data_ptr(), width, first_id,
+                                               *rel_args):
+                raise _non_finite(first_id, width)
+            return
+        buffer[:] = buffer or [torch.empty(tile_q * tile_c, dtype=torch.float32, device=q32.device)]
+        tile = buffer[0][: qt.shape[0] * width].view(qt.shape[0], width)  # [tq, tc]
+        torch.matmul(qt, ct.T, out=tile)
+        args = (tile.data_ptr(), qt.shape[0], width, width, first_id) + rel_args
+        if cuda:
+            _C.count_beating_cuda(*args, bad.data_ptr(), stream)
+        elif not _C.count_beating_cpu(*args):
+            raise _non_finite(first_id, width)
+
     with _progress(total, progress, "relevant_ranks") as bar:
         for first_id, ct in _tiles(iter(chunks), dim, q32.device, metric, tile_c, zero_row):
             width = ct.shape[0]
             for i0 in starts:
                 qt = q32[i0 : i0 + tile_q]  # [tq, D]
-                tile = buffer[: qt.shape[0] * width].view(qt.shape[0], width)  # [tq, tc]
-                torch.matmul(qt, ct.T, out=tile)
                 target = counts[i0 : i0 + qt.shape[0]]
                 if per_chunk_counts is not None:
                     target = piece[: qt.shape[0]].zero_()
-                args = (tile.data_ptr(), qt.shape[0], width, width, first_id, rel_scores[i0].data_ptr(),
-                        rel[i0].data_ptr(), r, target.data_ptr(), own_scores[i0].data_ptr())
-                if cuda:
-                    _C.count_beating_cuda(*args, bad.data_ptr(), stream)
-                elif not _C.count_beating_cpu(*args):
-                    raise _non_finite(first_id, width)
+                if "backend" not in products:  # measured on this tile into scratch counts (once per class)
+                    scratch = lambda b: count(b, qt, i0, first_id, ct, torch.zeros_like(target),  # noqa: E731
+                                              own_scores[i0 : i0 + qt.shape[0]].clone())
+                    products["backend"] = "mkl" if cuda else _gemm.chooser.decide(key, scratch)
+                count(products["backend"], qt, i0, first_id, ct, target, own_scores[i0 : i0 + qt.shape[0]])
                 if per_chunk_counts is not None:
                     rows = slice(i0, i0 + qt.shape[0])
                     counts[rows] += target

@@ -1,0 +1,184 @@
+"""Which matrix product the CPU kernels use: torch's (MKL) or hbfast's own (OpenBLAS fused with the epilogue).
+
+Neither is faster everywhere: MKL wins on Intel CPUs at some shapes, OpenBLAS on AMD ones and at others,
+and the fused path saves the round trip of each score tile through memory. So the choice is measured,
+per process and per shape class, on the real shapes: topk and relevant_ranks time both products on
+their first tile into scratch state before the call's real work (so one call never mixes products),
+the loss's first calls of a shape class run with one product, then with the other, each timed per score; the first
+``WARMUP`` timings of each are dropped (first-touch pages, library buffers), and after ``SAMPLES``
+more of each, the one with the lower minimum is kept for that class for the rest of the process
+(the minimum: on a loaded machine, the least disturbed timing is the one that shows the speed).
+Both give exact results (the same arithmetic up to the rounding order of each dot product).
+
+The fused topk / relevant_ranks tiles are in ``_C`` (``topk_search_cpu``, ``count_beating_search_cpu``);
+the loss's block products go through :func:`products`.
+
+``HBFAST_GEMM=mkl`` or ``HBFAST_GEMM=openblas`` skips the measurement and forces one product (read at
+every call, so a test or a benchmark can switch it). ``hbfast.build_info()["gemm"]`` reports the
+override and every choice made so far.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from typing import Callable, Dict, Hashable, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _C
+
+BACKENDS = ("mkl", "openblas")
+WARMUP = 1  # first timings of each product per class that are dropped (buffers and pages set up)
+SAMPLES = 3  # timings of each product kept before a shape class is decided (the minimum counts)
+MEASURE_ORDER = ("openblas", "mkl")
+_ENV = "HBFAST_GEMM"
+
+
+def override() -> Optional[str]:
+    """The product forced by HBFAST_GEMM, or None (measure)."""
+    value = os.environ.get(_ENV, "").strip().lower()
+    if not value or value == "auto":
+        return None
+    if value not in BACKENDS:
+        raise ValueError(f"{_ENV} must be one of {BACKENDS} (or unset / 'auto'), got {value!r}")
+    return value
+
+
+def shape_class(op: str, rows: int, cols: int, dim: int, *extra: Hashable) -> tuple:
+    """A key under which timings are pooled: sizes rounded up to powers of two."""
+    def bucket(n: int) -> int:
+        return 1 << max(0, int(n) - 1).bit_length()
+
+    return (op, bucket(rows), bucket(cols), int(dim)) + tuple(extra)
+
+
+class _Chooser:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._times: Dict[tuple, Dict[str, List[float]]] = {}
+        self._chosen: Dict[tuple, str] = {}
+
+    def next(self, key: tuple) -> str:
+        """The product to use for the next piece of work of this class."""
+        forced = override()
+        if forced is not None:
+            return forced
+        with self._lock:
+            if key in self._chosen:
+                return self._chosen[key]
+            times = self._times.setdefault(key, {b: [] for b in BACKENDS})
+            # One product's timings after the other's, not alternating: torch's OpenMP threads spin
+            # for a while after each MKL call and would slow an OpenBLAS tile that follows at once
+            # (the first, dropped timing of each absorbs the switch).
+            return next(b for b in MEASURE_ORDER if len(times[b]) < WARMUP + SAMPLES)
+
+    def record(self, key: tuple, backend: str, seconds: float, units: float) -> None:
+        """Time of one piece of work (`units`: its size, e.g. scores computed) under `backend`."""
+        if override() is not None or units <= 0:
+            return
+        with self._lock:
+            if key in self._chosen:
+                return
+            times = self._times.setdefault(key, {b: [] for b in BACKENDS})
+            times[backend].append(seconds / units)
+            if all(len(times[b]) >= WARMUP + SAMPLES for b in BACKENDS):
+                self._chosen[key] = min(BACKENDS, key=lambda b: min(times[b][WARMUP:]))
+
+    def decide(self, key: tuple, trial: Callable[[str], None]) -> str:
+        """The product for this class. Until one is chosen, first times ``trial(backend)`` (a piece of
+        throwaway work of the real shape, e.g. the first tile into a scratch state) WARMUP + SAMPLES
+        times with each product, so that every result of a call comes from one product."""
+        forced = override()
+        if forced is not None:
+            return forced
+        for backend in MEASURE_ORDER:
+            while key not in self._chosen and len(self._times.get(key, {}).get(backend, ())) < WARMUP + SAMPLES:
+                start = time.perf_counter()
+                trial(backend)
+                self.record(key, backend, time.perf_counter() - start, 1.0)
+        with self._lock:
+            return self._chosen[key]
+
+    def timed(self, key: tuple):
+        """Context for one piece of work: ``with chooser.timed(key) as run: ... run.backend ... run.units = n``."""
+        return _Timed(self, key)
+
+    def describe(self) -> dict:
+        with self._lock:
+            chosen = {"/".join(str(p) for p in k): v for k, v in self._chosen.items()}
+            pending = ["/".join(str(p) for p in k) for k in self._times if k not in self._chosen]
+        return {"override": override(), "chosen": chosen, "measuring": pending}
+
+    def reset(self) -> None:
+        """Forget every measurement (the next work of each class measures again)."""
+        with self._lock:
+            self._times.clear()
+            self._chosen.clear()
+
+
+class _Timed:
+    def __init__(self, chooser: _Chooser, key: Optional[tuple]):
+        self.chooser, self.key = chooser, key  # key None: torch's product, not timed (e.g. on a GPU)
+        self.backend = "mkl" if key is None else chooser.next(key)
+        self.units = 0.0
+
+    def __enter__(self):
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        if kind is None and self.key is not None:
+            self.chooser.record(self.key, self.backend, time.perf_counter() - self._start, self.units)
+        return False
+
+
+chooser = _Chooser()
+
+
+@contextlib.contextmanager
+def products(q: Tensor, op: str, n_rows: int, n_cols: int):
+    """The block product of one step of the loss (op: its name): ``mm(a, b, out, accumulate=False)``
+    writes a @ b into out (or adds it). On the CPU in float32 it is torch's (MKL) or OpenBLAS over
+    hbfast's threads, whichever this process measured faster for the shape class; the step is timed."""
+    if q.device.type != "cpu" or q.dtype != torch.float32:
+        yield _torch_mm
+        return
+    with chooser.timed(shape_class(op, n_rows, n_cols, q.shape[1])) as run:
+        run.units = n_rows * n_cols
+        yield _openblas_mm if run.backend == "openblas" else _torch_mm
+
+
+def _torch_mm(a: Tensor, b: Tensor, out: Tensor, accumulate: bool = False) -> None:
+    if accumulate:
+        out.addmm_(a, b)
+    else:
+        torch.mm(a, b, out=out)
+
+
+def _layout(t: Tensor) -> Tuple[bool, int]:
+    """(transposed, leading dimension) of a 2-D float32 CPU matrix with unit stride on one side."""
+    if t.stride(1) == 1 and t.stride(0) >= max(1, t.shape[1]):
+        return False, t.stride(0)
+    if t.stride(0) == 1 and t.stride(1) >= max(1, t.shape[0]):
+        return True, t.stride(1)
+    raise ValueError(f"internal: a product operand with strides {t.stride()} (hbfast passes contiguous blocks)")
+
+
+def _openblas_mm(a: Tensor, b: Tensor, out: Tensor, accumulate: bool = False) -> None:
+    (ta, lda), (tb, ldb), (tc, ldc) = _layout(a), _layout(b), _layout(out)
+    if tc:
+        raise ValueError("internal: the product's output must be row-major")
+    m, k = a.shape
+    _C.sgemm_cpu(ta, tb, m, b.shape[1], k, 1.0, a.data_ptr(), lda, b.data_ptr(), ldb, 1.0 if accumulate else 0.0,
+                 out.data_ptr(), ldc)
+
+
+def describe() -> dict:
+    """For build_info: the libraries, the override and the choices made so far."""
+    info = chooser.describe()
+    info["openblas"] = _C.build_info()["openblas"]
+    info["mkl"] = "torch " + ("MKL" if torch.backends.mkl.is_available() else "BLAS") + f" ({torch.__version__})"
+    return info

@@ -1,0 +1,164 @@
+"""The CPU matrix products (torch's MKL and hbfast's fused OpenBLAS): exact results under both, the
+measured choice between them, the HBFAST_GEMM override, and OpenBLAS living beside torch and numpy."""
+import numpy as np
+import pytest
+import torch
+
+import hbfast
+from hbfast import _C, _gemm, reference
+
+BACKENDS = list(_gemm.BACKENDS)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    """Forces one product; fused blocks shrunk so that small inputs span several of them."""
+    monkeypatch.setenv("HBFAST_GEMM", request.param)
+    _C.set_fused_blocks(5, 7)
+    yield request.param
+    _C.set_fused_blocks(0, 0)
+
+
+def integer_data(nq, n, dim, seed):
+    """Small integers: every product is exact in fp32 whatever the summation order, and scores tie often."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(-2, 3, (nq, dim), generator=g).float(), torch.randint(-2, 3, (n, dim), generator=g).float())
+
+
+@pytest.mark.parametrize("k", [1, 4, _C.TOPK_HEAP_MAX_K + 1, 150])
+def test_topk_is_exact_under_both_products(backend, k, monkeypatch):
+    from hbfast import search
+
+    monkeypatch.setattr(search, "CPU_CORPUS_TILE", 64)
+    q, c = integer_data(23, 300, 9, seed=k)
+    scores, ids = hbfast.topk(q, c, k)
+    ref_scores, ref_ids = reference.topk(q, c, k)
+    assert torch.equal(ids, ref_ids) and torch.equal(scores, ref_scores)
+    # float data: scores as the float64 product, to fp32 rounding
+    g = torch.Generator().manual_seed(k)
+    qf, cf = torch.randn(17, 40, generator=g), torch.randn(250, 40, generator=g)
+    scores, ids = hbfast.topk(qf, cf, k, metric="cosine")
+    exact = torch.nn.functional.normalize(qf.double(), dim=1) @ torch.nn.functional.normalize(cf.double(), dim=1).T
+    torch.testing.assert_close(scores.double(), exact.gather(1, ids), atol=1e-6, rtol=0)  # each id's own score
+    torch.testing.assert_close(scores.double(), exact.topk(k, dim=1).values, atol=1e-6, rtol=0)  # the k best
+
+
+def test_topk_rejects_non_finite_scores_under_both_products(backend):
+    q, c = integer_data(4, 50, 3, seed=0)
+    c[31, 0] = 3e38  # finite inputs, an overflowing product
+    q[:, 0] = 10.0
+    with pytest.raises(ValueError, match="non-finite scores"):
+        hbfast.topk(q, c, 3)
+
+
+def test_relevant_ranks_are_exact_under_both_products(backend, monkeypatch):
+    from hbfast import search
+
+    monkeypatch.setattr(search, "CPU_CORPUS_TILE", 40)
+    monkeypatch.setattr(search, "CPU_QUERY_TILE", 11)
+    q, c = integer_data(30, 170, 5, seed=3)
+    g = torch.Generator().manual_seed(3)
+    rel = torch.randint(0, 170, (30, 4), generator=g)
+    rel[0, 1] = -1
+    chunks = [c[:60], c[60:61], c[61:]]
+    ranks, chunk_ranks = hbfast.relevant_ranks(q, chunks, rel, per_chunk=True)
+    assert torch.equal(ranks, reference.relevant_ranks(q, c, rel))
+    ref_ranks, ref_chunk_ranks = hbfast.relevant_ranks(q, chunks, rel, per_chunk=True, impl="reference")
+    assert torch.equal(chunk_ranks, ref_chunk_ranks)
+
+
+@pytest.mark.parametrize("budget", [1 << 30, 0, 3000])  # blocks kept, recomputed, partly kept
+def test_loss_matches_reference_under_both_products(backend, budget, monkeypatch):
+    from hbfast import losses
+
+    monkeypatch.setattr(losses, "BLOCK_ROWS", 16)
+    g = torch.Generator().manual_seed(0)
+    B, D, M = 50, 24, 7
+    q = torch.nn.functional.normalize(torch.randn(B, D, generator=g), dim=1).requires_grad_()
+    p = torch.nn.functional.normalize(torch.randn(B, D, generator=g), dim=1).requires_grad_()
+    h = torch.nn.functional.normalize(torch.randn(M, D, generator=g), dim=1).requires_grad_()
+    groups = torch.randint(0, 30, (B,), generator=g)
+    kwargs = dict(hard_negatives=h, group_ids=groups, temperature=0.05)
+    loss = hbfast.contrastive_loss(q, p, memory_budget=budget, **kwargs)
+    grads = torch.autograd.grad(loss, (q, p, h))
+    q64, p64, h64 = (t.detach().double().requires_grad_() for t in (q, p, h))
+    ref = reference.contrastive_loss(q64, p64, hard_negatives=h64, group_ids=groups, temperature=0.05)
+    ref_grads = torch.autograd.grad(ref, (q64, p64, h64))
+    torch.testing.assert_close(loss.double(), ref, rtol=2e-6, atol=0)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("ta,tb,beta", [(False, False, 0.0), (False, True, 0.0), (True, False, 1.0), (True, True, 0.5)])
+def test_openblas_product_matches_torch(ta, tb, beta):
+    g = torch.Generator().manual_seed(1)
+    m, n, k = 97, 33, 70
+    a = torch.randn(k, m, generator=g) if ta else torch.randn(m, k, generator=g)
+    b = torch.randn(n, k, generator=g) if tb else torch.randn(k, n, generator=g)
+    c = torch.randn(m, n, generator=g)
+    expected = (a.double().T if ta else a.double()) @ (b.double().T if tb else b.double()) + beta * c.double()
+    _C.sgemm_cpu(ta, tb, m, n, k, 1.0, a.data_ptr(), m if ta else k, b.data_ptr(), k if tb else n, beta,
+                 c.data_ptr(), n)
+    torch.testing.assert_close(c.double(), expected, atol=1e-4, rtol=1e-5)
+
+
+def test_the_choice_is_measured_then_kept(monkeypatch):
+    monkeypatch.delenv("HBFAST_GEMM", raising=False)
+    key = _gemm.shape_class("test", 1000, 4096, 768)
+    assert key == _gemm.shape_class("test", 1024, 3000, 768)  # pooled by powers of two
+    n = _gemm.WARMUP + _gemm.SAMPLES  # timings of each product: one product's, then the other's
+    for slow in BACKENDS:
+        chooser = _gemm._Chooser()
+        seen = []
+        for i in range(2 * n):
+            backend = chooser.next(key)
+            seen.append(backend)
+            # the faster product's first (warm-up) timing is the slowest of all: it must not count
+            seconds = 9.0 if i % n < _gemm.WARMUP and backend != slow else 2.0 if backend == slow else 1.0
+            chooser.record(key, backend, seconds, units=1)
+            assert (chooser.describe()["chosen"] == {}) == (i < 2 * n - 1)
+        assert seen == [_gemm.MEASURE_ORDER[0]] * n + [_gemm.MEASURE_ORDER[1]] * n
+        faster = next(b for b in BACKENDS if b != slow)
+        assert chooser.next(key) == faster and chooser.describe()["chosen"] == {"test/1024/4096/768": faster}
+        chooser.reset()
+        assert chooser.describe() == {"override": None, "chosen": {}, "measuring": []}
+
+
+def test_override_and_build_info(monkeypatch):
+    monkeypatch.setenv("HBFAST_GEMM", "openblas")
+    assert _gemm.chooser.next(("anything",)) == "openblas"
+    info = hbfast.build_info()["gemm"]
+    assert info["override"] == "openblas" and info["openblas"].startswith("OpenBLAS ")
+    monkeypatch.setenv("HBFAST_GEMM", "cublas")
+    with pytest.raises(ValueError, match="HBFAST_GEMM must be one of"):
+        hbfast.topk(torch.ones(2, 3), torch.ones(4, 3), 1)
+
+
+def test_openblas_lives_beside_torch_and_numpy():
+    """hbfast's OpenBLAS (scipy_ prefixed symbols), torch's MKL and numpy's own BLAS in one process."""
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(64, 48, generator=g), torch.randn(48, 80, generator=g)
+    c = torch.empty(64, 80)
+    _C.sgemm_cpu(False, False, 64, 80, 48, 1.0, a.data_ptr(), 48, b.data_ptr(), 80, 0.0, c.data_ptr(), 80)
+    torch.testing.assert_close(c, a @ b, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(a.numpy() @ b.numpy()), c, atol=1e-4, rtol=1e-5)
+    assert torch.get_num_threads() >= 1 and np.isfinite(np.linalg.norm(a.numpy()))
+
+
+def test_search_measures_on_scratch_work_then_keeps_one_product(monkeypatch):
+    monkeypatch.delenv("HBFAST_GEMM", raising=False)
+    chooser = _gemm._Chooser()
+    calls = []
+    chosen = chooser.decide(("test",), lambda b: calls.append(b))
+    n = _gemm.WARMUP + _gemm.SAMPLES
+    assert calls == [_gemm.MEASURE_ORDER[0]] * n + [_gemm.MEASURE_ORDER[1]] * n and chosen in BACKENDS
+    assert chooser.decide(("test",), lambda b: calls.append(b)) == chosen and len(calls) == 2 * n  # kept
+    # a call never mixes products: two identical calls in a fresh process state give identical results
+    monkeypatch.setattr(_gemm, "chooser", _gemm._Chooser())
+    g = torch.Generator().manual_seed(5)
+    q, c = torch.randn(40, 33, generator=g), torch.randn(500, 33, generator=g)
+    rel = torch.randint(0, 500, (40, 3), generator=g)
+    first = hbfast.topk(q, c, 7), hbfast.relevant_ranks(q, c, rel)
+    second = hbfast.topk(q, c, 7), hbfast.relevant_ranks(q, c, rel)
+    assert torch.equal(first[0][0], second[0][0]) and torch.equal(first[0][1], second[0][1])
+    assert torch.equal(first[1], second[1])
