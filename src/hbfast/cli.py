@@ -1,4 +1,5 @@
-"""The ``hbfast`` command: ``hbfast eval`` scores an encoder on XQuAD-R, MLQA-R, XTD or a BEIR-style set."""
+"""The ``hbfast`` command: ``eval`` scores an encoder (XQuAD-R, MLQA-R, XTD, BEIR-style); ``train`` trains
+a dual encoder with hybrid batches; ``demo`` compares X-X, X-Y and hybrid training; ``sweep`` varies alpha."""
 from __future__ import annotations
 
 import argparse
@@ -35,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     ev.add_argument("--split", default="test", help="BEIR: qrels split")
     ev.add_argument("--no-progress", action="store_true")
+    from .train.cli import add_commands
+
+    add_commands(commands)
     return parser
 
 
@@ -105,13 +109,16 @@ def run_eval(args) -> int:
 
 
 def main(argv=None) -> int:
+    from .train.checkpoint import CheckpointError
+
     args = _parser().parse_args(argv)
     if getattr(args, "model", None) is None or Path(args.model).exists():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local model: set before huggingface_hub is imported
     try:
         if args.command == "eval":
             return run_eval(args)
-    except (ValueError, FileNotFoundError, ImportError) as e:
+        return args.run(args)
+    except (ValueError, FileNotFoundError, ImportError, CheckpointError, FloatingPointError) as e:
         print(f"hbfast {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 1
