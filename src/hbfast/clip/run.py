@@ -1,0 +1,97 @@
+"""``hbfast train-clip``: data, towers, LiT cache and XTD evaluation put together for one run.
+
+Exists to keep the CLI thin: it resolves where the image side comes from (pixels through an
+unfrozen tower, cached features of a frozen tower, or precomputed embedding shards), builds the
+``ClipTask`` and runs the ``ClipTrainer`` with an XTD evaluator when XTD images are given.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..train.cli import config_from
+
+# Options that train-clip adds to the trainer's (train options keep their names and meaning).
+CLIP_DEFAULTS = {"temperature": 0.07, "lr": 1e-4}
+
+
+def xtd_metrics(result) -> dict:
+    """Mean over languages of t2i R@1, i2t R@1, t2i R@10 and t2i mAP, with the same per language."""
+    def row(lang):
+        t2i, i2t = result.text_to_image[lang], result.image_to_text[lang]
+        return {"t2i_r1": t2i["R@1"], "i2t_r1": i2t["R@1"], "t2i_r10": t2i["R@10"], "map": t2i["mAP"],
+                "i2t_map": i2t["mAP"]}
+    per = {lang: row(lang) for lang in result.languages}
+    mean = {k: float(sum(p[k] for p in per.values()) / len(per)) for k in next(iter(per.values()))}
+    return {**mean, "per_language": per}
+
+
+def xtd_evaluator(dataset, *, batch_size: int = 64):
+    """``model -> metrics`` on an XTD-shaped dataset (:func:`hbfast.data.load_xtd` or the synthetic one)."""
+    from ..eval import evaluate_xtd
+
+    def evaluate(model) -> dict:
+        return xtd_metrics(evaluate_xtd(dataset, model.text_encoder(), model.image_encoder(batch_size),
+                                        progress=False))
+    return evaluate
+
+
+def train_clip(args: argparse.Namespace) -> dict:
+    """Run ``hbfast train-clip`` from parsed arguments; returns the trainer's summary."""
+    from . import cache, model as clip_model
+    from .data import load_image_text_table
+    from .task import ClipTask, ClipTrainer
+
+    languages = args.languages
+    image_model = None if args.image_embeddings is not None else args.image_model
+    if image_model is None and args.image_embeddings is None:
+        raise ValueError("give --image-model (a transformers vision / CLIP model) or --image-embeddings")
+    features = None
+    if args.image_embeddings is not None:
+        features = cache.load_precomputed_embeddings(args.image_embeddings)
+        width = features.shape[1]
+    else:
+        width = None
+    model = clip_model.build_clip_model(image_model, args.text_model, dim=args.dim,
+                                        freeze_image=not args.unfreeze_image, image_width=width,
+                                        text_pooling=args.text_pooling, max_length=args.max_length)
+    if features is not None:
+        data = load_image_text_table(args.data, languages, features=features)
+    else:
+        data = load_image_text_table(args.data, languages)
+        if not args.unfreeze_image and not args.no_cache:
+            cache_dir = args.cache_dir or os.path.join(args.out, "image-cache")
+            features = cache.cached_image_features(model, data, cache_dir, model_name=str(image_model),
+                                                   progress=not args.no_progress)
+    print(data, flush=True)
+    evaluate = None
+    if args.xtd_images is not None:
+        from ..data import load_xtd
+
+        evaluate = xtd_evaluator(load_xtd(args.xtd_data, images=args.xtd_images, languages=args.xtd_languages))
+    task = ClipTask(data, model, features=features, translation_pairs=args.translation_weight > 0,
+                    name=f"{image_model or 'precomputed'} + {args.text_model}")
+    config = config_from(args, symmetric=True, learnable_scale=True)
+    trainer = ClipTrainer(task, config, translation_weight=args.translation_weight, evaluate=evaluate,
+                          image_text_loss=args.image_text_loss)
+    return trainer.run()
+
+
+def add_clip_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """train-clip's own options, added to the trainer's (whose --model it does not use)."""
+    p.add_argument("--image-model", default=None, help="transformers vision model or CLIP/SigLIP model (dir or hub id)")
+    p.add_argument("--text-model", required=required, help="transformers text encoder or CLIP model (dir or hub id)")
+    p.add_argument("--image-embeddings", default=None,
+                   help="precomputed image embeddings (.npy / parquet file or directory of shards), row for row "
+                        "with --data; no image tower is then loaded")
+    p.add_argument("--unfreeze-image", action="store_true", help="train the image tower too (full CLIP fine-tuning)")
+    p.add_argument("--no-cache", action="store_true", help="frozen tower: recompute image features every step")
+    p.add_argument("--cache-dir", default=None, help="LiT image feature cache (default OUT/image-cache)")
+    p.add_argument("--dim", type=int, default=512, help="shared embedding dimension of the projections")
+    p.add_argument("--text-pooling", default="mean", choices=("mean", "cls", "pooler"))
+    p.add_argument("--translation-weight", type=float, default=0.0,
+                   help="weight of the text-text loss of X-Y rows' caption pairs (0: off)")
+    p.add_argument("--image-text-loss", default="contrastive", choices=("contrastive", "sigmoid"))
+    p.add_argument("--xtd-images", default=None, help="COCO images of XTD: evaluate every checkpoint and the final model")
+    p.add_argument("--xtd-data", default=None, help="XTD captions directory (default: downloaded once)")
+    p.add_argument("--xtd-languages", default=None, help="comma-separated XTD languages (default: all)")
