@@ -68,15 +68,33 @@ class ImagePreprocessor:
             return cls(image_size)
 
 
+class ProjectedImageTower(nn.Module):
+    """The image side of a full CLIP-style model: ``get_image_features`` (vision tower + its own
+    projection), the embeddings LAION publishes; saved as the full model."""
+
+    def __init__(self, full: nn.Module):
+        super().__init__()
+        self.full, self.config = full, full.config.vision_config
+        self.width = int(full.config.projection_dim if hasattr(full.config, "projection_dim")
+                         else full.config.vision_config.hidden_size)
+
+    def forward(self, pixel_values):
+        return self.full.get_image_features(pixel_values=pixel_values)
+
+    def save_pretrained(self, directory, **kwargs):
+        self.full.save_pretrained(directory, **kwargs)
+
+
 def load_image_tower(name: str | os.PathLike) -> nn.Module:
-    """A transformers vision model producing ``pooler_output``; the vision half of a full CLIP-style model."""
+    """A transformers vision model producing ``pooler_output``; for a full CLIP-style model its image
+    features (vision tower and projection, :class:`ProjectedImageTower`)."""
     from transformers import AutoConfig, AutoModel
 
     name = _local_or_hub(name)
     config = AutoConfig.from_pretrained(name)
     model = AutoModel.from_pretrained(name)
-    if hasattr(model, "vision_model") and getattr(config, "vision_config", None) is not None:
-        model = model.vision_model  # CLIPModel / SiglipModel: keep the vision transformer only
+    if hasattr(model, "get_image_features") and getattr(config, "vision_config", None) is not None:
+        model = ProjectedImageTower(model)
     if not hasattr(model, "config") or getattr(model.config, "image_size", None) is None:
         raise ValueError(f"{name}: not a vision model with an image_size (got {type(model).__name__})")
     return model
@@ -95,6 +113,8 @@ def load_text_tower(name: str | os.PathLike):
 
 
 def tower_width(model: nn.Module) -> int:
+    if isinstance(model, ProjectedImageTower):
+        return model.width
     config = model.config
     return int(getattr(config, "hidden_size", None) or getattr(config, "d_model"))
 
@@ -119,7 +139,8 @@ class ClipDualEncoder(nn.Module):
         self.text_tower, self.tokenizer, self.image_tower = text_tower, tokenizer, image_tower
         self.image_width = int(image_width if image_width is not None else tower_width(image_tower))
         if image_tower is not None and tower_width(image_tower) != self.image_width:
-            raise ValueError(f"image_width {image_width} != image tower width {tower_width(image_tower)}")
+            raise ValueError(f"image features of dimension {image_width} (e.g. precomputed embeddings) do not match "
+                             f"the image tower's output dimension {tower_width(image_tower)}")
         self.dim, self.text_pooling, self.max_length = int(dim), text_pooling, int(max_length)
         self.freeze_image = bool(freeze_image)
         self.text_projection = nn.Linear(tower_width(text_tower), self.dim, bias=False)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
+
+import torch
 
 from ..train.cli import config_from
 
@@ -36,14 +39,22 @@ def xtd_evaluator(dataset, *, batch_size: int = 64):
     return evaluate
 
 
+def _is_shards(data: str) -> bool:
+    path = Path(data)
+    if path.is_dir():
+        return any(p.name.endswith((".tar", ".tar.gz", ".tgz")) for p in path.iterdir())
+    return path.name.endswith((".tar", ".tar.gz", ".tgz"))
+
+
 def train_clip(args: argparse.Namespace) -> dict:
     """Run ``hbfast train-clip`` from parsed arguments; returns the trainer's summary."""
     from . import cache, model as clip_model
+    from ..train import distributed
     from .data import load_image_text_table
     from .task import ClipTask, ClipTrainer
 
     languages = args.languages
-    image_model = None if args.image_embeddings is not None else args.image_model
+    image_model = args.image_model
     if image_model is None and args.image_embeddings is None:
         raise ValueError("give --image-model (a transformers vision / CLIP model) or --image-embeddings")
     features = None
@@ -52,17 +63,29 @@ def train_clip(args: argparse.Namespace) -> dict:
         width = features.shape[1]
     else:
         width = None
+    torch.manual_seed(args.seed)  # the projection heads' initialisation is part of the run
     model = clip_model.build_clip_model(image_model, args.text_model, dim=args.dim,
                                         freeze_image=not args.unfreeze_image, image_width=width,
                                         text_pooling=args.text_pooling, max_length=args.max_length)
-    if features is not None:
+    if _is_shards(args.data):
+        from .shards import shards_to_table
+
+        if features is not None:
+            raise ValueError("shards carry their own images or embeddings; do not combine them with --image-embeddings")
+        data = shards_to_table(args.data, languages, on_corrupt=args.on_corrupt)
+    elif features is not None:
         data = load_image_text_table(args.data, languages, features=features)
     else:
         data = load_image_text_table(args.data, languages)
         if not args.unfreeze_image and not args.no_cache:
             cache_dir = args.cache_dir or os.path.join(args.out, "image-cache")
+            rank = distributed.setup(args.device)[0]  # rank 0 fills the cache, the others then read it
+            if rank != 0:
+                distributed.barrier()
             features = cache.cached_image_features(model, data, cache_dir, model_name=str(image_model),
-                                                   progress=not args.no_progress)
+                                                   progress=not args.no_progress and rank == 0)
+            if rank == 0:
+                distributed.barrier()
     print(data, flush=True)
     evaluate = None
     if args.xtd_images is not None:
@@ -92,6 +115,8 @@ def add_clip_options(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--translation-weight", type=float, default=0.0,
                    help="weight of the text-text loss of X-Y rows' caption pairs (0: off)")
     p.add_argument("--image-text-loss", default="contrastive", choices=("contrastive", "sigmoid"))
+    p.add_argument("--on-corrupt", default="skip", choices=("skip", "fail"),
+                   help="tar shards: skip a corrupt shard (logged, counted) or stop with an error")
     p.add_argument("--xtd-images", default=None, help="COCO images of XTD: evaluate every checkpoint and the final model")
     p.add_argument("--xtd-data", default=None, help="XTD captions directory (default: downloaded once)")
     p.add_argument("--xtd-languages", default=None, help="comma-separated XTD languages (default: all)")

@@ -159,7 +159,7 @@ def tiny_clip_model(text_model: str | Path, *, image_size: int = 32, width: int 
     tokenizer = AutoTokenizer.from_pretrained(str(text_model))
     text = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=width, num_hidden_layers=layers,
                                 num_attention_heads=4, intermediate_size=2 * width, max_position_embeddings=64,
-                                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), add_pooling_layer=False)
+                                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
     image = CLIPVisionModel(CLIPVisionConfig(image_size=image_size, patch_size=max(4, image_size // 8),
                                              hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
                                              num_attention_heads=4))
