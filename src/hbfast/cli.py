@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--images", default=None, help="XTD: directory of the COCO images")
     ev.add_argument("--out", default="hbfast-eval", help="output directory (default: ./hbfast-eval)")
     ev.add_argument("--languages", default=None, help="comma-separated subset, e.g. en,de,zh")
+    ev.add_argument("--paragraphs", type=int, default=None,
+                    help="XQuAD-R / MLQA-R: only the first N paragraphs of each language (a quicker, smaller benchmark)")
     ev.add_argument("--backend", default="auto", choices=("auto", "sentence-transformers", "transformers", "open_clip"),
                     help="model library (auto: sentence-transformers if the model has modules.json, else transformers)")
     ev.add_argument("--pooling", default="mean", choices=("mean", "cls"), help="transformers backend pooling")
@@ -89,6 +91,8 @@ def run_eval(args) -> int:
             ds = data.load_beir(args.data_dir, args.split)
         else:
             ds = data.load_lareqa(args.dataset, data_dir=args.data_dir, languages=args.languages)
+            if args.paragraphs is not None:
+                ds = ds.head(args.paragraphs)
         print(f"{ds}", file=sys.stderr)
         query, passage = encoders.load_text_encoders(args.model, backend=args.backend, pooling=args.pooling,
                                                      prefixes=args.prefixes, batch_size=args.batch_size,

@@ -68,6 +68,9 @@ class TextEncoder(torch.nn.Module):
 
         from ..encoders import _resolve_model
 
+        if model is not None and not Path(model).exists() and (
+                Path(model).is_absolute() or str(model).startswith((".", "~")) or str(model).count("/") > 1):
+            raise ValueError(f"model path {str(model)!r} does not exist")
         path = Path(_resolve_model(model))
         sub, own_pooling, normalize = "", "mean", True
         if (path / "modules.json").is_file():
@@ -91,9 +94,17 @@ class TextEncoder(torch.nn.Module):
 
     def save(self, directory: str | os.PathLike) -> None:
         """A sentence-transformers model directory (weights in model.safetensors)."""
+        from transformers.utils import logging as hf_logging
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.encoder.save_pretrained(str(directory), safe_serialization=True)
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no bar per checkpoint
+        try:
+            self.encoder.save_pretrained(str(directory), safe_serialization=True)
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
         self.tokenizer.save_pretrained(str(directory))
         modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]

@@ -1,0 +1,76 @@
+"""``hbfast sweep``: one hybrid run per alpha (same seed and budget), each evaluated; ``OUT/sweep.json``
+and ``OUT/sweep.png`` (every metric against alpha)."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from .demo import METRICS, evaluate_model
+
+
+def parse_alphas(text: str) -> list[float]:
+    try:
+        alphas = [float(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--alpha must be comma-separated numbers, got {text!r}") from None
+    if not alphas or any(not 0.0 <= a <= 1.0 for a in alphas) or len(set(alphas)) != len(alphas):
+        raise ValueError(f"--alpha needs distinct values in [0, 1], got {text!r}")
+    return alphas
+
+
+def plot(runs: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    alphas = [r["alpha"] for r in runs]
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3.2))
+    for ax, metric in zip(axes, METRICS):
+        ax.plot(alphas, [r[metric] for r in runs], marker="o")
+        ax.set_xlabel("alpha (share of X-X batches)")
+        ax.set_title(metric if metric != "rank_distance" else "rank distance (lower: less bias)", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mAP")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_sweep(args) -> dict:
+    from ..data import load_lareqa
+    from . import train
+    from .cli import config_from, text_options
+
+    alphas = parse_alphas(args.alpha)
+    if args.batch_type != "hybrid":
+        raise ValueError("hbfast sweep varies alpha of hybrid batches; leave --batch-type at hybrid")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = load_lareqa(args.eval_data)
+    if args.paragraphs is not None:
+        ds = ds.head(args.paragraphs)
+    runs = []
+    started = time.perf_counter()
+    for k, alpha in enumerate(alphas):
+        print(f"[{k + 1}/{len(alphas)}] alpha {alpha}", file=sys.stderr, flush=True)
+        run_dir = out / f"alpha-{alpha:g}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        summary = train(config_from(args, alpha=alpha, out=str(run_dir), resume=False), **text_options(args))
+        scores = evaluate_model(summary["final"], ds, progress=not args.no_progress, device=args.device)
+        runs.append({"alpha": alpha, **{m: scores[m] for m in METRICS}, "train_seconds": summary["seconds"],
+                     "eval_seconds": scores["eval_seconds"], "last_loss": summary["last_loss"],
+                     "model": str(summary["final"])})
+    settings = {k: v for k, v in vars(args).items() if k not in ("run", "alpha")}
+    result = {"runs": runs, "settings": settings, "eval": repr(ds), "seconds": time.perf_counter() - started}
+    (out / "sweep.json").write_text(json.dumps(result, indent=2, default=str))
+    plot(runs, out / "sweep.png", f"{args.steps} steps of {args.batch_size} pairs on {args.data}; {ds.name}")
+    print(f"{'alpha':>6} " + " ".join(f"{m:>13}" for m in METRICS))
+    for r in runs:
+        print(f"{r['alpha']:6.2f} " + " ".join(f"{r[m]:13.3f}" for m in METRICS))
+    print(f"wrote {out / 'sweep.json'} and {out / 'sweep.png'}")
+    return result
