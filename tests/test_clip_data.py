@@ -105,6 +105,16 @@ def test_cached_features_match_the_tower(tmp_path):
     np.testing.assert_allclose(cached[np.arange(5)], direct, rtol=2e-3, atol=2e-3)
     again = cache.cached_image_features(model, data, tmp_path / "cache", model_name="tiny", progress=False)
     assert again.shards[0].filename == cached.shards[0].filename
+    before = cached[[0]].copy()
+    import os
+
+    colour_image(99).save(tmp_path / names[0])  # a changed image file is never served from the old cache
+    os.utime(tmp_path / names[0], ns=(1, 1))
+    rebuilt = cache.cached_image_features(model, data, tmp_path / "cache", model_name="tiny", progress=False)
+    with torch.no_grad():
+        fresh = model.image_features(model.preprocess([data.load_image(0)])).numpy()
+    np.testing.assert_allclose(rebuilt[[0]], fresh, rtol=2e-3, atol=2e-3)
+    assert not np.allclose(rebuilt[[0]], before, atol=1e-2)
 
 
 def test_precomputed_embeddings_are_checked(tmp_path):

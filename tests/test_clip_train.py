@@ -153,3 +153,11 @@ def test_clip_demo_writes_the_results_the_issue_names(tmp_path):
         assert set(run["per_language"]) == {"en", "de", "fr", "es", "it", "nl", "pt", "sv"}
         assert run["t2i_r1"] == pytest.approx(np.mean([v["t2i_r1"] for v in run["per_language"].values()]))
     assert (tmp_path / "demo" / "results.png").stat().st_size > 1000
+
+
+def test_clip_sweep_checks_its_arguments(setup, tmp_path, capsys):
+    assert main(["sweep", "--task", "clip", "--alpha", "0,1.5", "--data", "synthetic", "--out", str(tmp_path)]) == 2
+    assert "--alpha values must be in [0, 1]" in capsys.readouterr().err
+    assert main(["sweep", "--task", "clip", "--alpha", "0,1", "--data", str(setup["table"]),
+                 "--text-model", str(setup["text"]), "--out", str(tmp_path)]) == 2
+    assert "needs --xtd-images" in capsys.readouterr().err

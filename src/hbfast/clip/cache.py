@@ -118,7 +118,7 @@ def build_cache(directory: str | os.PathLike, key: str, n_items: int, features_o
 def cached_image_features(model, data, directory: str | os.PathLike, *, model_name: str, batch_size: int = 64,
                           progress: bool = True) -> ShardedArray:
     """Features of every image of ``data`` under ``model``'s frozen tower, from the cache or computed once."""
-    names = [data.image_name(i) for i in range(len(data))]
+    names = [data.image_id(i) for i in range(len(data))]
     key = cache_key(model_name, model.preprocess.fingerprint(), names)
     found = open_cache(directory, key)
     if found is not None:

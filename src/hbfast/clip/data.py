@@ -8,6 +8,7 @@ availability matrix the hybrid batch sampler takes, with images read through the
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import os
 from pathlib import Path
@@ -62,6 +63,18 @@ class ImageTextData:
     def image_name(self, item: int) -> str:
         entry = self.images[item]
         return str(entry.get("path") or f"<bytes of row {item}>")
+
+    def image_id(self, item: int) -> str:
+        """What identifies image ``item``'s content for the feature cache: path, size and mtime of a
+        file, or the sha1 of its bytes."""
+        entry = self.images[item]
+        if entry.get("bytes") is not None:
+            return "sha1:" + hashlib.sha1(entry["bytes"]).hexdigest()
+        try:
+            stat = os.stat(entry["path"])
+        except OSError:
+            return str(entry["path"])
+        return f"{entry['path']}:{stat.st_size}:{stat.st_mtime_ns}"
 
     def load_image(self, item: int):
         """Image ``item`` as RGB PIL; a missing or unreadable image is a ValueError naming it."""
