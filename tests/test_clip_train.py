@@ -177,3 +177,12 @@ def test_cached_embedding_mode_matches_the_plain_step(setup, tmp_path):
             # rounding noise left in it into lr-sized steps, different for any change of summation order
             continue
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_clip_sweep_on_the_synthetic_task(tmp_path):
+    assert main(["sweep", "--task", "clip", "--data", "synthetic", "--alpha", "0,1", "--steps", "1", "--batch-size", "8",
+                 "--out", str(tmp_path), "--no-progress"]) == 0
+    result = json.loads((tmp_path / "sweep.json").read_text())
+    assert result["alphas"] == [0.0, 1.0] and set(result["runs"]) == {"0.0", "1.0"}
+    assert result["runs"]["1.0"]["settings"]["alpha"] == 1.0 and 0 <= result["runs"]["0.0"]["map"] <= 1
+    assert (tmp_path / "sweep.png").stat().st_size > 1000
