@@ -157,11 +157,12 @@ class ShardProgress:
 
 def shards_to_table(shards, languages: Optional[Sequence[str]] = None, *, on_corrupt: str = "skip",
                     embeddings: bool = False):
-    """Read shards (this rank's share under torch.distributed) into :class:`~hbfast.clip.data.ImageTextData`:
-    image bytes (or, with ``embeddings=True``, the samples' ``npy`` embeddings) and captions per language."""
+    """Read every shard into :class:`~hbfast.clip.data.ImageTextData`: image bytes (or, with
+    ``embeddings=True``, the samples' ``npy`` embeddings) and captions per language. Every rank reads
+    all shards, so that all ranks plan the same hybrid batches (the sampler deals the rows)."""
     from .data import ImageTextData
 
-    stream = TarShardStream(shards, on_corrupt=on_corrupt)
+    stream = TarShardStream(shards, rank=0, world_size=1, on_corrupt=on_corrupt)
     rows, missing_image = [], []
     for sample in stream:
         image_ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
