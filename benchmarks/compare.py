@@ -1,7 +1,7 @@
 """Run every family's comparison in one go and print ratios against the baselines.
 
     python benchmarks/compare.py                # all families
-    python benchmarks/compare.py sampling loss  # some
+    python benchmarks/compare.py sampling losses  # some (open_clip: hbfast's open_clip drop-ins)
 Each family lives in benchmarks/compare_<family>.py with a main() that checks correctness first.
 """
 import importlib

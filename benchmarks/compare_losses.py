@@ -14,6 +14,7 @@ open_clip is not installed; it is not a dependency: `pip install --no-deps open_
 
     python benchmarks/compare_losses.py                      # B=4096 D=768 and B=16384 D=512
     python benchmarks/compare_losses.py --sizes 65536x256 --impls hbfast --repeats 1
+    python benchmarks/compare_losses.py --device cuda         # on a GPU (benchmarks/compare_gpu.py)
 """
 from __future__ import annotations
 
@@ -225,7 +226,15 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cuda: naive, open_clip and hbfast on the GPU (benchmarks/compare_gpu.py; --sizes default "
+                         "there: 16384x768,65536x256,131072x256)")
     args = ap.parse_args(argv)
+    if args.device == "cuda":
+        import compare_gpu
+
+        sizes = [] if args.sizes == ap.get_default("sizes") else ["--sizes", args.sizes]
+        return compare_gpu.main(["--only", "loss", "--repeats", str(args.repeats)] + sizes)
     if args.child:
         impl, B, D, repeats = args.child
         print(json.dumps(child(impl, int(B), int(D), int(repeats))))

@@ -3,6 +3,7 @@
     python benchmarks/compare_search.py                 # the sizes (a few minutes on 2 cores)
     python benchmarks/compare_search.py --quick         # smaller, for a smoke test
     python benchmarks/compare_search.py --only topk     # or ranks, metrics
+    python benchmarks/compare_search.py --device cuda   # topk on a GPU (benchmarks/compare_gpu.py)
 
 - topk (nq 1000, corpus 100,000 x 768, k 10 and 1000) vs faiss.knn (faiss-cpu) and torch
   (matmul over corpus chunks + torch.topk merge); time ratio hbfast / faiss (target <= 1.25).
@@ -248,7 +249,14 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=3, help="best of this many timed calls")
     parser.add_argument("--only", choices=["topk", "ranks", "metrics"], action="append", help="sections to run")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)  # internal: one call in a fresh process
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: topk on the GPU vs torch and faiss-gpu (benchmarks/compare_gpu.py)")
     args = parser.parse_args(argv)
+    if args.device == "cuda":
+        import compare_gpu
+
+        return compare_gpu.main(["--only", "topk", "--repeats", str(args.repeat)]
+                                + (["--topk-size", "200x100000x768"] if args.quick else []))
     if args.memory_probe:
         return memory_probe(args.memory_probe, args.quick)
     sections = args.only or ["topk", "ranks", "metrics"]

@@ -16,11 +16,13 @@
 #include "cpu/metrics_cpu.h"
 #include "cpu/ranks_cpu.h"
 #include "cpu/sampler_cpu.h"
+#include "cpu/siglip_cpu.h"
 #include "cpu/topk_cpu.h"
 #ifdef HBFAST_WITH_CUDA
 #include "cuda/contrastive_cuda.h"
 #include "cuda/ranks_cuda.h"
 #include "cuda/runtime_cuda.h"
+#include "cuda/siglip_cuda.h"
 #include "cuda/topk_cuda.h"
 #endif
 
@@ -163,6 +165,11 @@ void topk_decode_cuda(uintptr_t keys, int64_t n, uintptr_t scores, uintptr_t ids
   hbfast::topk_decode_cuda(ptr<const uint64_t>(keys), n, ptr<float>(scores), ptr<int64_t>(ids), stream);
 }
 
+void topk_keys_cuda(uintptr_t scores, uintptr_t ids, int64_t n, uintptr_t keys, uintptr_t stream) {
+  py::gil_scoped_release release;
+  hbfast::topk_keys_cuda(ptr<const float>(scores), ptr<const int64_t>(ids), n, ptr<uint64_t>(keys), stream);
+}
+
 void count_beating_cuda(uintptr_t tile, int64_t rows, int64_t cols, int64_t ld, int64_t id0, uintptr_t rel_scores,
                         uintptr_t rel_ids, int64_t r, uintptr_t counts, uintptr_t own_scores, uintptr_t bad,
                         uintptr_t stream) {
@@ -188,10 +195,16 @@ py::dict build_info() {
   }
   info["cuda_archs"] = archs;
   info["cuda_device_count"] = hbfast::cuda_device_count();
+  info["cuda_device_error"] = hbfast::cuda_device_error();
+  info["cuda_runtime_version"] = hbfast::cuda_runtime_version();
+  info["cuda_driver_version"] = hbfast::cuda_driver_version();
 #else
   info["cuda"] = false;
   info["cuda_archs"] = std::vector<std::string>{};
   info["cuda_device_count"] = 0;
+  info["cuda_device_error"] = "";
+  info["cuda_runtime_version"] = 0;
+  info["cuda_driver_version"] = 0;
 #endif
   info["threads"] = hbfast::get_num_threads();
   return info;
@@ -211,7 +224,7 @@ void contrastive_forward_block(uintptr_t x, int64_t ld, int64_t rows, int64_t ro
                                uintptr_t col_max, uintptr_t col_sum, bool cuda, uintptr_t stream, bool f64) {
   if (rows <= 0 || n_cols < n_batch || row_begin < 0 || row_begin + rows > n_batch || ld < n_cols)
     throw std::invalid_argument("contrastive_forward_block: inconsistent sizes");
-  if (cuda && f64) throw std::invalid_argument("contrastive_forward_block: the CUDA kernels take float32 only");
+  if (cuda) throw std::invalid_argument("contrastive_forward_block: CUDA blocks go to contrastive_forward_block_cuda");
   bool with_columns = col_max != 0;
   py::gil_scoped_release release;
   if (f64) {
@@ -219,17 +232,6 @@ void contrastive_forward_block(uintptr_t x, int64_t ld, int64_t rows, int64_t ro
                                           as_ptr<const int32_t>(groups), with_columns, as_ptr<double>(row_lse),
                                           as_ptr<double>(diag), as_ptr<double>(col_max), as_ptr<double>(col_sum));
     return;
-  }
-  if (cuda) {
-#ifdef HBFAST_WITH_CUDA
-    hbfast::contrastive_forward_block_cuda(as_ptr<const float>(x), ld, rows, row_begin, n_cols, n_batch, float(scale),
-                                           as_ptr<const int32_t>(groups), with_columns, as_ptr<float>(row_lse),
-                                           as_ptr<float>(diag), as_ptr<float>(col_max), as_ptr<float>(col_sum),
-                                           reinterpret_cast<void*>(stream));
-    return;
-#else
-    throw std::runtime_error("hbfast was built without CUDA kernels");
-#endif
   }
   hbfast::contrastive_forward_block_cpu(as_ptr<const float>(x), ld, rows, row_begin, n_cols, n_batch, float(scale),
                                         as_ptr<const int32_t>(groups), with_columns, as_ptr<float>(row_lse),
@@ -243,7 +245,7 @@ double contrastive_backward_block(uintptr_t x, int64_t ld, int64_t rows, int64_t
                                   uintptr_t stream, uintptr_t dscale_sum, bool f64) {
   if (rows <= 0 || n_cols < n_batch || row_begin < 0 || row_begin + rows > n_batch || ld < n_cols || ldg < n_cols)
     throw std::invalid_argument("contrastive_backward_block: inconsistent sizes");
-  if (cuda && f64) throw std::invalid_argument("contrastive_backward_block: the CUDA kernels take float32 only");
+  if (cuda) throw std::invalid_argument("contrastive_backward_block: CUDA blocks go to contrastive_backward_block_cuda");
   py::gil_scoped_release release;
   if (f64) {
     return hbfast::contrastive_backward_block_cpu(as_ptr<const double>(x), ld, rows, row_begin, n_cols, n_batch, scale,
@@ -252,25 +254,51 @@ double contrastive_backward_block(uintptr_t x, int64_t ld, int64_t rows, int64_t
                                                   as_ptr<const double>(col_coef), as_ptr<const double>(diag_coef),
                                                   as_ptr<double>(g), ldg);
   }
-  if (cuda) {
-#ifdef HBFAST_WITH_CUDA
-    hbfast::contrastive_backward_block_cuda(as_ptr<const float>(x), ld, rows, row_begin, n_cols, n_batch, float(scale),
-                                            as_ptr<const int32_t>(groups), as_ptr<const float>(row_lse),
-                                            as_ptr<const float>(col_lse), as_ptr<const float>(row_coef),
-                                            as_ptr<const float>(col_coef), as_ptr<const float>(diag_coef),
-                                            as_ptr<float>(g), ldg,
-                                            as_ptr<double>(dscale_sum), reinterpret_cast<void*>(stream));
-    return 0.0;
-#else
-    throw std::runtime_error("hbfast was built without CUDA kernels");
-#endif
-  }
   return hbfast::contrastive_backward_block_cpu(as_ptr<const float>(x), ld, rows, row_begin, n_cols, n_batch,
                                                 float(scale), as_ptr<const int32_t>(groups),
                                                 as_ptr<const float>(row_lse), as_ptr<const float>(col_lse),
                                                 as_ptr<const float>(row_coef), as_ptr<const float>(col_coef),
                                                 as_ptr<const float>(diag_coef), as_ptr<float>(g), ldg);
 }
+
+#ifdef HBFAST_WITH_CUDA
+// The CUDA epilogues (float32 only): `scale` points to a float32 device scalar, so nothing waits for
+// the device; partial_max / partial_sum are [column_chunks, n_batch] scratch for the column term.
+void contrastive_forward_block_cuda(uintptr_t x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
+                                    int64_t n_batch, uintptr_t scale, uintptr_t groups, int64_t chunk_rows,
+                                    uintptr_t partial_max, uintptr_t partial_sum, uintptr_t row_lse, uintptr_t diag,
+                                    uintptr_t col_max, uintptr_t col_sum, uintptr_t stream) {
+  if (rows <= 0 || n_cols < n_batch || row_begin < 0 || row_begin + rows > n_batch || ld < n_cols || chunk_rows < 1)
+    throw std::invalid_argument("contrastive_forward_block_cuda: inconsistent sizes");
+  py::gil_scoped_release release;
+  hbfast::contrastive_forward_block_cuda(as_ptr<const float>(x), ld, rows, row_begin, n_cols, n_batch,
+                                         as_ptr<const float>(scale), as_ptr<const int32_t>(groups), col_max != 0,
+                                         chunk_rows, as_ptr<float>(partial_max), as_ptr<float>(partial_sum),
+                                         as_ptr<float>(row_lse), as_ptr<float>(diag), as_ptr<float>(col_max),
+                                         as_ptr<float>(col_sum), reinterpret_cast<void*>(stream));
+}
+
+void contrastive_backward_block_cuda(uintptr_t x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
+                                     int64_t n_batch, uintptr_t scale, uintptr_t groups, uintptr_t row_lse,
+                                     uintptr_t col_lse, uintptr_t row_coef, uintptr_t col_coef, uintptr_t diag_coef,
+                                     uintptr_t g, int64_t ldg, uintptr_t dscale_sum, uintptr_t stream) {
+  if (rows <= 0 || n_cols < n_batch || row_begin < 0 || row_begin + rows > n_batch || ld < n_cols || ldg < n_cols)
+    throw std::invalid_argument("contrastive_backward_block_cuda: inconsistent sizes");
+  py::gil_scoped_release release;
+  hbfast::contrastive_backward_block_cuda(as_ptr<const float>(x), ld, rows, row_begin, n_cols, n_batch,
+                                          as_ptr<const float>(scale), as_ptr<const int32_t>(groups),
+                                          as_ptr<const float>(row_lse), as_ptr<const float>(col_lse),
+                                          as_ptr<const float>(row_coef), as_ptr<const float>(col_coef),
+                                          as_ptr<const float>(diag_coef), as_ptr<float>(g), ldg,
+                                          as_ptr<double>(dscale_sum), reinterpret_cast<void*>(stream));
+}
+
+void contrastive_device_math_cuda(uintptr_t x, uintptr_t y, int64_t n, uintptr_t out, uintptr_t stream) {
+  py::gil_scoped_release release;
+  hbfast::contrastive_device_math_cuda(as_ptr<const float>(x), as_ptr<const float>(y), n, as_ptr<float>(out),
+                                       reinterpret_cast<void*>(stream));
+}
+#endif
 
 void contrastive_advise_huge_pages(uintptr_t ptr, int64_t nbytes) {
   hbfast::advise_huge_pages(as_ptr<void>(ptr), nbytes);
@@ -279,6 +307,71 @@ void contrastive_advise_huge_pages(uintptr_t ptr, int64_t nbytes) {
 void contrastive_fast_exp(uintptr_t x, uintptr_t y, int64_t n) {
   py::gil_scoped_release release;
   hbfast::fast_exp_cpu(as_ptr<const float>(x), as_ptr<float>(y), n);
+}
+
+// ---- SigLIP loss ----
+// Same conventions as the contrastive loss above: validated in Python, pointers as integers.
+void siglip_forward_block(uintptr_t x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols, double scale,
+                          double bias, uintptr_t row_loss, bool cuda, uintptr_t stream, bool f64) {
+  if (rows <= 0 || row_begin < 0 || row_begin + rows > n_cols || ld < n_cols)
+    throw std::invalid_argument("siglip_forward_block: inconsistent sizes");
+  if (cuda && f64) throw std::invalid_argument("siglip_forward_block: the CUDA kernels take float32 only");
+  py::gil_scoped_release release;
+  if (f64) {
+    hbfast::siglip_forward_block_cpu(as_ptr<const double>(x), ld, rows, row_begin, n_cols, scale, bias,
+                                     as_ptr<double>(row_loss));
+    return;
+  }
+  if (cuda) {
+#ifdef HBFAST_WITH_CUDA
+    hbfast::siglip_forward_block_cuda(as_ptr<const float>(x), ld, rows, row_begin, n_cols, float(scale), float(bias),
+                                      as_ptr<float>(row_loss), reinterpret_cast<void*>(stream));
+    return;
+#else
+    throw std::runtime_error("hbfast was built without CUDA kernels");
+#endif
+  }
+  hbfast::siglip_forward_block_cpu(as_ptr<const float>(x), ld, rows, row_begin, n_cols, float(scale), float(bias),
+                                   as_ptr<float>(row_loss));
+}
+
+// Returns (sum(G * X), sum(G)) of the block; on CUDA they are added to sums (two float64 on the
+// device) and (0, 0) is returned.
+py::tuple siglip_backward_block(uintptr_t x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols, double scale,
+                                double bias, uintptr_t row_coef, uintptr_t g, int64_t ldg, bool cuda, uintptr_t stream,
+                                uintptr_t sums, bool f64) {
+  if (rows <= 0 || row_begin < 0 || row_begin + rows > n_cols || ld < n_cols || ldg < n_cols)
+    throw std::invalid_argument("siglip_backward_block: inconsistent sizes");
+  if (cuda && f64) throw std::invalid_argument("siglip_backward_block: the CUDA kernels take float32 only");
+  double sum_gx = 0.0, sum_g = 0.0;
+  {
+    py::gil_scoped_release release;
+    if (f64) {
+      hbfast::siglip_backward_block_cpu(as_ptr<const double>(x), ld, rows, row_begin, n_cols, scale, bias,
+                                        as_ptr<const double>(row_coef), as_ptr<double>(g), ldg, &sum_gx, &sum_g);
+    } else if (cuda) {
+#ifdef HBFAST_WITH_CUDA
+      hbfast::siglip_backward_block_cuda(as_ptr<const float>(x), ld, rows, row_begin, n_cols, float(scale),
+                                         float(bias), as_ptr<const float>(row_coef), as_ptr<float>(g), ldg,
+                                         as_ptr<double>(sums), reinterpret_cast<void*>(stream));
+#else
+      throw std::runtime_error("hbfast was built without CUDA kernels");
+#endif
+    } else {
+      hbfast::siglip_backward_block_cpu(as_ptr<const float>(x), ld, rows, row_begin, n_cols, float(scale),
+                                        float(bias), as_ptr<const float>(row_coef), as_ptr<float>(g), ldg, &sum_gx,
+                                        &sum_g);
+    }
+  }
+  return py::make_tuple(sum_gx, sum_g);
+}
+
+void siglip_elementwise(uintptr_t z, uintptr_t y, int64_t n, bool sigmoid) {
+  py::gil_scoped_release release;
+  if (sigmoid)
+    hbfast::siglip_sigmoid_cpu(as_ptr<const float>(z), as_ptr<float>(y), n);
+  else
+    hbfast::siglip_softplus_cpu(as_ptr<const float>(z), as_ptr<float>(y), n);
 }
 
 }  // namespace
@@ -295,6 +388,16 @@ PYBIND11_MODULE(_C, m) {
   m.def("contrastive_backward_block", &contrastive_backward_block);
   m.def("contrastive_fast_exp", &contrastive_fast_exp);
   m.def("contrastive_advise_huge_pages", &contrastive_advise_huge_pages);
+#ifdef HBFAST_WITH_CUDA
+  m.def("contrastive_forward_block_cuda", &contrastive_forward_block_cuda);
+  m.def("contrastive_backward_block_cuda", &contrastive_backward_block_cuda);
+  m.def("contrastive_column_chunks", &hbfast::contrastive_column_chunks);
+  m.def("contrastive_device_math_cuda", &contrastive_device_math_cuda);
+#endif
+  // ---- SigLIP loss ----
+  m.def("siglip_forward_block", &siglip_forward_block);
+  m.def("siglip_backward_block", &siglip_backward_block);
+  m.def("siglip_elementwise", &siglip_elementwise);
 
   // ---- search and metrics ----
   py::class_<hbfast::TopkStateCpu>(m, "TopkStateCpu")
@@ -311,6 +414,7 @@ PYBIND11_MODULE(_C, m) {
 #ifdef HBFAST_WITH_CUDA
   m.def("topk_merge_cuda", &topk_merge_cuda);
   m.def("topk_decode_cuda", &topk_decode_cuda);
+  m.def("topk_keys_cuda", &topk_keys_cuda);
   m.def("count_beating_cuda", &count_beating_cuda);
 #endif
 }

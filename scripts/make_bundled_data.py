@@ -1,6 +1,7 @@
 """Derive the compact evaluation data bundled in hbfast (src/hbfast/data/bundled/) from the original files.
 
-Usage: python scripts/make_bundled_data.py [--source /work/shared/data]
+Usage: python scripts/make_bundled_data.py [--source DIR]   (default: $HBFAST_SHARED_DATA, else
+shared/data beside the checkout, i.e. ../shared/data from the repository root)
 
 Every LAReQA file is parsed and checked by hbfast's own loader, so the bundle holds exactly what
 the protocol reads: per paragraph its sentences, question ids, questions and answer-sentence
@@ -8,6 +9,7 @@ indices (zstd parquet). License and attribution files are copied next to the bun
 bundled (its captions are for noncommercial research only): hbfast downloads it on demand.
 """
 import argparse
+import os
 import shutil
 from pathlib import Path
 
@@ -32,7 +34,8 @@ The derived parquet files are adaptations of these works and are shared under th
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", default="/work/shared/data", type=Path)
+    default_source = os.environ.get("HBFAST_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+    parser.add_argument("--source", default=default_source, type=Path)
     parser.add_argument("--out", default=BUNDLED_DIR, type=Path)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

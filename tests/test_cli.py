@@ -60,6 +60,24 @@ def test_eval_errors_are_clear(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_failed_download_is_a_message_not_a_traceback(tmp_path, tiny_model, monkeypatch, capsys):
+    monkeypatch.setenv("HBFAST_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(hbfast.data.xtd, "URL", (tmp_path / "no-such-mirror").as_uri())  # fails like a dead network
+    assert main(["eval", "--dataset", "xtd", "--model", str(tiny_model), "--images", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "hbfast eval: error: XTD: could not download" in err and "Traceback" not in err
+
+
+def test_empty_language_list_is_an_error(capsys):
+    assert main(["eval", "--dataset", "xquad-r", "--languages", ","]) == 2
+    assert "the list of languages is empty" in capsys.readouterr().err
+    for load in (lambda: hbfast.data.load_lareqa("xquad-r", languages=[]),
+                 lambda: hbfast.data.download_lareqa("xquad-r", languages=[]),
+                 lambda: hbfast.data.download_xtd(languages=[])):
+        with pytest.raises(ValueError, match="the list of languages is empty"):
+            load()
+
+
 def test_xtd_errors(tmp_path, tiny_model, capsys):
     root = write_xtd(tmp_path, ["a.png", "b.png"], {"en": ["red", "blue"]}, ["red", "blue"])
     (root / "images" / "b.png").unlink()

@@ -5,9 +5,15 @@ import pytest
 
 import hbfast
 from hbfast.data import lareqa as lareqa_module
-from lareqa_fixtures import SHARED_DATA, tiny_lareqa_dir, write_beir, write_lareqa, write_xtd
+from lareqa_fixtures import SHARED_DATA, require_shared_data, tiny_lareqa_dir, write_beir, write_lareqa, write_xtd
 
-needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs /work/shared/data")
+
+@pytest.fixture
+def shared_data():
+    return require_shared_data()
+
+
+needs_shared = pytest.mark.usefixtures("shared_data")  # skips without the data; fails under CI=true
 
 
 def test_tiny_lareqa_tables(tmp_path):

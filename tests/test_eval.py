@@ -120,6 +120,23 @@ def test_perfect_encoder_scores_one(name, languages):
     assert res.rank_distance == pytest.approx(np.mean(present) - 1)  # the relevant items fill ranks 1..n
 
 
+def test_one_progress_bar_over_every_text(tiny, monkeypatch, capsys):
+    """One bar (texts, with rate and time left) for all languages; the same result as without it."""
+    monkeypatch.setattr(hbfast.eval, "PROGRESS_STEP", 2)  # several encoder calls per language
+    calls = []
+
+    def encoder(texts):
+        calls.append(len(texts))
+        return HashingEncoder()(texts)
+
+    shown = hbfast.eval.evaluate_lareqa(tiny, encoder, progress=True)
+    err = capsys.readouterr().err
+    assert max(calls) == 2 and sum(calls) == 13  # 5 questions + 8 candidates
+    assert "13/13" in err and "text/s" in err and "lang" not in err
+    plain = hbfast.eval.evaluate_lareqa(tiny, HashingEncoder(), progress=False)
+    assert shown.mono == plain.mono and shown.cross == plain.cross and shown.multi == plain.multi
+
+
 def test_evaluate_lareqa_with_hashing_encoder(tiny):
     res = hbfast.eval.evaluate_lareqa(tiny, HashingEncoder(), progress=False)
     assert res.n_queries == {"en": 3, "de": 2} and res.n_candidates == {"en": 5, "de": 3}

@@ -158,6 +158,9 @@ def test_bad_metric_input():
         (lambda: metrics.evaluate((np.zeros((2, 3), np.float32), np.zeros((2, 3), np.int64)), np.zeros((3, 1), np.int64)), ValueError, "qrels ids must be"),
         (lambda: metrics.evaluate((np.full((1, 2), np.nan, np.float32), np.zeros((1, 2), np.int64)), np.zeros((1, 1), np.int64)), ValueError, "NaN"),
         (lambda: metrics.evaluate({"q": {"d": 1.0}}, (np.zeros((1, 1), np.int64),)), TypeError, "dict qrels"),
+        (lambda: metrics.evaluate({"q": {"d": float("nan"), "e": 1.0}}, {"q": {"d": 1}}), ValueError, "run scores contain NaN"),
+        (lambda: metrics.evaluate({"q": {"d": 2.0, "e": 1.0}}, {"q": {"d": float("nan")}}), ValueError, "gains contain NaN"),
+        (lambda: metrics.evaluate({"q": {"d": 2.0}}, {"q": {"d": float("inf")}}), ValueError, "gains contain NaN"),
         (lambda: metrics.evaluate((np.zeros((1, 2), np.float32), np.zeros((1, 2), np.int64)), {5: {1: 1}}), ValueError, "outside"),
         (lambda: metrics.evaluate((np.zeros((1, 2), np.float32), np.zeros((1, 2), np.int64)), np.array([[3, 3]])), ValueError, "repeats"),
     ]

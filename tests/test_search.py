@@ -260,7 +260,8 @@ def test_cuda_matches_cpu(k):
 
 
 def test_cuda_selection_keys_order_by_the_tie_rule():
-    """The CUDA top-k keeps (score, id) as one 64-bit key; check its order and round trip on the CPU."""
+    """The CUDA top-k keeps (score, id) as one 64-bit key: its order and round trip as the host
+    compiles select.h (test_cuda.py checks that the device computes the same keys)."""
     rng = np.random.default_rng(0)
     scores = np.concatenate([rng.standard_normal(500), [0.0, -0.0, 1.5, 1.5, -3e38, 3e38, 1e-45, -1e-45]]).astype(np.float32)
     ids = rng.permutation(len(scores)).astype(np.int64)
@@ -282,3 +283,17 @@ def test_progress_bars_do_not_change_results(capsys):
     ranks = hbfast.relevant_ranks(q, c, plain[1][:, :3], progress=True)
     assert torch.equal(ranks, torch.tensor([1, 2, 3]).expand(6, 3))
     assert "topk" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_topk_streams_queries_in_blocks_for_large_k(device, monkeypatch):
+    """With nq * k over TOPK_STATE_BYTES, query blocks each walk the corpus: the same result; a
+    one-shot iterator (which cannot be walked twice) still gets every query in one walk."""
+    from hbfast import search
+
+    q, c = integer_data(45, 400, 5, seed=21, device=device)
+    expected = reference.topk(q, c, 150)
+    monkeypatch.setattr(search, "TOPK_STATE_BYTES", 150 * 48 * 4)  # 4 to 8 queries per block
+    for corpus in (c, [c[:123], c[123:]], iter([c[:200], c[200:]])):
+        scores, ids = hbfast.topk(q, corpus, 150)
+        assert torch.equal(ids.cpu(), expected[1].cpu()) and torch.equal(scores.cpu(), expected[0].cpu())

@@ -1,6 +1,8 @@
 // CUDA epilogues of the fused contrastive loss: row log-sum-exp (one block per row), column
-// log-sum-exp (one thread per column, coalesced over the row block) and the gradient tile (one
-// thread per element), all with the shared math of common/contrastive_math.h.
+// log-sum-exp (one thread per column and row chunk, coalesced over the rows, then a merge of the
+// chunks' partial (max, sum) pairs) and the gradient tile (one thread per element), all with the
+// shared math of common/contrastive_math.h. The scale is read from device memory (a learnable
+// scale never leaves the GPU), so a step needs no device-to-host synchronisation.
 #include <cuda_runtime.h>
 
 #include "common/contrastive_math.h"
@@ -22,8 +24,10 @@ __device__ __forceinline__ void warp_merge(float& m, float& s) {
 
 // One block per row of the tile: online (max, sum) per thread, merged across the block.
 __global__ void row_lse_kernel(const float* __restrict__ x, int64_t ld, int64_t row_begin, int64_t n_cols,
-                               int64_t n_batch, float scale, const int32_t* __restrict__ groups,
-                               float* __restrict__ row_lse, float* __restrict__ diag) {
+                               int64_t n_batch, const float* __restrict__ scale_ptr,
+                               const int32_t* __restrict__ groups, float* __restrict__ row_lse,
+                               float* __restrict__ diag) {
+  const float scale = *scale_ptr;
   const int64_t r = blockIdx.x;
   const int32_t i = static_cast<int32_t>(row_begin + r);
   const float* xr = x + r * ld;
@@ -49,35 +53,54 @@ __global__ void row_lse_kernel(const float* __restrict__ x, int64_t ld, int64_t 
   }
 }
 
-// One thread per batch column: walks the rows of the tile (coalesced across the warp) and merges
-// its pair into the running (col_max, col_sum), which only this thread touches.
-__global__ void column_lse_kernel(const float* __restrict__ x, int64_t ld, int64_t rows, int64_t row_begin,
-                                  int64_t n_batch, float scale, const int32_t* __restrict__ groups,
-                                  float* __restrict__ col_max, float* __restrict__ col_sum) {
+// One thread per (batch column, chunk of rows): walks the chunk's rows (coalesced across the warp)
+// and writes the chunk's partial (max, sum) to partial_max / partial_sum [chunks, n_batch].
+__global__ void column_lse_partial_kernel(const float* __restrict__ x, int64_t ld, int64_t rows, int64_t row_begin,
+                                          int64_t n_batch, int64_t chunk_rows, const float* __restrict__ scale_ptr,
+                                          const int32_t* __restrict__ groups, float* __restrict__ partial_max,
+                                          float* __restrict__ partial_sum) {
   const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (j >= n_batch) return;
+  const float scale = *scale_ptr;
+  const int64_t r_begin = blockIdx.y * chunk_rows;
+  const int64_t r_end = r_begin + chunk_rows < rows ? r_begin + chunk_rows : rows;
   const int32_t group_col = groups ? groups[j] : 0;
   float m = -INFINITY, s = 0.0f;
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = r_begin; r < r_end; ++r) {
     const int32_t i = static_cast<int32_t>(row_begin + r);
     bool masked = groups && pair_masked(groups[i], group_col, i, static_cast<int32_t>(j));
     if (!masked) lse_push(m, s, scale * x[r * ld + j]);
   }
-  float m_total = col_max[j], s_total = col_sum[j];
-  lse_merge(m_total, s_total, m, s);
-  col_max[j] = m_total;
-  col_sum[j] = s_total;
+  partial_max[blockIdx.y * n_batch + j] = m;
+  partial_sum[blockIdx.y * n_batch + j] = s;
 }
 
-// One thread per element of the row block: G = dL/dS in place (or into g), and sum(G * X).
-__global__ void gradient_tile_kernel(const float* __restrict__ x, int64_t ld, int64_t row_begin, int64_t n_cols,
-                                     int64_t n_batch, float scale, const int32_t* __restrict__ groups,
+// One thread per batch column: merges the chunks' pairs, in chunk order (deterministic), into the
+// running (col_max, col_sum), which only this thread touches.
+__global__ void column_lse_merge_kernel(int64_t n_batch, int64_t chunks, const float* __restrict__ partial_max,
+                                        const float* __restrict__ partial_sum, float* __restrict__ col_max,
+                                        float* __restrict__ col_sum) {
+  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (j >= n_batch) return;
+  float m = col_max[j], s = col_sum[j];
+  for (int64_t c = 0; c < chunks; ++c) lse_merge(m, s, partial_max[c * n_batch + j], partial_sum[c * n_batch + j]);
+  col_max[j] = m;
+  col_sum[j] = s;
+}
+
+// One thread per element of the row block: G = dL/dS in place (or into g), and sum(G * X). x and
+// g may be the same buffer (the recompute path writes G over the scores it reads), so neither is
+// __restrict__: each thread reads its element before it writes it.
+__global__ void gradient_tile_kernel(const float* x, int64_t ld, int64_t row_begin, int64_t n_cols,
+                                     int64_t n_batch, const float* __restrict__ scale_ptr,
+                                     const int32_t* __restrict__ groups,
                                      const float* __restrict__ row_lse, const float* __restrict__ col_lse,
                                      const float* __restrict__ row_coef, const float* __restrict__ col_coef,
                                      const float* __restrict__ diag_coef, float* g, int64_t ldg,
                                      double* __restrict__ dscale_sum) {
   const int64_t r = blockIdx.y;
   const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const float scale = *scale_ptr;
   double contribution = 0.0;
   if (j < n_cols) {
     const int32_t i = static_cast<int32_t>(row_begin + r);
@@ -107,24 +130,47 @@ __global__ void gradient_tile_kernel(const float* __restrict__ x, int64_t ld, in
   }
 }
 
+// The shared per-element math evaluated on the device, for the accuracy tests: out [4, n] =
+// fast_exp(x), log_plain(x), lse_value(x, y) and lse of the pair pushed one by one.
+__global__ void device_math_kernel(const float* __restrict__ x, const float* __restrict__ y, int64_t n,
+                                   float* __restrict__ out) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  out[i] = fast_exp(x[i]);
+  out[n + i] = log_plain(x[i]);
+  out[2 * n + i] = lse_value(x[i], y[i]);
+  float m = -INFINITY, s = 0.0f;
+  lse_push(m, s, x[i]);
+  lse_push(m, s, y[i]);
+  out[3 * n + i] = lse_value(m, s);
+}
+
 }  // namespace
 
+int64_t contrastive_column_chunks(int64_t rows, int64_t chunk_rows) { return (rows + chunk_rows - 1) / chunk_rows; }
+
 void contrastive_forward_block_cuda(const float* x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
-                                    int64_t n_batch, float scale, const int32_t* groups, bool with_columns,
-                                    float* row_lse, float* diag, float* col_max, float* col_sum, void* stream) {
+                                    int64_t n_batch, const float* scale, const int32_t* groups, bool with_columns,
+                                    int64_t chunk_rows, float* partial_max, float* partial_sum, float* row_lse,
+                                    float* diag, float* col_max, float* col_sum, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   row_lse_kernel<<<static_cast<unsigned>(rows), kThreads, 0, s>>>(x, ld, row_begin, n_cols, n_batch, scale, groups,
                                                                   row_lse, diag);
   check_cuda_launch("contrastive row_lse_kernel");
   if (with_columns) {
-    unsigned blocks = static_cast<unsigned>((n_batch + kThreads - 1) / kThreads);
-    column_lse_kernel<<<blocks, kThreads, 0, s>>>(x, ld, rows, row_begin, n_batch, scale, groups, col_max, col_sum);
-    check_cuda_launch("contrastive column_lse_kernel");
+    const unsigned col_blocks = static_cast<unsigned>((n_batch + kThreads - 1) / kThreads);
+    const int64_t chunks = contrastive_column_chunks(rows, chunk_rows);
+    column_lse_partial_kernel<<<dim3(col_blocks, static_cast<unsigned>(chunks)), kThreads, 0, s>>>(
+        x, ld, rows, row_begin, n_batch, chunk_rows, scale, groups, partial_max, partial_sum);
+    check_cuda_launch("contrastive column_lse_partial_kernel");
+    column_lse_merge_kernel<<<col_blocks, kThreads, 0, s>>>(n_batch, chunks, partial_max, partial_sum, col_max,
+                                                            col_sum);
+    check_cuda_launch("contrastive column_lse_merge_kernel");
   }
 }
 
 void contrastive_backward_block_cuda(const float* x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
-                                     int64_t n_batch, float scale, const int32_t* groups, const float* row_lse,
+                                     int64_t n_batch, const float* scale, const int32_t* groups, const float* row_lse,
                                      const float* col_lse, const float* row_coef, const float* col_coef,
                                      const float* diag_coef, float* g, int64_t ldg, double* dscale_sum, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
@@ -132,6 +178,13 @@ void contrastive_backward_block_cuda(const float* x, int64_t ld, int64_t rows, i
   gradient_tile_kernel<<<grid, kThreads, 0, s>>>(x, ld, row_begin, n_cols, n_batch, scale, groups, row_lse, col_lse,
                                                  row_coef, col_coef, diag_coef, g, ldg, dscale_sum);
   check_cuda_launch("contrastive gradient_tile_kernel");
+}
+
+void contrastive_device_math_cuda(const float* x, const float* y, int64_t n, float* out, void* stream) {
+  if (n <= 0) return;
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  device_math_kernel<<<static_cast<unsigned>((n + kThreads - 1) / kThreads), kThreads, 0, s>>>(x, y, n, out);
+  check_cuda_launch("contrastive device_math_kernel");
 }
 
 }  // namespace hbfast

@@ -4,6 +4,7 @@ import importlib
 from ._ext import build_info, get_num_threads, set_num_threads
 from .sampling import BatchPlan, HybridBatchSampler, hybrid_batches
 from .losses import ContrastiveLoss, contrastive_loss
+from .siglip import siglip_loss
 from .search import FlatIndex, relevant_ranks, topk
 from . import metrics, reference
 
@@ -32,5 +33,6 @@ __all__ = [
     "reference",
     "relevant_ranks",
     "set_num_threads",
+    "siglip_loss",
     "topk",
 ]

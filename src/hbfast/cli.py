@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--prefixes", action="store_true", help='prepend "Query: " / "Passage: "')
     ev.add_argument("--pretrained", default=None, help="open_clip backend: pretrained tag")
     ev.add_argument("--image-model", default=None, help="XTD: a separate image model (sentence-transformers CLIP)")
-    ev.add_argument("--metric", default="cos", choices=("cos", "ip"))
+    ev.add_argument("--metric", default="cosine", choices=("cosine", "cos", "ip"),
+                    help="similarity: cosine (alias cos) or ip (inner product)")
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     ev.add_argument("--split", default="test", help="BEIR: qrels split")
@@ -94,12 +95,12 @@ def run_eval(args) -> int:
             if args.paragraphs is not None:
                 ds = ds.head(args.paragraphs)
         print(f"{ds}", file=sys.stderr)
+        # The protocol draws one bar over every text (rate, time left); the encoders draw none.
         query, passage = encoders.load_text_encoders(args.model, backend=args.backend, pooling=args.pooling,
                                                      prefixes=args.prefixes, batch_size=args.batch_size,
-                                                     device=args.device, progress=progress)
+                                                     device=args.device, progress=False)
         evaluate = protocols.evaluate_beir if args.dataset == "beir" else protocols.evaluate_lareqa
-        kwargs = {} if args.dataset == "beir" else {"progress": progress}
-        result = evaluate(ds, query, passage, metric=args.metric, model=model, **kwargs)
+        result = evaluate(ds, query, passage, metric=args.metric, model=model, progress=progress)
     out = Path(args.out)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{args.dataset}_{model}")
     result.to_json(out / f"{stem}.json")
@@ -124,7 +125,7 @@ def main(argv=None) -> int:
         if args.command == "eval":
             return run_eval(args)
         return args.run(args)
-    except (ValueError, FileNotFoundError, ImportError, CheckpointError, FloatingPointError) as e:
+    except (ValueError, OSError, ImportError, CheckpointError, FloatingPointError) as e:  # OSError: files, and failed downloads (data or model)
         print(f"hbfast {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 1

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from . import metrics
 from .search import relevant_ranks, topk
 
-METRICS = ("cos", "ip")
+METRICS = ("cosine", "ip")  # "cos" is accepted for "cosine" (the name hbfast.topk uses)
 
 
 # ---- embeddings ----
@@ -56,19 +56,41 @@ def check_embeddings(embeddings, n: int, what: str, dim: int | None = None) -> t
     return tensor
 
 
-def encode(encoder: Callable, items: Sequence, what: str, dim: int | None = None) -> torch.Tensor:
+PROGRESS_STEP = 1024  # texts per encoder call when a progress bar is shown
+
+
+def encode(encoder: Callable, items: Sequence, what: str, dim: int | None = None, bar=None) -> torch.Tensor:
+    """``encoder(items)`` checked; with ``bar`` (a tqdm over texts), in calls of PROGRESS_STEP items
+    that each advance it, so one bar shows the rate and the time left over every text encoded."""
     if len(items) == 0:
         raise ValueError(f"{what}: nothing to encode")
-    return check_embeddings(encoder(list(items)), len(items), what, dim)
+    items = list(items)
+    if bar is None:
+        return check_embeddings(encoder(items), len(items), what, dim)
+    parts = []
+    for start in range(0, len(items), PROGRESS_STEP):
+        part = items[start : start + PROGRESS_STEP]
+        parts.append(check_embeddings(encoder(part), len(part), what, dim))
+        dim = parts[-1].shape[1]
+        bar.update(len(part))
+    return torch.cat(parts)
+
+
+def _text_bar(total: int, desc: str, progress: bool):
+    """The one progress bar of an evaluation's encoding: texts, with rate and time left."""
+    return tqdm(total=total, desc=desc, unit="text", disable=not progress)
 
 
 def _prepare(x: torch.Tensor, metric: str) -> torch.Tensor:
-    return torch.nn.functional.normalize(x, dim=1) if metric == "cos" else x
+    return torch.nn.functional.normalize(x, dim=1) if metric == "cosine" else x
 
 
-def _check_metric(metric: str) -> None:
+def _check_metric(metric: str) -> str:
+    """The metric's one name: "cosine" (alias "cos") or "ip"."""
+    metric = "cosine" if metric == "cos" else metric
     if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        raise ValueError(f"metric must be one of {METRICS} (or 'cos'), got {metric!r}")
+    return metric
 
 
 # ---- results: JSON, CSV, heatmap ----
@@ -202,16 +224,21 @@ class LAReQAResult:
 # ---- LAReQA ----
 
 def evaluate_lareqa(ds, query_encoder: Callable, passage_encoder: Callable | None = None, *,
-                    metric: str = "cos", model: str = "", progress: bool = True) -> LAReQAResult:
+                    metric: str = "cosine", model: str = "", progress: bool = True) -> LAReQAResult:
     """Encode ``ds`` (a ``hbfast.data.LAReQADataset``) and score every LAReQA setting."""
-    _check_metric(metric)
+    metric = _check_metric(metric)
     passage_encoder = passage_encoder or query_encoder
     start = time.perf_counter()
     queries, candidates, dim = {}, {}, None
-    for lang in tqdm(ds.languages, desc=f"encoding {ds.name}", unit="lang", disable=not progress):
-        queries[lang] = encode(query_encoder, _column(ds.questions[lang], "question"), f"{ds.name}/{lang} questions", dim)
-        dim = queries[lang].shape[1]
-        candidates[lang] = encode(passage_encoder, _column(ds.candidates[lang], "text"), f"{ds.name}/{lang} candidates", dim)
+    total = sum(len(ds.questions[lang]) + len(ds.candidates[lang]) for lang in ds.languages)
+    with _text_bar(total, f"encoding {ds.name}", progress) as bar:
+        for lang in ds.languages:
+            bar.set_postfix_str(lang)
+            queries[lang] = encode(query_encoder, _column(ds.questions[lang], "question"),
+                                   f"{ds.name}/{lang} questions", dim, bar)
+            dim = queries[lang].shape[1]
+            candidates[lang] = encode(passage_encoder, _column(ds.candidates[lang], "text"),
+                                      f"{ds.name}/{lang} candidates", dim, bar)
     encode_seconds = time.perf_counter() - start
     result = lareqa_from_embeddings(ds, queries, candidates, metric=metric, model=model)
     result.seconds["encode"] = encode_seconds
@@ -233,9 +260,9 @@ def _relevant_by_language(ds) -> dict[str, torch.Tensor]:
 
 
 def lareqa_from_embeddings(ds, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor], *,
-                           metric: str = "cos", model: str = "") -> LAReQAResult:
+                           metric: str = "cosine", model: str = "") -> LAReQAResult:
     """Score every LAReQA setting from precomputed embeddings: ``queries[lang]`` [nq, d], ``candidates[lang]`` [nc, d]."""
-    _check_metric(metric)
+    metric = _check_metric(metric)
     start = time.perf_counter()
     languages = list(ds.languages)
     checked_queries, checked_candidates, dim = {}, {}, None
@@ -315,27 +342,31 @@ class BEIRResult:
                 f"Recall@100 = {self.recall_at_100:.4f} ({self.n_queries} queries, {self.n_documents} documents)")
 
 
-def ndcg_recall(ranked_ids: torch.Tensor, doc_ids: Sequence[str], query_ids: Sequence[str],
+def ndcg_recall(ranked: tuple[torch.Tensor, torch.Tensor], doc_ids: Sequence[str], query_ids: Sequence[str],
                 qrels: dict[str, dict[str, int]], k_ndcg: int = 10, k_recall: int = 100) -> dict[str, dict[str, float]]:
-    """nDCG@k (linear gains, log2 discount, trec_eval's definition) and Recall@k per query from ranked ids [nq, >=k]."""
-    out = {}
-    discounts = 1.0 / np.log2(np.arange(2, k_ndcg + 2))
-    for qid, row in zip(query_ids, ranked_ids.tolist()):
-        judged = qrels[qid]
-        gains = np.array([judged.get(doc_ids[d], 0) for d in row[:k_ndcg]], dtype=float)
-        gains = np.maximum(gains, 0.0)
-        ideal = np.sort(np.maximum(np.array(list(judged.values()), dtype=float), 0.0))[::-1][:k_ndcg]
-        ndcg = float((gains * discounts[:len(gains)]).sum() / (ideal * discounts[:len(ideal)]).sum())
-        relevant = {d for d, g in judged.items() if g > 0}
-        found = sum(1 for d in row[:k_recall] if doc_ids[d] in relevant)
-        out[qid] = {f"ndcg@{k_ndcg}": ndcg, f"recall@{k_recall}": found / len(relevant)}
-    return out
+    """nDCG@k and Recall@k per query (``hbfast.metrics``, trec_eval's definitions) from a ranking
+    ``(scores, corpus rows)`` [nq, >= k]. Judged documents missing from the corpus count as relevant
+    and never retrieved; negative gains count as 0."""
+    row_of = {d: i for i, d in enumerate(doc_ids)}
+    width = max(len(qrels[q]) for q in query_ids)
+    judged_rows = np.full((len(query_ids), width), -1, dtype=np.int64)
+    gains = np.zeros((len(query_ids), width))
+    missing = len(doc_ids)  # rows beyond the corpus for judged documents it lacks
+    for i, qid in enumerate(query_ids):
+        for j, (doc, gain) in enumerate(qrels[qid].items()):
+            if doc not in row_of:
+                row_of[doc], missing = missing, missing + 1
+            judged_rows[i, j], gains[i, j] = row_of[doc], max(float(gain), 0.0)
+    names = [f"ndcg@{k_ndcg}", f"recall@{k_recall}"]
+    scores, ids = ranked
+    per_query = metrics.evaluate((scores, ids), (judged_rows, gains), names, per_query=True)
+    return {qid: {name: float(per_query[name][i]) for name in names} for i, qid in enumerate(query_ids)}
 
 
-def evaluate_beir(ds, query_encoder: Callable, passage_encoder: Callable | None = None, *, metric: str = "cos",
-                  model: str = "", title: bool = True) -> BEIRResult:
+def evaluate_beir(ds, query_encoder: Callable, passage_encoder: Callable | None = None, *, metric: str = "cosine",
+                  model: str = "", title: bool = True, progress: bool = False) -> BEIRResult:
     """nDCG@10 and Recall@100 (the paper's MIRACL table) over the queries with a positive judgement."""
-    _check_metric(metric)
+    metric = _check_metric(metric)
     passage_encoder = passage_encoder or query_encoder
     judged = {q for q, docs in ds.qrels.items() if any(g > 0 for g in docs.values())}
     if not judged:
@@ -347,12 +378,13 @@ def evaluate_beir(ds, query_encoder: Callable, passage_encoder: Callable | None 
     doc_ids = list(ds.corpus["id"])
     doc_texts = [f"{t} {x}".strip() if title else x for t, x in zip(_column(ds.corpus, "title"), _column(ds.corpus, "text"))]
     start = time.perf_counter()
-    q = encode(query_encoder, query_texts, f"{ds.name} queries")
-    c = encode(passage_encoder, doc_texts, f"{ds.name} corpus", q.shape[1])
+    with _text_bar(len(query_texts) + len(doc_texts), f"encoding {ds.name}", progress) as bar:
+        q = encode(query_encoder, query_texts, f"{ds.name} queries", bar=bar if progress else None)
+        c = encode(passage_encoder, doc_texts, f"{ds.name} corpus", q.shape[1], bar if progress else None)
     encode_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    _, ids = topk(_prepare(q, metric), _prepare(c, metric), min(100, len(doc_texts)))  # [nq, k]
-    per_query = ndcg_recall(ids, doc_ids, query_ids, ds.qrels)
+    ranked = topk(_prepare(q, metric), _prepare(c, metric), min(100, len(doc_texts)))  # [nq, k] each
+    per_query = ndcg_recall(ranked, doc_ids, query_ids, ds.qrels)
     return BEIRResult(
         dataset=ds.name, ndcg_at_10=float(np.mean([m["ndcg@10"] for m in per_query.values()])),
         recall_at_100=float(np.mean([m["recall@100"] for m in per_query.values()])),
@@ -438,10 +470,10 @@ def _retrieval_scores(ranks: torch.Tensor) -> dict[str, float]:
             "R@10": float((r <= 10).double().mean()), "mAP": float(metrics.average_precision(ranks, 1).mean())}
 
 
-def evaluate_xtd(ds, text_encoder: Callable, image_encoder: Callable, *, metric: str = "cos", model: str = "",
+def evaluate_xtd(ds, text_encoder: Callable, image_encoder: Callable, *, metric: str = "cosine", model: str = "",
                  batch_size: int = 64, progress: bool = True) -> XTDResult:
     """Text->image and image->text retrieval over the XTD images, per caption language."""
-    _check_metric(metric)
+    metric = _check_metric(metric)
     start = time.perf_counter()
     images = _prepare(encode_images(image_encoder, ds.image_paths(), batch_size=batch_size, progress=progress,
                                     what="XTD images"), metric)  # [n, d]

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _C
+from . import _C, _losses_cuda
 from ._ext import check_impl, require_cuda
 
 DEFAULT_MEMORY_BUDGET = 768 << 20  # bytes of score blocks kept from forward to backward
@@ -79,9 +79,16 @@ def _empty_block(rows: int, cols: int, like: Tensor) -> Tensor:
 
 
 def _group_codes(groups: Optional[Tensor]) -> Optional[Tensor]:
+    """int64 group ids [B] -> int32 codes [B], equal exactly where the ids are equal (the dense rank
+    of each id, as torch.unique's inverse), from a sort: no output of data-dependent size, so no
+    wait for the device."""
     if groups is None:
         return None
-    return torch.unique(groups, return_inverse=True)[1].to(torch.int32).contiguous()
+    ordered, order = torch.sort(groups)
+    starts = torch.ones_like(ordered, dtype=torch.int32)
+    starts[0] = 0
+    starts[1:] = ordered[1:] != ordered[:-1]  # 1 where a new id begins
+    return torch.empty_like(starts).scatter_(0, order, torch.cumsum(starts, 0, dtype=torch.int32))
 
 
 # ---- the custom ops -------------------------------------------------------------------------------
@@ -96,6 +103,9 @@ def _forward_op(
     (empty without columns), the positive scores [R] and the kept blocks [n_cached, N]."""
     if q.device.type == "cuda":
         require_cuda("hbfast.contrastive_loss")
+        blocks = _blocks(q.shape[0], keys.shape[0], n_cached, q.element_size())
+        return _losses_cuda.forward(q, keys, scale, _group_codes(groups), n_batch, row_offset, with_columns,
+                                    n_cached, blocks, _empty_block)
     for name, t in (("q", q), ("p", keys)):
         # A sum is finite only when every element is (one cheap pass); if it is not, look closer.
         if not math.isfinite(float(t.sum())) and not bool(torch.isfinite(t).all()):
@@ -144,6 +154,11 @@ def _backward_op(
     row_offset: int, need_q: bool, need_keys: bool,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Gradients of (row_lse, col_lse, positive scores) -> (grad_q, grad_keys, dL/dscale)."""
+    if q.device.type == "cuda":
+        blocks = _blocks(q.shape[0], keys.shape[0], cache.shape[0], q.element_size())
+        return _losses_cuda.backward(grad_row_lse, grad_col_lse, grad_positive, q, keys, scale, _group_codes(groups),
+                                     row_lse, col_lse, cache, n_batch, row_offset, need_q, need_keys, blocks,
+                                     _empty_block)
     s = float(scale)
     R, N = q.shape[0], keys.shape[0]
     n_cached = cache.shape[0]

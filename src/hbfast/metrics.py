@@ -272,6 +272,10 @@ def evaluate(run, qrels, metrics: Union[str, Sequence[str]] = ("map", "mrr", "nd
     qids = None
     if isinstance(run, Mapping):
         scores, ids, rel_ids, gains, qids = _dicts_to_arrays(run, qrels)
+        if not np.isfinite(scores[ids >= 0]).all():  # the same checks as for arrays
+            raise ValueError("run scores contain NaN or infinite values")
+        if not np.isfinite(gains[rel_ids >= 0]).all():
+            raise ValueError("qrels gains contain NaN or infinite values")
     else:
         scores, ids = _run_arrays(run)
         rel_ids, gains = _qrels_arrays(qrels, ids.shape[0])

@@ -200,6 +200,27 @@ def contrastive_loss(q, p, *, temperature=0.05, logit_scale=None, symmetric=True
     return per_row
 
 
+# ---- SigLIP loss --------------------------------------------------------------------------------
+# The plain PyTorch twin of hbfast.siglip_loss: full B x B logits, labels 2 * I - 1 and
+# F.logsigmoid, computed in the input dtype.
+
+
+def siglip_loss(image_features, text_features, logit_scale, logit_bias, *, reduction="mean"):
+    """Reference pairwise sigmoid loss; same arguments and meaning as hbfast.siglip_loss."""
+    import torch
+    import torch.nn.functional as F
+
+    B = image_features.shape[0]
+    logits = logit_scale * (image_features @ text_features.t()) + logit_bias  # [B, B]
+    labels = 2 * torch.eye(B, dtype=logits.dtype, device=logits.device) - 1
+    per_row = -F.logsigmoid(labels * logits).sum(1)
+    if reduction == "mean":
+        return per_row.mean()
+    if reduction == "sum":
+        return per_row.sum()
+    return per_row
+
+
 # ----------------------------------------------------------------------------------------------
 # Exact search and retrieval metrics (hbfast/search.py, hbfast/metrics.py): the full score matrix,
 # a stable sort for the tie rule (higher score first, then lower corpus id), numpy metrics.

@@ -20,15 +20,15 @@ from typing import Iterable, Iterator, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from . import _C, reference
+from . import _C, _search_cuda, reference
 from ._ext import check_impl, require_cuda
+from ._search_cuda import device_checks as _device_checks, on_gpu as _on_gpu, zero_norm_error as _zero_norm_error
 
 Matrix = Union[torch.Tensor, np.ndarray]
 Corpus = Union[Matrix, Iterable[Matrix]]
 
 METRICS = ("ip", "cosine")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-_MAX_CUDA_IDS = 2**32 - 1  # CUDA keys hold the id in 32 bits (select.h)
 
 # Tile shapes: large tiles keep MKL efficient (few calls, each a large product);
 # one fp32 product tile (64 MiB on CPU) is the only buffer that grows with the problem besides O(nq * k).
@@ -36,13 +36,19 @@ CPU_QUERY_TILE = 4096
 CPU_CORPUS_TILE = 4096
 CUDA_QUERY_TILE = 16384
 CUDA_CORPUS_TILE = 8192
+# Working memory of the running top-k state (beyond the [nq, k] result): queries go in blocks that
+# each walk the whole corpus when nq * k would need more (re-iterable corpora only: tensors, arrays,
+# lists and tuples of chunks; a one-shot iterator is walked once with every query).
+TOPK_STATE_BYTES = 1 << 30
+_STATE_BYTES_PER_KEPT = {"cpu": 24, "cuda": 48}  # CPU: 2k (score, id) slots; CUDA: 2 key buffers + final sort
 
 
 # ----------------------------------------------------------------------------------------------
 # Input checks: every problem is reported here, before any pointer reaches _C.
 def _check_metric(metric: str) -> str:
+    metric = "cosine" if metric == "cos" else metric  # the name hbfast eval once used
     if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        raise ValueError(f"metric must be one of {METRICS} (or 'cos'), got {metric!r}")
     return metric
 
 
@@ -75,14 +81,23 @@ def _check_finite(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"{name} contains NaN or infinite values")
 
 
-def _prepare(t: torch.Tensor, metric: str, name: str, first_id: int = 0) -> torch.Tensor:
-    """fp32, contiguous, rows normalised for cosine. [n, D] -> [n, D]"""
+def _prepare(t: torch.Tensor, metric: str, name: str, first_id: int = 0,
+             zero_row: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """fp32, contiguous, rows normalised for cosine. [n, D] -> [n, D]
+
+    With ``zero_row`` (an int64 device scalar, on the GPU) a zero-norm row is not reported here,
+    which would wait for the device: the lowest such id is kept in ``zero_row`` for the caller to
+    report once at the end (_zero_norm_error)."""
     t = t.to(torch.float32).contiguous()
     if metric == "cosine":
         norms = torch.linalg.vector_norm(t, dim=1, keepdim=True)  # [n, 1]
+        if zero_row is not None:
+            ids = torch.arange(first_id, first_id + t.shape[0], device=t.device)
+            torch.minimum(zero_row, torch.where(norms[:, 0] == 0, ids, _search_cuda.NO_ROW).min(), out=zero_row)
+            return t / norms
         zero = (norms == 0).flatten().nonzero()
         if len(zero):
-            raise ValueError(f"{name} row {first_id + int(zero[0])} has zero norm: its cosine similarity is undefined")
+            raise ValueError(_zero_norm_error(name, first_id + int(zero[0])))
         t = t / norms
     return t
 
@@ -137,14 +152,16 @@ def _output(x: torch.Tensor, as_numpy: bool):
     return x.cpu().numpy() if as_numpy else x
 
 
-def _tiles(chunks: Iterator, dim: int, device: torch.device, metric: str, tile: int):
-    """Yields (first global id, fp32 corpus tile [<= tile, D] on device), validating each chunk."""
+def _tiles(chunks: Iterator, dim: int, device: torch.device, metric: str, tile: int,
+           zero_row: Optional[torch.Tensor] = None):
+    """Yields (first global id, fp32 corpus tile [<= tile, D] on device), validating each chunk
+    (a zero-norm row goes to ``zero_row`` when given, see _prepare)."""
     base = 0
     for i, chunk in enumerate(chunks):
         c = _check_chunk(f"corpus chunk {i}" if i else "corpus", chunk, dim, device)
         for j0 in range(0, c.shape[0], tile):
             part = _as_tensor("corpus", c[j0 : j0 + tile]).to(device)  # only this tile is read
-            yield base + j0, _prepare(part, metric, "corpus", base + j0)
+            yield base + j0, _prepare(part, metric, "corpus", base + j0, zero_row)
         base += c.shape[0]
     if base == 0:
         raise ValueError("corpus is empty")
@@ -177,13 +194,31 @@ def topk(queries, corpus: Corpus, k: int, *, metric: str = "ip", impl: str = "au
             raise ValueError(f"k = {k} is larger than the corpus ({len(c)} items)")
         scores, ids = reference.topk(q, c, k, metric=metric)
         return _output(scores, as_numpy), _output(ids, as_numpy)
-    q32 = _prepare(q, metric, "queries")
-    if q.device.type == "cuda":
+    cuda = q.device.type == "cuda"
+    if cuda:
         require_cuda("topk")
-        scores, ids = _topk_cuda(q32, chunks, k, metric, progress)
-    else:
-        scores, ids = _topk_cpu(q32, chunks, k, metric, total, progress)
+        if k + CUDA_CORPUS_TILE >= 2**31:
+            raise ValueError(f"the CUDA topk supports k below {2**31 - CUDA_CORPUS_TILE}, got {k}")
+    q32 = _prepare(q, metric, "queries")
+    nq = q32.shape[0]
+    step = max(1, TOPK_STATE_BYTES // (k * _STATE_BYTES_PER_KEPT[q.device.type]))
+    reiterable = isinstance(corpus, (torch.Tensor, np.ndarray, list, tuple))
+    if step >= nq or not reiterable:
+        scores, ids = _topk_block(q32, chunks, k, metric, total, progress)
+    else:  # queries in blocks, each a walk over the corpus: the state stays within TOPK_STATE_BYTES
+        scores = torch.empty(nq, k, dtype=torch.float32, device=q.device)
+        ids = torch.empty(nq, k, dtype=torch.int64, device=q.device)
+        for i0 in range(0, nq, step):
+            block = _topk_block(q32[i0 : i0 + step], _corpus_chunks(corpus)[0], k, metric, total, progress)
+            scores[i0 : i0 + step], ids[i0 : i0 + step] = block
     return _output(scores, as_numpy), _output(ids, as_numpy)
+
+
+def _topk_block(q32: torch.Tensor, chunks, k: int, metric: str, total: Optional[int], progress: bool):
+    if q32.device.type != "cuda":
+        return _topk_cpu(q32, chunks, k, metric, total, progress)
+    with _on_gpu(q32.device):
+        return _topk_cuda(q32, chunks, k, metric, progress)
 
 
 def _progress(total: Optional[int], enabled: bool, what: str):
@@ -223,43 +258,10 @@ def _topk_cpu(q32: torch.Tensor, chunks, k: int, metric: str, total: Optional[in
 
 
 def _topk_cuda(q32: torch.Tensor, chunks, k: int, metric: str, progress: bool):
-    nq, dim = q32.shape
-    device = q32.device
-    tile_q = min(nq, CUDA_QUERY_TILE)
-    # Per query tile, two key buffers: the merge reads one and writes the other.
-    keys = [torch.zeros(nq, k, dtype=torch.int64, device=device) for _ in range(2)]  # [nq, k] each
-    current = [0] * ((nq + tile_q - 1) // tile_q)
-    bad = torch.zeros(1, dtype=torch.int32, device=device)
-    buffer = torch.empty(tile_q * CUDA_CORPUS_TILE, dtype=torch.float32, device=device)
-    stream = torch.cuda.current_stream(device).cuda_stream
-    seen = 0
+    zero_row = torch.full((), _search_cuda.NO_ROW, dtype=torch.int64, device=q32.device)
+    tiles = _tiles(chunks, q32.shape[1], q32.device, metric, CUDA_CORPUS_TILE, zero_row)
     with _progress(None, progress, "topk") as bar:
-        for first_id, ct in _tiles(chunks, dim, device, metric, CUDA_CORPUS_TILE):
-            width = ct.shape[0]
-            if first_id + width > _MAX_CUDA_IDS:
-                raise ValueError(f"the CUDA topk supports corpora below {_MAX_CUDA_IDS} items")
-            for t, i0 in enumerate(range(0, nq, tile_q)):
-                qt = q32[i0 : i0 + tile_q]  # [tq, D]
-                tile = buffer[: qt.shape[0] * width].view(qt.shape[0], width)  # [tq, tc]
-                torch.matmul(qt, ct.T, out=tile)
-                src, dst = keys[current[t]], keys[1 - current[t]]
-                _C.topk_merge_cuda(tile.data_ptr(), qt.shape[0], width, width, first_id,
-                                   src[i0].data_ptr(), dst[i0].data_ptr(), k, bad.data_ptr(), stream)
-                current[t] = 1 - current[t]
-            seen += width
-            bar.update(width)
-    if seen < k:
-        raise ValueError(f"k = {k} is larger than the corpus ({seen} items)")
-    if int(bad.item()):
-        raise ValueError("non-finite scores: the corpus holds NaN or infinite values, or the products overflow float32")
-    final = torch.cat([keys[current[t]][i0 : i0 + tile_q] for t, i0 in enumerate(range(0, nq, tile_q))])
-    # Keys are unsigned; flipping the sign bit makes signed int64 order match. Sort best first.
-    order = (final ^ torch.iinfo(torch.int64).min).argsort(dim=1, descending=True)
-    final = final.gather(1, order).contiguous()
-    scores = torch.empty(nq, k, dtype=torch.float32, device=device)
-    ids = torch.empty(nq, k, dtype=torch.int64, device=device)
-    _C.topk_decode_cuda(final.data_ptr(), nq * k, scores.data_ptr(), ids.data_ptr(), stream)
-    return scores, ids
+        return _search_cuda.topk(q32, tiles, k, min(q32.shape[0], CUDA_QUERY_TILE), CUDA_CORPUS_TILE, zero_row, bar)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -276,7 +278,7 @@ def _check_relevant(relevant, nq: int, total: int, device: torch.device) -> torc
         raise ValueError(f"mixed devices: queries are on {device}, relevant is on {relevant.device}")
     rel = relevant.to(torch.int64).contiguous()
     if rel.numel():
-        lo, hi = int(rel.min()), int(rel.max())
+        lo, hi = torch.stack([rel.min(), rel.max()]).tolist()  # one device wait
         if lo < -1 or hi >= total:
             raise ValueError(f"relevant ids must be in [0, {total}) or -1 for padding, found values in [{lo}, {hi}]")
     return rel
@@ -311,6 +313,8 @@ def _relevant_scores(q32: torch.Tensor, chunks: List, rel: torch.Tensor, metric:
     out = torch.zeros(nq, r, dtype=torch.float32, device=q32.device)
     if r == 0:
         return out
+    cuda = q32.device.type == "cuda"
+    zero_rows = torch.zeros(nq, r, dtype=torch.bool, device=q32.device) if cuda and metric == "cosine" else None
     single = chunks[0] if len(chunks) == 1 and isinstance(chunks[0], torch.Tensor) else None
     block = max(1, 16384 // max(r, 1))  # [block * r, D] gathered rows at a time (smaller blocks were slower)
     if single is not None:  # one reused buffer: fresh pages for every block cost more than the copy
@@ -324,12 +328,16 @@ def _relevant_scores(q32: torch.Tensor, chunks: List, rel: torch.Tensor, metric:
         rows = rows.to(device=q32.device, dtype=torch.float32)  # [b * r, D]
         if metric == "cosine":
             norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)  # [b * r, 1], as in _prepare
-            zero = ((norms[:, 0] == 0) & (rel[i0 : i0 + block].flatten() >= 0)).nonzero()
-            if len(zero):
-                raise ValueError(f"corpus row {int(ids[zero[0]])} has zero norm: its cosine similarity is undefined")
+            zero = (norms[:, 0] == 0) & (rel[i0 : i0 + block].flatten() >= 0)  # [b * r]
+            if zero_rows is not None:  # on the GPU: checked once after the loop, not per block
+                zero_rows[i0 : i0 + block] = zero.view(-1, r)
+            elif zero.any():
+                raise ValueError(_zero_norm_error("corpus", int(ids[zero.nonzero()[0]])))
             rows = rows / norms.clamp_min(torch.finfo(torch.float32).tiny)
         qb = q32[i0 : i0 + block]  # [b, D]
         out[i0 : i0 + block] = torch.bmm(rows.view(qb.shape[0], r, -1), qb[:, :, None])[..., 0]
+    if zero_rows is not None and zero_rows.any():
+        raise ValueError(_zero_norm_error("corpus", int(rel[zero_rows].min())))
     return out.masked_fill_(rel < 0, 0.0)
 
 
@@ -376,7 +384,8 @@ def relevant_ranks(queries, corpus, relevant, *, metric: str = "ip", per_chunk: 
             chunk_ranks = torch.where(inside, local, chunk_ranks)
         return _output(ranks, as_numpy), _output(chunk_ranks, as_numpy)
     q32 = _prepare(q, metric, "queries")
-    rel_scores = _relevant_scores(q32, chunks, rel, metric)  # [nq, r]
+    with _on_gpu(q32.device):
+        rel_scores = _relevant_scores(q32, chunks, rel, metric)  # [nq, r]
     counts = torch.zeros_like(rel)  # [nq, r] candidates that beat each item
     # [nq, r] the same, counted within the item's own chunk; and the chunk of each item (-1: padding)
     chunk_counts = torch.zeros_like(rel) if per_chunk else None
@@ -388,21 +397,24 @@ def relevant_ranks(queries, corpus, relevant, *, metric: str = "ip", per_chunk: 
     tile_q = min(q32.shape[0], CUDA_QUERY_TILE if cuda else CPU_QUERY_TILE)
     starts = list(range(0, q32.shape[0], tile_q))
     per_chunk_counts = (chunk_counts, rel_chunk, chunk_starts) if per_chunk else None
-    _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q, metric, total, progress,
-                per_chunk_counts)
+    with _on_gpu(q32.device):
+        _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q, metric, total, progress,
+                    per_chunk_counts)
     # The batched products above may round an item's score differently from its tile (by an ulp).
     # Where they did, count again with the tile's own score: the same tile shapes give the same
     # products, so the ranks follow the tile scores exactly, duplicates of an item included.
     differs = ((own_scores != rel_scores) & (rel >= 0)).any(dim=1)  # [nq]
-    redo = [i0 for i0 in starts if bool(differs[i0 : i0 + tile_q].any())]
+    tile_differs = torch.stack([differs[i0 : i0 + tile_q].any() for i0 in starts]).tolist()  # one device wait
+    redo = [i0 for i0, d in zip(starts, tile_differs) if d]
     if redo:
         rel_scores = own_scores.clone()
         for i0 in redo:
             counts[i0 : i0 + tile_q] = 0
             if per_chunk:
                 chunk_counts[i0 : i0 + tile_q] = 0
-        _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, redo, tile_q, metric, total, progress,
-                    per_chunk_counts)
+        with _on_gpu(q32.device):
+            _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, redo, tile_q, metric, total, progress,
+                        per_chunk_counts)
     ranks = torch.where(rel >= 0, counts + 1, torch.full_like(counts, -1))
     if not per_chunk:
         return _output(ranks, as_numpy)
@@ -417,8 +429,10 @@ def _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q
     With per_chunk_counts = (chunk_counts, rel_chunk, chunk_starts), also adds to chunk_counts the
     candidates of each item's own chunk that beat it (a tile never spans two chunks)."""
     cuda = q32.device.type == "cuda"
+    zero_row = None
     if cuda:
         bad = torch.zeros(1, dtype=torch.int32, device=q32.device)
+        zero_row = torch.full((), _search_cuda.NO_ROW, dtype=torch.int64, device=q32.device)
         stream = torch.cuda.current_stream(q32.device).cuda_stream
     nq, dim = q32.shape
     r = rel.shape[1]
@@ -429,7 +443,7 @@ def _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q
         chunk_starts = chunk_starts.tolist()
         piece = torch.empty(tile_q, r, dtype=torch.int64, device=q32.device)  # one tile's counts
     with _progress(total, progress, "relevant_ranks") as bar:
-        for first_id, ct in _tiles(iter(chunks), dim, q32.device, metric, tile_c):
+        for first_id, ct in _tiles(iter(chunks), dim, q32.device, metric, tile_c, zero_row):
             width = ct.shape[0]
             for i0 in starts:
                 qt = q32[i0 : i0 + tile_q]  # [tq, D]
@@ -450,8 +464,8 @@ def _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q
                     chunk = bisect.bisect_right(chunk_starts, first_id) - 1
                     chunk_counts[rows] += target * (rel_chunk[rows] == chunk)
             bar.update(width)
-    if cuda and int(bad.item()):
-        raise ValueError("non-finite scores: the corpus holds NaN or infinite values, or the products overflow float32")
+    if cuda:
+        _device_checks(bad, zero_row)
 
 
 class FlatIndex:

@@ -328,7 +328,7 @@ def download_lareqa(
     """
     if name not in URLS:
         raise ValueError(f"unknown LAReQA dataset {name!r}; known: {sorted(URLS)}")
-    languages = _check_languages(name, tuple(languages) if languages else None, LANGUAGES[name])
+    languages = _check_languages(name, tuple(languages) if languages is not None else None, LANGUAGES[name])
     files = {f"{lang}.json": SHA256[name][lang] for lang in languages}
     return download_files(name, files, base_url or URLS[name], Path(cache_dir or default_cache_dir()) / name, fetch)
 
@@ -346,8 +346,8 @@ def load_lareqa(
     the compact copy bundled with hbfast; the public files (downloaded once into ``cache_dir``,
     sha256-checked). Never falls back to a different dataset: an unusable source is an error.
     """
-    languages = tuple(languages.split(",")) if isinstance(languages, str) else languages
-    languages = tuple(languages) if languages else None
+    languages = tuple(w for w in languages.split(",") if w) if isinstance(languages, str) else languages
+    languages = tuple(languages) if languages is not None else None  # () is an error, not "every language"
     if name not in LANGUAGES:
         if Path(name).is_dir():
             return _load_dir(Path(name).name, Path(name), languages)

@@ -81,7 +81,7 @@ def read_xtd_dir(directory: str | os.PathLike, languages: Sequence[str] | None =
     if names_path is None:
         raise ValueError(f"XTD: {directory} has no test_image_names.txt (in {', '.join(_SUBDIRS)})")
     found = [lang for lang in LANGUAGES if _find(directory, f"test_1kcaptions_{lang}.txt")]
-    wanted = languages or found
+    wanted = found if languages is None else languages  # [] is an error, not "every language"
     missing = [lang for lang in wanted if lang not in found]
     if missing:
         raise ValueError(
@@ -112,7 +112,7 @@ def download_xtd(
 ) -> Path:
     """Download the image names and the captions of ``languages`` (default: all 11) into
     ``cache_dir/xtd10/``, each checked by sha256; returns that directory (usable as ``data_dir``)."""
-    languages = _check_languages("XTD", tuple(languages) if languages else None, LANGUAGES)
+    languages = _check_languages("XTD", tuple(languages) if languages is not None else None, LANGUAGES)
     wanted = {"XTD10/test_image_names.txt"} | {path for path in SHA256 if path.endswith(
         tuple(f"_{lang}.txt" for lang in languages))}
     files = {path: sha for path, sha in SHA256.items() if path in wanted}

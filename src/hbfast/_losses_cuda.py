@@ -1,0 +1,113 @@
+"""The CUDA bodies of the fused contrastive loss's two custom ops (see losses.py for the algorithm).
+
+Apart from the CPU bodies because a GPU step must never wait for the device: the scale stays a
+device scalar (the kernels read it through a pointer), the input, scale and overflow checks are
+``torch._assert_async`` (queued, raised at the next synchronisation: a failed one ends the CUDA
+context, as any device-side assertion does), group codes come from a sort (``torch.unique`` waits
+for its output size), and the products run in full float32 whatever the user's TF32 setting.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _C
+from ._ext import exact_fp32_matmul
+
+# Rows per chunk of the column log-sum-exp: a row block of R rows runs ceil(R / this) chunks per
+# column in parallel (more blocks for the GPU's SMs), merged in order afterwards. Tests shrink it.
+COLUMN_CHUNK_ROWS = 32
+
+
+def assert_on_device(ok: Tensor, message: str) -> None:
+    """A check of a device boolean that does not stall the stream (raised at the next sync)."""
+    torch._assert_async(ok, message)
+
+
+def _ptr(t: Optional[Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _column_scratch(blocks, n_batch: int, like: Tensor) -> Tuple[Tensor, Tensor, int]:
+    """Partial (max, sum) buffers [chunks, n_batch] for the largest block, and COLUMN_CHUNK_ROWS."""
+    chunk_rows = max(1, int(COLUMN_CHUNK_ROWS))
+    chunks = _C.contrastive_column_chunks(max(hi - lo for lo, hi in blocks), chunk_rows)
+    scratch = torch.empty(2, chunks, n_batch, dtype=torch.float32, device=like.device)
+    return scratch[0], scratch[1], chunk_rows
+
+
+def forward(q: Tensor, keys: Tensor, scale: Tensor, codes: Optional[Tensor], n_batch: int, row_offset: int,
+            with_columns: bool, n_cached: int, blocks, empty_block):
+    """The forward op on CUDA (float32): returns (row_lse, col_lse, positive scores, kept blocks)."""
+    for name, t in (("q", q), ("p", keys)):
+        assert_on_device(torch.isfinite(t).all(), f"contrastive_loss: {name} (or hard_negatives) contains NaN or Inf")
+    assert_on_device(torch.isfinite(scale) & (scale > 0), "contrastive_loss: the scale must be finite and > 0")
+    scale = scale.to(torch.float32).contiguous()  # read by the kernels through its pointer
+    R, N = q.shape[0], keys.shape[0]
+    like = dict(dtype=q.dtype, device=q.device)
+    row_lse = torch.empty(R, **like)
+    positive = torch.empty(R, **like)
+    col_max = torch.full((n_batch if with_columns else 0,), -math.inf, **like)
+    col_sum = torch.zeros(n_batch if with_columns else 0, **like)
+    partial_max, partial_sum, chunk_rows = _column_scratch(blocks, n_batch if with_columns else 0, q)
+    cache = empty_block(n_cached, N, q)
+    work = empty_block(max((hi - lo for lo, hi in blocks if lo >= n_cached), default=0), N, q)
+    keys_t = keys.t()
+    stream = torch.cuda.current_stream(q.device).cuda_stream
+    with torch.cuda.device(q.device), exact_fp32_matmul():
+        for lo, hi in blocks:
+            x = cache[lo:hi] if hi <= n_cached else work[: hi - lo]
+            torch.mm(q[lo:hi], keys_t, out=x)  # [rows, N] raw dot products
+            _C.contrastive_forward_block_cuda(
+                x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, scale.data_ptr(), _ptr(codes), chunk_rows,
+                _ptr(partial_max) if with_columns else 0, _ptr(partial_sum) if with_columns else 0,
+                row_lse[lo:].data_ptr(), positive[lo:].data_ptr(), _ptr(col_max) if with_columns else 0,
+                _ptr(col_sum) if with_columns else 0, stream,
+            )
+    col_lse = col_max + col_sum.log()
+    assert_on_device(torch.isfinite(row_lse.sum() + col_lse.sum() + positive.sum()),
+                     f"contrastive_loss: scores overflow {q.dtype}; scale down the inputs or the logit scale")
+    return row_lse, col_lse, positive * scale, cache
+
+
+def backward(grad_row_lse: Tensor, grad_col_lse: Optional[Tensor], grad_positive: Tensor, q: Tensor, keys: Tensor,
+             scale: Tensor, codes: Optional[Tensor], row_lse: Tensor, col_lse: Tensor, cache: Tensor, n_batch: int,
+             row_offset: int, need_q: bool, need_keys: bool, blocks, empty_block):
+    """The backward op on CUDA: (grad_q, grad_keys, dL/dscale), the scale never read on the host."""
+    scale32 = scale.to(torch.float32).contiguous()
+    R, N = q.shape[0], keys.shape[0]
+    n_cached = cache.shape[0]
+    grad_q = torch.empty_like(q) if need_q else torch.zeros_like(q)
+    grad_keys = torch.empty_like(keys) if need_keys else torch.zeros_like(keys)
+    dscale = torch.zeros((), dtype=torch.float64, device=q.device)
+    # The kernels write scale * G, so the block products give grad_q and grad_keys directly.
+    row_coef = (grad_row_lse * scale32).contiguous()
+    col_coef = None if grad_col_lse is None else (grad_col_lse * scale32).contiguous()
+    diag_coef = (grad_positive * scale32).contiguous()  # positive_i = S_ii
+    work = empty_block(max(hi - lo for lo, hi in blocks), N, q)
+    keys_t = keys.t()
+    stream = torch.cuda.current_stream(q.device).cuda_stream
+    with torch.cuda.device(q.device), exact_fp32_matmul():
+        for lo, hi in blocks:
+            g = work[: hi - lo]
+            if hi <= n_cached:
+                x = cache[lo:hi]
+            else:
+                x = g
+                torch.mm(q[lo:hi], keys_t, out=x)  # recompute [rows, N]; G overwrites it in place
+            _C.contrastive_backward_block_cuda(
+                x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, scale32.data_ptr(), _ptr(codes),
+                row_lse[lo:].data_ptr(), _ptr(col_lse) if col_coef is not None else 0, row_coef[lo:].data_ptr(),
+                _ptr(col_coef), diag_coef[lo:].data_ptr(), g.data_ptr(), N, dscale.data_ptr(), stream,
+            )
+            if need_q:
+                torch.mm(g, keys, out=grad_q[lo:hi])  # [rows, D]
+            if need_keys:
+                if lo == 0:
+                    torch.mm(g.t(), q[lo:hi], out=grad_keys)  # [N, D]
+                else:
+                    grad_keys.addmm_(g.t(), q[lo:hi])
+    return grad_q, grad_keys, (dscale / scale).to(scale.dtype)  # sum(scale * G * X) / scale

@@ -1,0 +1,400 @@
+"""The paths only the GPU takes, reached with small inputs by shrinking hbfast's tile and block sizes:
+top-k over several corpus tiles (the key double-buffering) and query blocks, the loss over several
+row blocks (column log-sum-exp merge across blocks and row chunks), the recompute path (G written
+over the scores it reads), the learnable-scale gradient (float64 atomics), the non-finite flags,
+non-default streams, a second GPU, TF32 left on by the user, no device-to-host waits in the loss,
+and the device math (exp, log, selection keys) as the GPU computes it. Each compares with the CPU
+kernels or hbfast.reference. Only the PTX check and the error-path tests run without a GPU.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import hbfast
+from hbfast import _C, _ext, _losses_cuda, losses, search
+from testing import requires_cuda
+
+REPO = Path(__file__).resolve().parents[1]
+requires_two_gpus = pytest.mark.skipif(not (hbfast.build_info()["cuda"] and torch.cuda.device_count() >= 2),
+                                       reason="needs two CUDA GPUs")
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Tiles and blocks small enough that tests of a few hundred rows cross their boundaries."""
+    monkeypatch.setattr(search, "CUDA_QUERY_TILE", 16)
+    monkeypatch.setattr(search, "CUDA_CORPUS_TILE", 64)
+    monkeypatch.setattr(losses, "BLOCK_ROWS", 16)  # block_rows() keeps at least 16 rows
+    monkeypatch.setattr(_losses_cuda, "COLUMN_CHUNK_ROWS", 5)  # 16-row blocks: chunks of 5, 5, 5, 1
+
+
+def integer_data(nq, n, dim, seed, low=-2, high=3):
+    """Small integers: every product is exact in float32 (on any BLAS), and scores tie often."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(low, high, (nq, dim), generator=g).float(),
+            torch.randint(low, high, (n, dim), generator=g).float())
+
+
+def unit_data(B, D, M=0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [F.normalize(torch.randn(n, D, generator=g, dtype=torch.float64), dim=1) for n in (B, B, M)]
+
+
+def loss_and_grads(impl, q, p, h=None, logit_scale=None, **kw):
+    leaves = [t.detach().clone().requires_grad_() for t in (q, p) + ((h,) if h is not None else ())]
+    if logit_scale is not None:
+        leaves.append(logit_scale.detach().clone().requires_grad_())
+    loss = hbfast.contrastive_loss(leaves[0], leaves[1], hard_negatives=leaves[2] if h is not None else None,
+                                   logit_scale=leaves[-1] if logit_scale is not None else None, impl=impl, **kw)
+    upstream = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype, device=loss.device).reshape(loss.shape)
+    return [loss.detach()] + list(torch.autograd.grad(loss, leaves, upstream))
+
+
+def assert_close_to_reference(got, ref, rtol):
+    for name, a, b in zip(["loss", "grad_q", "grad_p", "grad_3", "grad_4"], got, ref):
+        a, b = a.detach().double().cpu(), b.detach().double().cpu()
+        err = ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+        assert err < rtol, (name, err)
+
+
+# ---- runs everywhere: the compiled device code and the error paths ------------------------------
+
+def _cuda_flags_of_the_build():
+    """The CUDA compile options CMakeLists.txt gives the kernels."""
+    text = (REPO / "CMakeLists.txt").read_text()
+    found = re.search(r"\$<\$<COMPILE_LANGUAGE:CUDA>:([^>]*)>", text)
+    assert found, "CMakeLists.txt no longer sets CUDA compile options where this test looks"
+    return found.group(1).split()
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+@pytest.mark.parametrize("source", sorted(p.name for p in (REPO / "csrc" / "cuda").glob("*.cu")
+                                           if "__global__" in p.read_text()))
+def test_device_code_keeps_exact_float_semantics(source, tmp_path):
+    """Compiled with the build's flags, no kernel may flush subnormals (.ftz: tiny scores would tie
+    on the GPU and order by value on the CPU) or use approximate math (.approx: lg2.approx in the
+    row log-sum-exp where the column term uses an exact log): what --use_fast_math would bring."""
+    ptx = tmp_path / "kernels.ptx"
+    subprocess.run(["nvcc", "-ptx", "-arch=compute_80", "-std=c++17", *_cuda_flags_of_the_build(),
+                    f"-I{REPO / 'csrc'}", str(REPO / "csrc" / "cuda" / source), "-o", str(ptx)],
+                   check=True, capture_output=True)
+    text = ptx.read_text()
+    assert ".entry" in text, "no kernel found in the PTX"
+    bad = sorted(set(re.findall(r"[a-z0-9.]*\.(?:ftz|approx)[a-z0-9.]*", text)))
+    assert not bad, f"{source}: {bad}"
+
+
+def test_exact_fp32_matmul_restores_the_users_tf32_setting():
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    try:
+        for legacy in (True, False):
+            matmul.allow_tf32 = legacy  # the legacy API, as most users write it
+            with _ext.exact_fp32_matmul():  # (torch forbids reading the legacy flag in here)
+                assert matmul.fp32_precision == "ieee"
+            assert matmul.allow_tf32 is legacy
+        torch.set_float32_matmul_precision("high")
+        with _ext.exact_fp32_matmul():
+            assert matmul.fp32_precision == "ieee"
+        assert matmul.allow_tf32 and torch.get_float32_matmul_precision() == "high"
+        matmul.fp32_precision = "tf32"  # the new API
+        with pytest.raises(KeyError), _ext.exact_fp32_matmul():
+            raise KeyError("restored on errors too")
+        assert matmul.fp32_precision == "tf32"
+    finally:
+        matmul.fp32_precision = before
+        torch.set_float32_matmul_precision("highest")
+
+
+def test_a_gpu_hbfast_cannot_see_is_an_error_that_says_why(monkeypatch):
+    """The static CUDA runtime with a driver older than the toolkit sees no device while torch does."""
+    info = dict(_C.build_info(), cuda=True, cuda_device_count=0, cuda_runtime_version=13000,
+                cuda_driver_version=12040,
+                cuda_device_error="cudaErrorInsufficientDriver: CUDA driver version is insufficient")
+    monkeypatch.setattr(_ext._C, "build_info", lambda: info)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    reason = _ext.cuda_unusable_reason()
+    assert "driver supports CUDA 12.4" in reason and "CUDA 13.0 runtime" in reason and "InsufficientDriver" in reason
+    with pytest.raises(RuntimeError, match="older than the CUDA 13.0 runtime"):
+        _ext.require_cuda("hbfast.topk")
+    assert hbfast.build_info()["cuda_unusable"] == reason
+
+
+def test_hbfast_sees_the_gpus_torch_sees():
+    """Fails (rather than letting every GPU test skip) where torch has a GPU that hbfast cannot use."""
+    assert hbfast.build_info()["cuda_unusable"] == ""
+
+
+# ---- top-k and ranks over several tiles -----------------------------------------------------------
+
+@requires_cuda
+@pytest.mark.parametrize("k", [1, 7, 64, 65, 300])
+@pytest.mark.parametrize("metric", ["ip", "cosine"])
+def test_topk_over_several_corpus_tiles(small_tiles, k, metric):
+    q, c = integer_data(40, 1000, 12, seed=k)  # 3 query tiles x 16 corpus tiles: keys swap buffers 16 times
+    q[:, 0] += 3  # no zero rows for cosine
+    c[:, 0] += 3
+    cpu = hbfast.topk(q, c, k, metric=metric)
+    gpu = hbfast.topk(q.cuda(), c.cuda(), k, metric=metric)
+    if metric == "ip":  # exact products: the same scores and the same ties broken by id
+        assert torch.equal(gpu[0].cpu(), cpu[0]) and torch.equal(gpu[1].cpu(), cpu[1])
+    else:
+        ref = hbfast.topk(q, c, k, metric=metric, impl="reference")
+        torch.testing.assert_close(gpu[0].cpu(), ref[0], atol=1e-6, rtol=0)
+
+
+@requires_cuda
+def test_topk_streams_query_blocks_and_chunks(small_tiles, monkeypatch):
+    q, c = integer_data(50, 700, 8, seed=3)
+    expected = hbfast.topk(q, c, 20)
+    monkeypatch.setattr(search, "TOPK_STATE_BYTES", 20 * 48 * 7)  # 7 queries per block on the GPU
+    chunks = [c[:150].cuda(), c[150:151].cuda(), c[151:].cuda()]
+    gpu = hbfast.topk(q.cuda(), chunks, 20)
+    assert torch.equal(gpu[1].cpu(), expected[1]) and torch.equal(gpu[0].cpu(), expected[0])
+
+
+@requires_cuda
+def test_relevant_ranks_over_several_tiles(small_tiles):
+    q, c = integer_data(40, 600, 8, seed=5)
+    rel = torch.randint(-1, 600, (40, 4), generator=torch.Generator().manual_seed(1))
+    chunks = [c[:250], c[250:]]
+    cpu = hbfast.relevant_ranks(q, chunks, rel, per_chunk=True)
+    gpu = hbfast.relevant_ranks(q.cuda(), [x.cuda() for x in chunks], rel.cuda(), per_chunk=True)
+    assert torch.equal(gpu[0].cpu(), cpu[0]) and torch.equal(gpu[1].cpu(), cpu[1])
+
+
+@requires_cuda
+def test_non_finite_and_zero_norm_rows_are_reported_after_the_walk(small_tiles):
+    q, c = integer_data(20, 500, 8, seed=6)
+    q[:, 0] += 3
+    c[:, 0] += 3
+    nan_c = c.clone()
+    nan_c[333, 2] = float("nan")  # in the 6th corpus tile
+    with pytest.raises(ValueError, match="non-finite scores"):
+        hbfast.topk(q.cuda(), nan_c.cuda(), 5)
+    with pytest.raises(ValueError, match="non-finite scores"):
+        hbfast.relevant_ranks(q.cuda(), nan_c.cuda(), torch.zeros(20, 1, dtype=torch.int64).cuda())
+    zero_c = c.clone()
+    zero_c[[410, 222]] = 0  # the lowest zero row is named, whichever tile comes first
+    for call in (lambda: hbfast.topk(q.cuda(), zero_c.cuda(), 5, metric="cosine"),
+                 lambda: hbfast.relevant_ranks(q.cuda(), zero_c.cuda(), torch.full((20, 1), 222).cuda(),
+                                               metric="cosine")):
+        with pytest.raises(ValueError, match="corpus row 222 has zero norm"):
+            call()
+
+
+@requires_cuda
+def test_tiny_scores_order_by_value_as_on_the_cpu():
+    """Subnormal scores must not be flushed to zero in the GPU's compares and keys (the score tile
+    is given to the kernels directly, whatever cuBLAS would do with such products)."""
+    tile = torch.tensor([[3e-39, 1e-39, 2e-39, 0.0, -1e-39, 1e-45, -0.0]], device="cuda")  # subnormal scores
+    n = tile.shape[1]
+    stream = torch.cuda.current_stream().cuda_stream
+    bad = torch.zeros(1, dtype=torch.int32, device="cuda")
+    keys_in = torch.zeros(1, n, dtype=torch.int64, device="cuda")
+    keys_out = torch.empty_like(keys_in)
+    _C.topk_merge_cuda(tile.data_ptr(), 1, n, n, 0, keys_in.data_ptr(), keys_out.data_ptr(), n, bad.data_ptr(), stream)
+    scores, ids = _C.decode_keys(np.sort(keys_out.cpu().numpy().view(np.uint64)[0])[::-1].copy())
+    assert ids.tolist() == [0, 2, 1, 5, 3, 6, 4]  # by value; 0 and -0 tie (lower id first)
+    assert np.array_equal(scores, tile.cpu().numpy()[0][ids])  # (-0 decodes as +0, equal to it)
+    rel_ids = torch.tensor([[1, 3, 6]], device="cuda")
+    rel_scores = tile[:, [1, 3, 6]].contiguous()
+    counts = torch.zeros(1, 3, dtype=torch.int64, device="cuda")
+    own = rel_scores.clone()
+    _C.count_beating_cuda(tile.data_ptr(), 1, n, n, 0, rel_scores.data_ptr(), rel_ids.data_ptr(), 3,
+                          counts.data_ptr(), own.data_ptr(), bad.data_ptr(), stream)
+    assert counts.tolist() == [[2, 4, 5]] and bad.item() == 0
+
+
+@requires_cuda
+def test_device_selection_keys_equal_the_hosts():
+    scores = np.array([0.0, -0.0, 1e-45, -1e-45, 1e-40, -1e-40, 1.5, 1.5, -3e38, 3e38, 1.17e-38], dtype=np.float32)
+    ids = np.arange(len(scores), dtype=np.int64)[::-1].copy()
+    host = _C.selection_keys(scores, ids).view(np.int64)
+    s, i = torch.from_numpy(scores).cuda(), torch.from_numpy(ids).cuda()
+    device = torch.empty(len(scores), dtype=torch.int64, device="cuda")
+    _C.topk_keys_cuda(s.data_ptr(), i.data_ptr(), len(scores), device.data_ptr(),
+                      torch.cuda.current_stream().cuda_stream)
+    assert np.array_equal(device.cpu().numpy(), host)
+
+
+# ---- the loss over several blocks ----------------------------------------------------------------
+
+@requires_cuda
+@pytest.mark.parametrize("memory_budget", [losses.DEFAULT_MEMORY_BUDGET, 0, 30 * 107 * 4],
+                         ids=["cached", "recompute", "half-cached"])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_loss_over_several_row_blocks(small_tiles, memory_budget, symmetric):
+    """100 rows in 16-row blocks (column lse merged over blocks and 5-row chunks), 7 hard negatives,
+    groups; recompute (memory_budget=0) writes G over the scores it reads."""
+    q, p, h = unit_data(100, 24, M=7, seed=1)
+    groups = torch.arange(100) % 30
+    kw = dict(group_ids=groups, symmetric=symmetric, memory_budget=memory_budget)
+    ref = loss_and_grads("reference", q, p, h, **kw)
+    kw["group_ids"] = groups.cuda()
+    got = loss_and_grads("kernel", *(t.float().cuda() for t in (q, p, h)), **kw)
+    assert_close_to_reference(got, ref, rtol=1e-5)
+
+
+@requires_cuda
+@pytest.mark.parametrize("memory_budget", [losses.DEFAULT_MEMORY_BUDGET, 0], ids=["cached", "recompute"])
+def test_learnable_scale_gradient(small_tiles, memory_budget):
+    """dL/dscale sums G * X over every block and 256-column tile of the gradient kernel (float64 atomics)."""
+    q, p, _ = unit_data(700, 16, seed=2)
+    logit_scale = torch.tensor(2.9, dtype=torch.float64)
+    ref = loss_and_grads("reference", q, p, logit_scale=logit_scale, memory_budget=memory_budget)
+    got = loss_and_grads("kernel", q.float().cuda(), p.float().cuda(), logit_scale=logit_scale.float().cuda(),
+                         memory_budget=memory_budget)
+    assert_close_to_reference(got, ref, rtol=1e-5)
+
+
+@requires_cuda
+def test_the_loss_step_never_waits_for_the_device(small_tiles):
+    """Forward and backward (groups, learnable scale, normalize, both cache paths) under torch's
+    sync debug mode "error": a float(scale), a flag read or torch.unique would raise."""
+    q, p, h = (t.float().cuda() for t in unit_data(64, 16, M=3, seed=3))
+    groups = (torch.arange(64) % 9).cuda()
+    module = hbfast.ContrastiveLoss(learnable_scale=True, normalize=True).cuda()
+    leaves = [q.requires_grad_(), p.requires_grad_()]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for budget in (losses.DEFAULT_MEMORY_BUDGET, 0):
+            module.memory_budget = budget
+            loss = module(*leaves, hard_negatives=h, group_ids=groups)
+            loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    ref = loss_and_grads("reference", *(t.detach().double().cpu() for t in (q, p, h)),
+                         logit_scale=module.logit_scale.detach().double().cpu(), normalize=True,
+                         group_ids=groups.cpu())
+    got = loss_and_grads("kernel", q.detach(), p.detach(), h, logit_scale=module.logit_scale.detach(),
+                         normalize=True, group_ids=groups)
+    assert_close_to_reference(got, ref, rtol=1e-5)
+
+
+@requires_cuda
+@pytest.mark.parametrize("bad", ["nan_input", "bad_scale", "overflow"])
+def test_loss_checks_fail_on_the_device_with_their_message(bad):
+    """The CUDA checks are device-side assertions (they end the CUDA context, so each runs in its
+    own process); the message names the problem."""
+    setup = {"nan_input": "q[1, 1] = float('nan')", "bad_scale": "kw['logit_scale'] = torch.tensor(float('nan')).cuda()",
+             "overflow": "q *= 1e19; p *= 1e19"}[bad]
+    message = {"nan_input": "contains NaN or Inf", "bad_scale": "scale must be finite",
+               "overflow": "scores overflow"}[bad]
+    script = ("import torch, hbfast\n"
+              "q = torch.nn.functional.normalize(torch.randn(32, 8), dim=1).cuda(); p = q.flip(0).clone(); kw = {}\n"
+              f"{setup}\n"
+              "loss = hbfast.contrastive_loss(q, p, **kw)\n"
+              "torch.cuda.synchronize()\n"
+              "print('no error')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode != 0 and "no error" not in run.stdout
+    assert message in run.stdout + run.stderr
+
+
+# ---- streams, devices, TF32 ----------------------------------------------------------------------
+
+@requires_cuda
+def test_non_default_stream_gives_the_same_results(small_tiles):
+    q, c = integer_data(40, 900, 8, seed=7)
+    lq, lp, lh = (t.float().cuda() for t in unit_data(80, 16, M=5, seed=4))
+    expected_topk = hbfast.topk(q.cuda(), c.cuda(), 9)
+    expected_loss = loss_and_grads("kernel", lq, lp, lh, memory_budget=0)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(50_000_000)  # keeps the side stream busy: work queued elsewhere would run early
+        got_topk = hbfast.topk(q.cuda(), c.cuda(), 9)
+        got_loss = loss_and_grads("kernel", lq, lp, lh, memory_budget=0)
+    torch.cuda.current_stream().wait_stream(side)
+    assert torch.equal(got_topk[1], expected_topk[1]) and torch.equal(got_topk[0], expected_topk[0])
+    for a, b in zip(got_loss, expected_loss):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@requires_two_gpus
+def test_second_gpu_while_the_first_is_current(small_tiles):
+    q, c = integer_data(30, 500, 8, seed=8)
+    lq, lp, _ = (t.float() for t in unit_data(60, 16, seed=5))
+    rel = torch.randint(0, 500, (30, 2), generator=torch.Generator().manual_seed(2))
+    with torch.cuda.device(0):
+        got_topk = hbfast.topk(q.to("cuda:1"), c.to("cuda:1"), 11)
+        got_ranks = hbfast.relevant_ranks(q.to("cuda:1"), c.to("cuda:1"), rel.to("cuda:1"))
+        got_loss = loss_and_grads("kernel", lq.to("cuda:1"), lp.to("cuda:1"), memory_budget=0)
+    assert got_topk[1].device == torch.device("cuda:1")
+    cpu = hbfast.topk(q, c, 11)
+    assert torch.equal(got_topk[1].cpu(), cpu[1]) and torch.equal(got_topk[0].cpu(), cpu[0])
+    assert torch.equal(got_ranks.cpu(), hbfast.relevant_ranks(q, c, rel))
+    assert_close_to_reference(got_loss, loss_and_grads("reference", lq.double(), lp.double(), memory_budget=0), 1e-5)
+
+
+@requires_cuda
+def test_tf32_enabled_by_the_user_changes_nothing(small_tiles):
+    """Integers above 2^11 lose bits in TF32 (10-bit mantissa) but are exact in float32 products."""
+    q, c = integer_data(24, 400, 2, seed=9, low=2049, high=2100)  # 12 significant bits: TF32 keeps 11
+    q[::2] *= -1
+    c[1::3] *= -1  # |score| < 2 * 2100^2 < 2^24: exact in float32
+    lq, lp, _ = unit_data(50, 16, seed=6)
+    ref_loss = loss_and_grads("reference", lq, lp, memory_budget=0)
+    cpu = hbfast.topk(q, c, 10)
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    matmul.allow_tf32 = True
+    try:
+        gpu = hbfast.topk(q.cuda(), c.cuda(), 10)
+        rel = cpu[1][:, [0, 9]]
+        ranks = hbfast.relevant_ranks(q.cuda(), c.cuda(), rel.cuda())
+        got_loss = loss_and_grads("kernel", lq.float().cuda(), lp.float().cuda(), memory_budget=0)
+        assert matmul.allow_tf32  # the user's setting is back
+    finally:
+        matmul.fp32_precision = before
+    assert torch.equal(gpu[0].cpu(), cpu[0]) and torch.equal(gpu[1].cpu(), cpu[1])
+    assert torch.equal(ranks.cpu(), hbfast.relevant_ranks(q, c, rel))
+    assert_close_to_reference(got_loss, ref_loss, rtol=1e-5)  # TF32 would be ~1e-3 off
+
+
+# ---- the device math ------------------------------------------------------------------------------
+
+@requires_cuda
+def test_device_math_accuracy():
+    """exp, log and the log-sum-exp as the GPU computes them, against float64."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.linspace(-87, 88, 20001), (torch.randn(20000, generator=g) * 30).clamp(-87, 88)]).float()
+    y = (torch.randn(len(x), generator=g) * 20).float()
+    positive = x.abs() + 1e-30
+    out = torch.empty(4, len(x), device="cuda")
+    xs, ys = x.cuda(), y.cuda()
+    _C.contrastive_device_math_cuda(xs.data_ptr(), ys.data_ptr(), len(x), out.data_ptr(),
+                                    torch.cuda.current_stream().cuda_stream)
+    exp_dev, _, _, lse_pair = out.double().cpu()
+    xd, yd = x.double(), y.double()
+    assert ((exp_dev - xd.exp()).abs() / xd.exp()).max() < 4e-7  # ~2 ulp, as on the CPU
+    out_log = torch.empty(4, len(x), device="cuda")
+    ps = positive.cuda()
+    _C.contrastive_device_math_cuda(ps.data_ptr(), ys.data_ptr(), len(x), out_log.data_ptr(),
+                                    torch.cuda.current_stream().cuda_stream)
+    log_dev = out_log[1].double().cpu()
+    log_true = positive.double().log()
+    assert ((log_dev - log_true).abs() / log_true.abs().clamp_min(1e-30)).max() < 2.4e-7  # 2 ulp: no approx log
+    lse_true = torch.logaddexp(xd, yd)
+    assert ((lse_pair - lse_true).abs() / lse_true.abs().clamp_min(1.0)).max() < 5e-7
+
+
+def test_group_codes_from_a_sort_equal_uniques_inverse():
+    """The sync-free group codes (a sort, no data-dependent sizes) are torch.unique's inverse."""
+    g = torch.Generator().manual_seed(3)
+    for ids in (torch.randint(-5, 5, (200,), generator=g), torch.tensor([2**40, -(2**40), 7, 7, 2**40]),
+                torch.tensor([3])):
+        codes = losses._group_codes(ids)
+        assert codes.dtype == torch.int32 and torch.equal(codes.long(), torch.unique(ids, return_inverse=True)[1])
