@@ -3,7 +3,7 @@
 Exists so that any transformers vision tower (CLIP, SigLIP, or the vision half of a full CLIP-style
 model) and any transformers text encoder (a multilingual encoder or a CLIP text tower) become one
 module with two projections into a shared space, CLIP's learnable logit scale and the fused
-``hbfast.contrastive_loss``. With a frozen image tower the image side may be fed precomputed tower
+``hbfast.contrastive_loss`` (or SigLIP's learnable scale and bias and the fused ``hbfast.siglip_loss``). With a frozen image tower the image side may be fed precomputed tower
 features (the LiT embedding cache) instead of pixels; only the text side then runs.
 """
 from __future__ import annotations
@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 LOSSES = ("contrastive", "sigmoid", "naive")
+IMAGE_TEXT_LOSSES = ("contrastive", "sigmoid")
+SIGLIP_INIT_SCALE, SIGLIP_INIT_BIAS = 10.0, -10.0  # SigLIP's initial logit multiplier and bias
 TEXT_POOLINGS = ("mean", "cls", "pooler")
 CONFIG_NAME = "hbfast_clip.json"
 HEADS_NAME = "heads.safetensors"
@@ -130,8 +132,11 @@ class ClipDualEncoder(nn.Module):
     def __init__(self, text_tower: nn.Module, tokenizer, *, image_tower: Optional[nn.Module] = None,
                  image_width: Optional[int] = None, dim: int = 512, freeze_image: bool = True,
                  text_pooling: str = "mean", max_length: int = 64, init_temperature: float = 0.07,
-                 preprocess: Optional[ImagePreprocessor] = None, train_image_projection: bool = True):
+                 preprocess: Optional[ImagePreprocessor] = None, train_image_projection: bool = True,
+                 image_text_loss: str = "contrastive"):
         super().__init__()
+        if image_text_loss not in IMAGE_TEXT_LOSSES:
+            raise ValueError(f"image_text_loss must be one of {IMAGE_TEXT_LOSSES}, got {image_text_loss!r}")
         if text_pooling not in TEXT_POOLINGS:
             raise ValueError(f"text_pooling must be one of {TEXT_POOLINGS}, got {text_pooling!r}")
         if image_tower is None and image_width is None:
@@ -145,7 +150,11 @@ class ClipDualEncoder(nn.Module):
         self.freeze_image = bool(freeze_image)
         self.text_projection = nn.Linear(tower_width(text_tower), self.dim, bias=False)
         self.image_projection = nn.Linear(self.image_width, self.dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        # CLIP: log(1 / temperature); SigLIP: log(10) and a bias of -10 (the bias is unused by CLIP's loss).
+        self.image_text_loss = image_text_loss
+        sigmoid = image_text_loss == "sigmoid"
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(SIGLIP_INIT_SCALE if sigmoid else 1.0 / init_temperature)))
+        self.logit_bias = nn.Parameter(torch.tensor(SIGLIP_INIT_BIAS if sigmoid else 0.0))
         if image_tower is not None:
             image_tower.requires_grad_(not self.freeze_image)
             if preprocess is None:
@@ -219,7 +228,7 @@ class ClipDualEncoder(nn.Module):
     def config_dict(self) -> dict:
         return {"dim": self.dim, "image_width": self.image_width, "freeze_image": self.freeze_image,
                 "text_pooling": self.text_pooling, "max_length": self.max_length,
-                "has_image_tower": self.image_tower is not None,
+                "has_image_tower": self.image_tower is not None, "image_text_loss": self.image_text_loss,
                 "image_size": None if self.preprocess is None else self.preprocess.image_size,
                 "image_mean": None if self.preprocess is None else self.preprocess.mean.flatten().tolist(),
                 "image_std": None if self.preprocess is None else self.preprocess.std.flatten().tolist()}
@@ -235,7 +244,7 @@ class ClipDualEncoder(nn.Module):
         if self.image_tower is not None:
             self.image_tower.save_pretrained(directory / "image_tower")
         heads = {"text_projection": self.text_projection.weight, "image_projection": self.image_projection.weight,
-                 "logit_scale": self.logit_scale.reshape(1)}
+                 "logit_scale": self.logit_scale.reshape(1), "logit_bias": self.logit_bias.reshape(1)}
         save_file({k: v.detach().contiguous().cpu() for k, v in heads.items()}, str(directory / HEADS_NAME))
         (directory / CONFIG_NAME).write_text(json.dumps(self.config_dict(), indent=1))
 
@@ -253,17 +262,21 @@ class ClipDualEncoder(nn.Module):
             config["image_size"], config["image_mean"], config["image_std"])
         model = cls(text, tokenizer, image_tower=image, image_width=config["image_width"], dim=config["dim"],
                     freeze_image=config["freeze_image"], text_pooling=config["text_pooling"],
-                    max_length=config["max_length"], preprocess=preprocess)
+                    max_length=config["max_length"], preprocess=preprocess,
+                    image_text_loss=config.get("image_text_loss", "contrastive"))
         heads = load_file(str(directory / HEADS_NAME))
         with torch.no_grad():
             model.text_projection.weight.copy_(heads["text_projection"])
             model.image_projection.weight.copy_(heads["image_projection"])
             model.logit_scale.copy_(heads["logit_scale"].reshape(()))
+            if "logit_bias" in heads:  # saved before the sigmoid loss was wired: CLIP's loss, no bias
+                model.logit_bias.copy_(heads["logit_bias"].reshape(()))
         return model
 
 
 def build_clip_model(image_model: Optional[str], text_model: str, *, dim: int = 512, freeze_image: bool = True,
-                     image_width: Optional[int] = None, text_pooling: str = "mean", max_length: int = 64) -> ClipDualEncoder:
+                     image_width: Optional[int] = None, text_pooling: str = "mean", max_length: int = 64,
+                     image_text_loss: str = "contrastive") -> ClipDualEncoder:
     """Load both towers by name or path. ``image_model=None`` needs ``image_width`` (precomputed features only)."""
     text, tokenizer = load_text_tower(text_model)
     image = preprocess = None
@@ -272,13 +285,33 @@ def build_clip_model(image_model: Optional[str], text_model: str, *, dim: int = 
         preprocess = ImagePreprocessor.for_model(_local_or_hub(image_model), image.config.image_size)
     return ClipDualEncoder(text, tokenizer, image_tower=image, image_width=image_width, dim=dim,
                            freeze_image=freeze_image, text_pooling=text_pooling, max_length=max_length,
-                           preprocess=preprocess)
+                           preprocess=preprocess, image_text_loss=image_text_loss)
+
+
+class SigmoidLoss(nn.Module):
+    """SigLIP's loss as a trainer criterion: ``hbfast.siglip_loss`` of each image against the texts
+    with a learnable log-scale (initialised to log 10, the multiplier clamped to ``max_scale`` as
+    open_clip does) and a learnable bias (initialised to -10). ``gather``: under DDP, each rank's
+    images against the texts of all ranks (the loss of the global batch)."""
+
+    def __init__(self, init_scale: float = SIGLIP_INIT_SCALE, init_bias: float = SIGLIP_INIT_BIAS,
+                 max_scale: float = 100.0, gather: bool = False):
+        super().__init__()
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+        self.logit_bias = nn.Parameter(torch.tensor(float(init_bias)))
+        self.max_scale, self.gather = float(max_scale), bool(gather)
+
+    def forward(self, text: torch.Tensor, image: torch.Tensor, group_ids=None) -> torch.Tensor:
+        return clip_loss(text, image, self.logit_scale.clamp(max=math.log(self.max_scale)), loss="sigmoid",
+                         logit_bias=self.logit_bias, gather=self.gather)
 
 
 def clip_loss(text: torch.Tensor, image: torch.Tensor, logit_scale: torch.Tensor, *, loss: str = "contrastive",
-              gather: bool = False) -> torch.Tensor:
-    """Symmetric image-text loss of matched rows. ``loss``: "contrastive" (fused hbfast kernel),
-    "naive" (plain PyTorch cross-entropy, for comparison) or "sigmoid" (SigLIP, when hbfast provides it)."""
+              gather: bool = False, logit_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Image-text loss of matched rows; ``logit_scale`` is the log of the multiplier (CLIP's
+    convention) for every loss. ``loss``: "contrastive" (fused symmetric cross-entropy), "naive"
+    (plain PyTorch cross-entropy, for comparison) or "sigmoid" (fused SigLIP loss, mean over images
+    of each image's pairs; needs ``logit_bias``)."""
     import hbfast
 
     if loss == "contrastive":
@@ -290,8 +323,7 @@ def clip_loss(text: torch.Tensor, image: torch.Tensor, logit_scale: torch.Tensor
         target = torch.arange(text.shape[0], device=text.device)
         return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
     if loss == "sigmoid":
-        sigmoid = getattr(hbfast, "siglip_loss", None) or getattr(hbfast, "sigmoid_loss", None)
-        if sigmoid is None:
-            raise ValueError("loss='sigmoid' needs hbfast.siglip_loss, which this build of hbfast does not have")
-        return sigmoid(text, image, logit_scale=logit_scale)
+        if logit_bias is None:
+            raise ValueError("loss='sigmoid' needs logit_bias (SigLIP's learnable bias)")
+        return hbfast.siglip_loss(image, text, logit_scale.exp(), logit_bias, gather=gather)
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")

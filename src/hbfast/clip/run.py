@@ -66,7 +66,8 @@ def train_clip(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)  # the projection heads' initialisation is part of the run
     model = clip_model.build_clip_model(image_model, args.text_model, dim=args.dim,
                                         freeze_image=not args.unfreeze_image, image_width=width,
-                                        text_pooling=args.text_pooling, max_length=args.max_length)
+                                        text_pooling=args.text_pooling, max_length=args.max_length,
+                                        image_text_loss=args.image_text_loss)
     if _is_shards(args.data):
         from .shards import shards_to_table
 
@@ -114,7 +115,9 @@ def add_clip_options(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--text-pooling", default="mean", choices=("mean", "cls", "pooler"))
     p.add_argument("--translation-weight", type=float, default=0.0,
                    help="weight of the text-text loss of X-Y rows' caption pairs (0: off)")
-    p.add_argument("--image-text-loss", default="contrastive", choices=("contrastive", "sigmoid"))
+    p.add_argument("--image-text-loss", default="contrastive", choices=("contrastive", "sigmoid"),
+                   help="contrastive: CLIP's symmetric softmax loss; sigmoid: SigLIP's pairwise sigmoid loss with a "
+                        "learnable scale (init 10) and bias (init -10)")
     p.add_argument("--on-corrupt", default="skip", choices=("skip", "fail"),
                    help="tar shards: skip a corrupt shard (logged, counted) or stop with an error")
     p.add_argument("--xtd-images", default=None, help="COCO images of XTD: evaluate every checkpoint and the final model")

@@ -15,7 +15,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from ..train.loop import Trainer
+from ..train.loop import Trainer, _schedule
+from .model import IMAGE_TEXT_LOSSES, SigmoidLoss
 from ..train.task import Batch
 
 
@@ -37,7 +38,8 @@ class ClipTask:
         self.translation_pairs, self.name, self.criterion = translation_pairs, name, None
 
     def build_model(self) -> torch.nn.Module:
-        self.model.logit_scale.requires_grad_(False)  # the trainer's criterion owns the learnable scale
+        self.model.logit_scale.requires_grad_(False)  # the trainer's criterion owns the learnable scale (and bias)
+        self.model.logit_bias.requires_grad_(False)
         return self.model
 
     def collate(self, rows: Sequence[tuple]) -> Batch:
@@ -78,9 +80,10 @@ class ClipTask:
         return out
 
     def save_model(self, model, directory) -> None:
-        if self.criterion is not None and self.criterion.logit_scale is not None:
-            with torch.no_grad():
-                model.logit_scale.copy_(self.criterion.logit_scale.detach())
+        with torch.no_grad():
+            for name in ("logit_scale", "logit_bias"):
+                if getattr(self.criterion, name, None) is not None:
+                    getattr(model, name).copy_(getattr(self.criterion, name).detach())
         model.save(directory)
 
     def load_model(self, model, directory) -> None:
@@ -94,7 +97,7 @@ class ClipTask:
 
     def describe(self) -> dict:
         return {"task": "image-text", "model": self.name, "languages": list(self.languages), "items": len(self.data),
-                "dim": self.model.dim, "image_width": self.model.image_width,
+                "dim": self.model.dim, "image_text_loss": self.model.image_text_loss, "image_width": self.model.image_width,
                 "cached_features": self.features is not None, "freeze_image": self.model.freeze_image,
                 "translation_pairs": self.translation_pairs}
 
@@ -102,7 +105,9 @@ class ClipTask:
 class ClipTrainer(Trainer):
     """The trainer with ``translation_weight`` x the text-text loss of X-Y rows' caption pairs, and
     ``evaluate(model) -> dict`` (e.g. XTD) run on rank 0 after every checkpoint and at the end,
-    appended to ``OUT/xtd.jsonl``."""
+    appended to ``OUT/xtd.jsonl``. ``image_text_loss="sigmoid"``: SigLIP's loss with its learnable
+    log-scale and bias (:class:`~hbfast.clip.model.SigmoidLoss`) as the criterion, saved with the
+    model and in checkpoints; the translation term then uses it too."""
 
     def __init__(self, task: ClipTask, config, *, translation_weight: float = 0.0,
                  evaluate: Optional[Callable] = None, image_text_loss: str = "contrastive"):
@@ -110,18 +115,29 @@ class ClipTrainer(Trainer):
             raise ValueError(f"translation weight must be >= 0, got {translation_weight}")
         if translation_weight > 0 and not task.translation_pairs:
             raise ValueError("translation_weight > 0 needs ClipTask(translation_pairs=True)")
+        if image_text_loss not in IMAGE_TEXT_LOSSES:
+            raise ValueError(f"image-text loss must be one of {IMAGE_TEXT_LOSSES}, got {image_text_loss!r}")
+        if image_text_loss == "sigmoid" and config.loss == "naive":
+            raise ValueError("--loss naive is the plain softmax loss; it does not combine with --image-text-loss sigmoid")
+        task.model.image_text_loss = image_text_loss  # part of the run (checkpoints check it) and of the saved model
         super().__init__(task, config)
+        if image_text_loss == "sigmoid":
+            self.criterion = SigmoidLoss(gather=config.world_size > 1).to(self.device)
+            self.loss_fn = lambda q, p, g: self.criterion(q, p)
+            self._build_optimizer()
         task.criterion = self.criterion
         self.translation_weight, self.evaluate, self.evaluations = float(translation_weight), evaluate, []
-        if image_text_loss == "sigmoid":
-            import hbfast
 
-            sigmoid = getattr(hbfast, "siglip_loss", None) or getattr(hbfast, "sigmoid_loss", None)
-            if sigmoid is None:
-                raise ValueError("--loss sigmoid needs hbfast.siglip_loss, which this build of hbfast does not have")
-            self.loss_fn = lambda q, p, g: sigmoid(q, p)
-        elif image_text_loss != "contrastive":
-            raise ValueError(f"image-text loss must be contrastive or sigmoid, got {image_text_loss!r}")
+    def _build_optimizer(self) -> None:
+        """The trainer's AdamW and schedule again, over the sigmoid criterion's scale and bias."""
+        cfg, trainable = self.config, [p for p in self.model.parameters() if p.requires_grad]
+        self.parameters = trainable + list(self.criterion.parameters())
+        groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+                  {"params": [p for p in trainable if p.ndim < 2] + list(self.criterion.parameters()),
+                   "weight_decay": 0.0}]
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(int(cfg.warmup * cfg.steps),
+                                                                                     cfg.steps))
 
     def _backward(self, batch: Batch) -> float:
         loss = super()._backward(batch)
