@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import tarfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..train.cli import config_from
@@ -53,6 +55,8 @@ def train_clip(args: argparse.Namespace) -> dict:
     from .data import load_image_text_table
     from .task import ClipTask, ClipTrainer
 
+    if args.stream:
+        return _train_clip_streamed(args)
     languages = args.languages
     image_model = args.image_model
     if image_model is None and args.image_embeddings is None:
@@ -101,6 +105,68 @@ def train_clip(args: argparse.Namespace) -> dict:
     return trainer.run()
 
 
+def _first_embedding_width(shards) -> int:
+    from .shards import read_shard
+
+    for path in shards:
+        try:
+            for sample in read_shard(path):
+                if "npy" in sample:
+                    return int(np.asarray(sample["npy"]).size)
+        except (OSError, ValueError, EOFError, tarfile.TarError):
+            continue
+    raise ValueError(f"no npy image embedding in the shards {shards[:3]}: give --image-model to decode their images")
+
+
+def _train_clip_streamed(args: argparse.Namespace) -> dict:
+    """``train-clip --stream``: each rank streams its own shards (see :mod:`hbfast.clip.stream`)."""
+    from . import model as clip_model
+    from ..train import distributed
+    from .stream import StreamClipTask, StreamingHybridBatches, expand_shards
+    from .task import ClipTrainer
+
+    if args.image_embeddings is not None:
+        raise ValueError("--stream reads images or npy embeddings from the shards; do not give --image-embeddings")
+    if args.unfreeze_image is False and args.image_model is not None and not args.no_cache:
+        print("--stream: image features are computed every step (the LiT cache needs the whole data set); "
+              "shards with npy embeddings avoid the image tower", flush=True)
+    if not args.languages:
+        raise ValueError("--stream needs --languages (the shards are not read ahead to find them)")
+    languages = [x for x in args.languages.split(",") if x] if isinstance(args.languages, str) else list(args.languages)
+    shards = expand_shards(args.data)
+    embeddings = args.image_model is None
+    width = _first_embedding_width(shards) if embeddings else None
+    torch.manual_seed(args.seed)
+    model = clip_model.build_clip_model(args.image_model, args.text_model, dim=args.dim,
+                                        freeze_image=not args.unfreeze_image, image_width=width,
+                                        text_pooling=args.text_pooling, max_length=args.max_length,
+                                        image_text_loss=args.image_text_loss)
+    evaluate = None
+    if args.xtd_images is not None:
+        from ..data import load_xtd
+
+        evaluate = xtd_evaluator(load_xtd(args.xtd_data, images=args.xtd_images, languages=args.xtd_languages))
+    task = StreamClipTask(model, languages, translation_pairs=args.translation_weight > 0, embeddings=embeddings,
+                          name=f"{args.image_model or 'shard embeddings'} + {args.text_model}", shards=len(shards))
+    config = config_from(args, symmetric=True, learnable_scale=True)
+    rank, world, device = distributed.setup(args.device)
+    if config.batch_size % world:
+        raise ValueError(f"--batch-size {config.batch_size} (the global batch) must be divisible by the "
+                         f"number of processes ({world})")
+    stream = StreamingHybridBatches(shards, languages, config.batch_size // world, alpha=config.effective_alpha,
+                                    seed=config.seed, rank=rank, world_size=world, buffer_size=args.stream_buffer,
+                                    on_corrupt=args.on_corrupt, embeddings=embeddings,
+                                    agree=lambda ok: distributed.all_true(ok, device))
+    print(f"streaming {len(shards)} shard(s), {world} process(es), buffer {args.stream_buffer} samples", flush=True)
+    trainer = ClipTrainer(task, config, translation_weight=args.translation_weight, evaluate=evaluate,
+                          image_text_loss=args.image_text_loss, stream=stream)
+    summary = trainer.run()
+    summary["corrupt_shards"] = sum(distributed.gather_objects(stream.corrupt))
+    if rank == 0 and summary["corrupt_shards"]:
+        print(f"skipped {summary['corrupt_shards']} corrupt shard(s) (read passes x shards; see the log)", flush=True)
+    return summary
+
+
 def add_clip_options(p: argparse.ArgumentParser, required: bool = True) -> None:
     """train-clip's own options, added to the trainer's (whose --model it does not use)."""
     p.add_argument("--image-model", default=None, help="transformers vision model or CLIP/SigLIP model (dir or hub id)")
@@ -118,6 +184,10 @@ def add_clip_options(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--image-text-loss", default="contrastive", choices=("contrastive", "sigmoid"),
                    help="contrastive: CLIP's symmetric softmax loss; sigmoid: SigLIP's pairwise sigmoid loss with a "
                         "learnable scale (init 10) and bias (init -10)")
+    p.add_argument("--stream", action="store_true",
+                   help="stream --data tar shards ('dir/{000..099}.tar' or a directory): each rank reads its own "
+                        "shards into a bounded buffer; resumable at shard granularity")
+    p.add_argument("--stream-buffer", type=int, default=4096, help="--stream: samples each rank keeps buffered")
     p.add_argument("--on-corrupt", default="skip", choices=("skip", "fail"),
                    help="tar shards: skip a corrupt shard (logged, counted) or stop with an error")
     p.add_argument("--xtd-images", default=None, help="COCO images of XTD: evaluate every checkpoint and the final model")

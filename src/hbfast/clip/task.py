@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from ..train import checkpoint, distributed
 from ..train.loop import Trainer, _schedule
 from .model import IMAGE_TEXT_LOSSES, SigmoidLoss
 from ..train.task import Batch
@@ -110,7 +111,7 @@ class ClipTrainer(Trainer):
     model and in checkpoints; the translation term then uses it too."""
 
     def __init__(self, task: ClipTask, config, *, translation_weight: float = 0.0,
-                 evaluate: Optional[Callable] = None, image_text_loss: str = "contrastive"):
+                 evaluate: Optional[Callable] = None, image_text_loss: str = "contrastive", stream=None):
         if translation_weight < 0:
             raise ValueError(f"translation weight must be >= 0, got {translation_weight}")
         if translation_weight > 0 and not task.translation_pairs:
@@ -126,6 +127,9 @@ class ClipTrainer(Trainer):
             self.loss_fn = lambda q, p, g: self.criterion(q, p)
             self._build_optimizer()
         task.criterion = self.criterion
+        self.stream = stream  # a StreamingHybridBatches: each step's samples come from it (train-clip --stream)
+        if stream is not None and task.availability is not None:
+            raise ValueError("a streamed run needs a task without an availability table (StreamClipTask)")
         self.translation_weight, self.evaluate, self.evaluations = float(translation_weight), evaluate, []
 
     def _build_optimizer(self) -> None:
@@ -138,6 +142,34 @@ class ClipTrainer(Trainer):
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(int(cfg.warmup * cfg.steps),
                                                                                      cfg.steps))
+
+    # ---- streamed batches (train-clip --stream) ------------------------------------------------------
+    def _next_batch(self) -> tuple:
+        if self.stream is None:
+            return super()._next_batch()
+        from .stream import write_plan
+
+        samples, kind, fallback = self.stream.next_batch(self.step + 1)
+        write_plan(self.out / f"stream-plan-rank{self.rank}.jsonl", self.step + 1, kind, samples, fallback)
+        return samples, kind
+
+    def _state(self) -> dict:
+        state = super()._state()
+        if self.stream is not None:
+            state["stream"] = distributed.gather_objects(self.stream.state_dict())  # one per rank
+        return state
+
+    def resume(self) -> Path:
+        path = super().resume()
+        if self.stream is not None:
+            state = torch.load(path / checkpoint.STATE_FILE, map_location="cpu", weights_only=False)
+            self.stream.load_state_dict(state["stream"][self.rank])
+            plan = self.out / f"stream-plan-rank{self.rank}.jsonl"
+            if plan.is_file():  # drop the steps planned after the checkpoint
+                lines = [x for x in plan.read_text(encoding="utf-8").splitlines() if x.strip()]
+                plan.write_text("".join(x + "\n" for x in lines if json.loads(x)["step"] <= self.step),
+                                encoding="utf-8")
+        return path
 
     def _backward(self, batch: Batch) -> float:
         loss = super()._backward(batch)
