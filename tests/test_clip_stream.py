@@ -122,3 +122,19 @@ def test_two_ranks_plan_the_same_kind_each_step(setup):
             if r["batch"] == "X-X de":
                 assert all(int(k[3:]) % 3 != 1 for k in r["keys"])  # every sample has a de caption
     assert (out / "final" / "heads.safetensors").is_file()
+
+
+def test_unfillable_xx_falls_back_to_xy_and_says_so(setup):
+    """A language with too few captions in the buffer and the rest of the pass: the step becomes X-Y."""
+    from hbfast.clip.stream import StreamingHybridBatches
+
+    stream = StreamingHybridBatches(str(setup["shards"]), ["en", "fr"], 4, alpha=1.0, seed=0, rank=0, world_size=1,
+                                    buffer_size=4, embeddings=True)
+    kinds = {}
+    for step in range(1, 7):
+        samples, kind, fallback = stream.next_batch(step)
+        kinds[stream.kind(step)] = (kind, fallback)
+        assert len(samples) == 4 and len({s["uid"] for s in samples}) == 4
+    assert kinds[("X-X", 0)] == ("X-X en", None)
+    assert kinds[("X-X", 1)] == ("X-Y", "X-X fr could not be filled on every rank")
+    assert 4 < len(stream.buffer) <= 16  # it read past the buffer looking for fr captions, at most 4x
