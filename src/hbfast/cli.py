@@ -40,8 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", help="BEIR: qrels split")
     ev.add_argument("--no-progress", action="store_true")
     from .train.cli import add_commands
+    from .clip.cli import add_clip_commands
 
     add_commands(commands)
+    add_clip_commands(commands)
     return parser
 
 

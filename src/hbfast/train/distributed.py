@@ -72,6 +72,24 @@ def mean_scalar(value: float, device) -> float:
     return float(t) / dist.get_world_size()
 
 
+def all_true(flag: bool, device) -> bool:
+    """Whether ``flag`` holds on every rank."""
+    if not active():
+        return bool(flag)
+    t = torch.tensor([int(bool(flag))], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def gather_objects(value) -> list:
+    """Every rank's ``value`` (picklable), in rank order, on every rank."""
+    if not active():
+        return [value]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -69,8 +69,10 @@ class Trainer:
             config.eval_every = max(1, config.steps // 10)
         self.out = Path(config.out)
         self.local_batch = config.batch_size // world
-        self.sampler = HybridBatchSampler(task.availability, self.local_batch, alpha=config.effective_alpha,
-                                          seed=config.seed, lang_weights=config.weights, rank=self.rank, world_size=world)
+        # A task without an availability table (a stream) plans its own batches: see _next_batch.
+        self.sampler = None if task.availability is None else HybridBatchSampler(
+            task.availability, self.local_batch, alpha=config.effective_alpha, seed=config.seed,
+            lang_weights=config.weights, rank=self.rank, world_size=world)
         self.heldout_plan = None
         if heldout is not None and config.eval_every:
             try:
@@ -224,6 +226,14 @@ class Trainer:
             return f"X-X {self.task.languages[int(plan.query_lang[index][0])]}"
         return "X-Y"
 
+    def _next_batch(self) -> tuple:
+        """(rows, kind) of the next step from the sampler's plan (a new epoch when it runs out)."""
+        if self.index >= len(self.sampler.plan):
+            self.epoch, self.index = self.epoch + 1, 0
+            self.sampler.set_epoch(self.epoch)
+        plan, index = self.sampler.plan, self.index
+        return _rows(plan, index), self._batch_kind(plan, index)
+
     def run(self) -> dict:
         cfg = self.config
         if self.rank == 0:
@@ -239,23 +249,21 @@ class Trainer:
             raise ValueError(f"{self.out} already holds checkpoints; pass --resume to continue, or another --out")
         elif self.rank == 0 and (self.out / "log.jsonl").exists():
             (self.out / "log.jsonl").unlink()
-        self.sampler.set_epoch(self.epoch)
+        if self.sampler is not None:
+            self.sampler.set_epoch(self.epoch)
         start, t0 = self.step, time.perf_counter()
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.batch_type}", unit="step",
                    disable=not cfg.progress or self.rank != 0, dynamic_ncols=True)
         loss = math.nan
         while self.step < cfg.steps and not self.stopped:
-            if self.index >= len(self.sampler.plan):
-                self.epoch, self.index = self.epoch + 1, 0
-                self.sampler.set_epoch(self.epoch)
-            plan, index = self.sampler.plan, self.index
-            loss = self.train_step(_rows(plan, index))
+            rows, kind = self._next_batch()
+            loss = self.train_step(rows)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"the loss became {loss} at step {self.step + 1}; lower --lr")
             self.index += 1
             self.step += 1
             record = {"step": self.step, "loss": round(loss, 6), "lr": self.scheduler.get_last_lr()[0],
-                      "batch": self._batch_kind(plan, index), "epoch": self.epoch,
+                      "batch": kind, "epoch": self.epoch,
                       "seconds": round(time.perf_counter() - t0, 3)}
             if self.heldout_plan is not None and self.step % cfg.eval_every == 0:
                 record["heldout_loss"] = round(self.heldout_loss(), 6)
