@@ -5,9 +5,10 @@ batches (same seed, same step budget), and each model, beside the untrained one,
 the bundled XQuAD-R (another dataset; el, ru, th, tr are not in MLQA-R). Writes
 ``OUT/results.json``, ``OUT/results.png`` and each run's model and training log.
 
-Budget (README, "The demo"): DEMO settings train each model in about 3.5 minutes and evaluate
-each on the first 48 paragraphs of every XQuAD-R language in under a minute on 2 CPU cores, so the
-whole demo takes about 15 minutes.
+Budget (README, "The demo"): measured on a quiet 2-core CPU, a step of 32 pairs at max length 64
+takes about 1.3 s and an evaluation on the first 60 paragraphs of every XQuAD-R language under half
+a minute (the first one, with loading, about a minute), so DEMO's 160 steps per model make the
+whole demo about 14 minutes.
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from pathlib import Path
 
 from .config import TrainConfig
 
-# Chosen by measurement (README): per-step CPU time at these settings, scaled to a 15-minute budget.
-DEMO = {"steps": 80, "batch_size": 32, "max_length": 64, "lr": 1e-4, "paragraphs": 48}
+# Chosen by measurement (README): step and evaluation times at these settings, scaled to a 15-minute budget.
+DEMO = {"steps": 160, "batch_size": 32, "max_length": 64, "lr": 1e-4, "paragraphs": 60}
 QUICK = {"steps": 4, "batch_size": 8, "max_length": 24, "lr": 1e-4, "paragraphs": 3}
 RUNS = (("X-X", "X-X", 1.0), ("X-Y", "X-Y", 0.0), ("hybrid", "hybrid", 0.5))
 METRICS = ("mono", "cross", "multi", "rank_distance")
