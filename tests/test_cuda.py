@@ -6,7 +6,6 @@ non-default streams, a second GPU, TF32 left on by the user, no device-to-host w
 and the device math (exp, log, selection keys) as the GPU computes it. Each compares with the CPU
 kernels or hbfast.reference. Only the PTX check and the error-path tests run without a GPU.
 """
-import os
 import re
 import shutil
 import subprocess
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 
 import hbfast
 from hbfast import _C, _ext, _losses_cuda, losses, search
-from testing import requires_cuda
+from testing import requires_cuda, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 requires_two_gpus = pytest.mark.skipif(not (hbfast.build_info()["cuda"] and torch.cuda.device_count() >= 2),
@@ -297,7 +296,7 @@ def test_loss_checks_fail_on_the_device_with_their_message(bad):
               "loss = hbfast.contrastive_loss(q, p, **kw)\n"
               "torch.cuda.synchronize()\n"
               "print('no error')\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
+    env = subprocess_env()
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode != 0 and "no error" not in run.stdout
     assert message in run.stdout + run.stderr

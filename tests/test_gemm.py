@@ -162,3 +162,15 @@ def test_search_measures_on_scratch_work_then_keeps_one_product(monkeypatch):
     second = hbfast.topk(q, c, 7), hbfast.relevant_ranks(q, c, rel)
     assert torch.equal(first[0][0], second[0][0]) and torch.equal(first[0][1], second[0][1])
     assert torch.equal(first[1], second[1])
+
+
+def test_the_loss_product_is_never_chosen_by_timing(monkeypatch):
+    # a timed choice would make the loss's rounding differ between processes (no exact resume)
+    monkeypatch.delenv("HBFAST_GEMM", raising=False)
+    q = torch.randn(8, 4)
+    for _ in range(2 * (_gemm.WARMUP + _gemm.SAMPLES) + 1):
+        with _gemm.products(q, "loss_forward", 1024, 1024) as mm:
+            assert mm is _gemm._torch_mm
+    monkeypatch.setenv("HBFAST_GEMM", "openblas")
+    with _gemm.products(q, "loss_forward", 1024, 1024) as mm:
+        assert mm is _gemm._openblas_mm

@@ -1,13 +1,12 @@
 """The plain-PyTorch example script and ``hbfast demo --quick`` run end to end."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from hbfast.cli import main
+from testing import subprocess_env
 from train_fixtures import tiny_bert, write_pairs_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,8 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_example_train_loop_runs(tmp_path):
     model, data = tiny_bert(tmp_path / "bert"), write_pairs_jsonl(tmp_path / "pairs.jsonl")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-               HBFAST_CACHE=str(tmp_path / "cache"))
+    env = subprocess_env(HBFAST_CACHE=str(tmp_path / "cache"))
     done = subprocess.run([sys.executable, str(ROOT / "examples" / "train_loop.py"), "--model", str(model),
                            "--data", str(data), "--steps", "3", "--batch-size", "6", "--out", str(tmp_path / "m")],
                           env=env, capture_output=True, text=True, timeout=300)

@@ -1,7 +1,6 @@
 """Training across processes: a run killed with SIGKILL and resumed ends with the same weights as an
 uninterrupted one; 2-process DDP (gloo) gives the weights of 1 process with the same global batch."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import time
 import pytest
 
 from hbfast.cli import main
+from testing import subprocess_env
 from train_fixtures import assert_same_weights, tiny_bert, write_pairs_jsonl
 
 
@@ -26,10 +26,7 @@ def _args(setup, out, *extra):
 
 
 def _env(setup, **extra):
-    env = dict(os.environ, HBFAST_CACHE=str(setup[2]), **extra)
-    src = os.path.join(os.path.dirname(__file__), "..", "src")
-    env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(src), env.get("PYTHONPATH", "")])
-    return env
+    return subprocess_env(HBFAST_CACHE=str(setup[2]), **extra)
 
 
 def _logged_steps(out) -> int:

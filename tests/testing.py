@@ -14,3 +14,16 @@ DEVICES = ["cpu"] + (["cuda"] if _GPU_EXPECTED else [])
 FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 requires_cuda = pytest.mark.skipif(not _GPU_EXPECTED, reason="needs a CUDA GPU (and hbfast built with CUDA)")
+
+
+def subprocess_env(**extra) -> dict:
+    """The environment for a child Python that must import the hbfast under test: the directory this
+    process imported it from goes first on PYTHONPATH (the source tree in a dev build, site-packages
+    when installed; a checkout's src/ without the built _C would shadow an installed hbfast)."""
+    import os
+    from pathlib import Path
+
+    home = str(Path(hbfast.__file__).resolve().parents[1])
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (home, env.get("PYTHONPATH", "")) if p)
+    return env

@@ -3,15 +3,17 @@
 Neither is faster everywhere: MKL wins on Intel CPUs at some shapes, OpenBLAS on AMD ones and at others,
 and the fused path saves the round trip of each score tile through memory. So the choice is measured,
 per process and per shape class, on the real shapes: topk and relevant_ranks time both products on
-their first tile into scratch state before the call's real work (so one call never mixes products),
-the loss's first calls of a shape class run with one product, then with the other, each timed per score; the first
+their first tile into scratch state before the call's real work (so one call never mixes products); the first
 ``WARMUP`` timings of each are dropped (first-touch pages, library buffers), and after ``SAMPLES``
 more of each, the one with the lower minimum is kept for that class for the rest of the process
 (the minimum: on a loaded machine, the least disturbed timing is the one that shows the speed).
 Both give exact results (the same arithmetic up to the rounding order of each dot product).
 
 The fused topk / relevant_ranks tiles are in ``_C`` (``topk_search_cpu``, ``count_beating_search_cpu``);
-the loss's block products go through :func:`products`.
+the loss's block products go through :func:`products`, which is not measured: it is torch's product
+unless ``HBFAST_GEMM=openblas``. A measured choice would make the loss's last-bit rounding depend
+on timing noise in each process, so a training run resumed in a new process would no longer end
+with the weights of an uninterrupted one; and the gain measured for the loss was 1.00-1.05x.
 
 ``HBFAST_GEMM=mkl`` or ``HBFAST_GEMM=openblas`` skips the measurement and forces one product (read at
 every call, so a test or a benchmark can switch it). ``hbfast.build_info()["gemm"]`` reports the
@@ -102,10 +104,6 @@ class _Chooser:
         with self._lock:
             return self._chosen[key]
 
-    def timed(self, key: tuple):
-        """Context for one piece of work: ``with chooser.timed(key) as run: ... run.backend ... run.units = n``."""
-        return _Timed(self, key)
-
     def describe(self) -> dict:
         with self._lock:
             chosen = {"/".join(str(p) for p in k): v for k, v in self._chosen.items()}
@@ -119,36 +117,19 @@ class _Chooser:
             self._chosen.clear()
 
 
-class _Timed:
-    def __init__(self, chooser: _Chooser, key: Optional[tuple]):
-        self.chooser, self.key = chooser, key  # key None: torch's product, not timed (e.g. on a GPU)
-        self.backend = "mkl" if key is None else chooser.next(key)
-        self.units = 0.0
-
-    def __enter__(self):
-        self._start = time.perf_counter()
-        return self
-
-    def __exit__(self, kind, value, traceback):
-        if kind is None and self.key is not None:
-            self.chooser.record(self.key, self.backend, time.perf_counter() - self._start, self.units)
-        return False
-
-
 chooser = _Chooser()
 
 
 @contextlib.contextmanager
 def products(q: Tensor, op: str, n_rows: int, n_cols: int):
-    """The block product of one step of the loss (op: its name): ``mm(a, b, out, accumulate=False)``
-    writes a @ b into out (or adds it). On the CPU in float32 it is torch's (MKL) or OpenBLAS over
-    hbfast's threads, whichever this process measured faster for the shape class; the step is timed."""
-    if q.device.type != "cpu" or q.dtype != torch.float32:
+    """The block product of one step of the loss (op: its name, kept for callers): ``mm(a, b, out,
+    accumulate=False)`` writes a @ b into out (or adds it). torch's (MKL on the CPU, cuBLAS on a GPU),
+    or OpenBLAS over hbfast's threads for float32 CPU blocks when ``HBFAST_GEMM=openblas``; never
+    chosen by timing, so the loss's rounding is the same in every process (exact resume)."""
+    if q.device.type == "cpu" and q.dtype == torch.float32 and override() == "openblas":
+        yield _openblas_mm
+    else:
         yield _torch_mm
-        return
-    with chooser.timed(shape_class(op, n_rows, n_cols, q.shape[1])) as run:
-        run.units = n_rows * n_cols
-        yield _openblas_mm if run.backend == "openblas" else _torch_mm
 
 
 def _torch_mm(a: Tensor, b: Tensor, out: Tensor, accumulate: bool = False) -> None:

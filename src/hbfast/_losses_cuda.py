@@ -78,7 +78,7 @@ def backward(grad_row_lse: Tensor, grad_col_lse: Optional[Tensor], grad_positive
              row_offset: int, need_q: bool, need_keys: bool, blocks, empty_block):
     """The backward op on CUDA: (grad_q, grad_keys, dL/dscale), the scale never read on the host."""
     scale32 = scale.to(torch.float32).contiguous()
-    R, N = q.shape[0], keys.shape[0]
+    N = keys.shape[0]
     n_cached = cache.shape[0]
     grad_q = torch.empty_like(q) if need_q else torch.zeros_like(q)
     grad_keys = torch.empty_like(keys) if need_keys else torch.zeros_like(keys)

@@ -7,7 +7,6 @@ both give identical plans for identical arguments.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Iterator, List, Sequence, Tuple, Union

@@ -19,7 +19,6 @@ exactly; the batches after the resume are not those of an uninterrupted run.
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
