@@ -242,24 +242,38 @@ def _backward(ctx, grad_row_lse, grad_col_lse, grad_positive, grad_cache):
 torch.library.register_autograd("hbfast::contrastive_forward", _backward, setup_context=_setup_context)
 
 
+def _reduce(per_row: Tensor, reduction: str) -> Tensor:  # reduction: "mean", "sum" or "none"
+    return per_row.mean() if reduction == "mean" else per_row.sum() if reduction == "sum" else per_row
+
+
 # ---- validation -----------------------------------------------------------------------------------
 
-def _check_embeddings(q, p, hard_negatives) -> None:
-    for name, t in (("q", q), ("p", p)):
+def _check_float_matrices(**named) -> None:
+    """Each named input a 2-D float tensor [B, D], else a clear error naming it (the losses' shared check)."""
+    for name, t in named.items():
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 2:
             raise ValueError(f"{name} must be 2-D [B, D], got shape {tuple(t.shape)}")
         if t.dtype not in _FLOAT_DTYPES:
             raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
+
+
+def _check_same_kind(a_name: str, a: Tensor, b_name: str, b: Tensor) -> None:
+    """Two checked matrices of a loss: a non-empty, both of one dtype and on one device."""
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"empty input: {a_name} and {b_name} have shape {tuple(a.shape)}")
+    if a.dtype != b.dtype:
+        raise TypeError(f"{a_name} and {b_name} must have the same dtype, got {a.dtype} and {b.dtype}")
+    if a.device != b.device:
+        raise ValueError(f"{a_name} and {b_name} must be on the same device, got {a.device} and {b.device}")
+
+
+def _check_embeddings(q, p, hard_negatives) -> None:
+    _check_float_matrices(q=q, p=p)
     if q.shape != p.shape:
         raise ValueError(f"q and p must have the same shape [B, D], got {tuple(q.shape)} and {tuple(p.shape)}")
-    if q.shape[0] == 0 or q.shape[1] == 0:
-        raise ValueError(f"empty input: q and p have shape {tuple(q.shape)}")
-    if q.dtype != p.dtype:
-        raise TypeError(f"q and p must have the same dtype, got {q.dtype} and {p.dtype}")
-    if q.device != p.device:
-        raise ValueError(f"q and p must be on the same device, got {q.device} and {p.device}")
+    _check_same_kind("q", q, "p", p)
     if hard_negatives is not None:
         h = hard_negatives
         if not isinstance(h, Tensor):
@@ -448,13 +462,7 @@ def contrastive_loss(
                                                        world * b, rank * b, False, memory_budget)
             per_row = 0.5 * (per_row + (col_lse - positive_c))
 
-    if reduction == "mean":
-        loss = per_row.mean()
-    elif reduction == "sum":
-        loss = per_row.sum()
-    else:
-        loss = per_row
-    return loss.to(out_dtype)
+    return _reduce(per_row, reduction).to(out_dtype)
 
 
 class ContrastiveLoss(torch.nn.Module):

@@ -21,7 +21,7 @@ from typing import Iterable, Iterator, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from . import _C, _gemm, _search_cuda, reference
+from . import _C, _gemm, _search_cpu, _search_cuda, reference
 from ._ext import check_impl, require_cuda
 from ._search_cuda import device_checks as _device_checks, on_gpu as _on_gpu, zero_norm_error as _zero_norm_error
 
@@ -168,13 +168,6 @@ def _tiles(chunks: Iterator, dim: int, device: torch.device, metric: str, tile: 
         raise ValueError("corpus is empty")
 
 
-def _non_finite(first_id: int, width: int) -> ValueError:
-    return ValueError(
-        f"non-finite scores against corpus ids [{first_id}, {first_id + width}): the corpus holds NaN or "
-        "infinite values, or the products overflow float32"
-    )
-
-
 # ----------------------------------------------------------------------------------------------
 def topk(queries, corpus: Corpus, k: int, *, metric: str = "ip", impl: str = "auto", progress: bool = False):
     """The exact k best corpus items of every query.
@@ -229,46 +222,9 @@ def _progress(total: Optional[int], enabled: bool, what: str):
 
 
 def _topk_cpu(q32: torch.Tensor, chunks, k: int, metric: str, total: Optional[int], progress: bool):
-    nq, dim = q32.shape
-    # Buffer mode (k > TOPK_HEAP_MAX_K): room for k kept + k new candidates before a partial selection
-    # (the threshold then rises quickly); for huge k, a quarter of k to bound memory.
-    capacity = 2 * k if k <= 1 << 16 else k + k // 4
-    if total is not None:
-        capacity = min(capacity, total + 1)
-    state = _C.TopkStateCpu(nq, k, max(capacity, k + 1))
-    tile_q = min(nq, CPU_QUERY_TILE)
-    buffer = []  # torch's product tile, made on first use (hbfast's fused product keeps its own small tiles)
-
-    def merge(state, backend, first_id, ct):  # one corpus tile [width, D] into state
-        width = ct.shape[0]
-        if backend == "openblas":  # product and selection in one pass over small tiles
-            if not _C.topk_search_cpu(state, q32.data_ptr(), dim, ct.data_ptr(), width, first_id):
-                raise _non_finite(first_id, width)
-            return
-        buffer[:] = buffer or [torch.empty(tile_q * CPU_CORPUS_TILE, dtype=torch.float32)]
-        for i0 in range(0, nq, tile_q):
-            qt = q32[i0 : i0 + tile_q]  # [tq, D]
-            tile = buffer[0][: qt.shape[0] * width].view(qt.shape[0], width)  # [tq, tc]
-            torch.matmul(qt, ct.T, out=tile)
-            if not _C.topk_merge_cpu(state, tile.data_ptr(), i0, qt.shape[0], width, width, first_id):
-                raise _non_finite(first_id, width)
-
-    key, backend = _gemm.shape_class("topk", nq, CPU_CORPUS_TILE, dim, k <= _C.TOPK_HEAP_MAX_K), None
-    seen = 0
+    tiles = _tiles(chunks, q32.shape[1], q32.device, metric, CPU_CORPUS_TILE)
     with _progress(total, progress, "topk") as bar:
-        for first_id, ct in _tiles(chunks, dim, q32.device, metric, CPU_CORPUS_TILE):
-            if backend is None:  # measured on this tile into scratch states (once per process and class)
-                scratch = lambda b: merge(_C.TopkStateCpu(nq, k, max(capacity, k + 1)), b, first_id, ct)  # noqa: E731
-                backend = _gemm.chooser.decide(key, scratch)
-            merge(state, backend, first_id, ct)
-            seen += ct.shape[0]
-            bar.update(ct.shape[0])
-    if seen < k:
-        raise ValueError(f"k = {k} is larger than the corpus ({seen} items)")
-    scores = torch.empty(nq, k, dtype=torch.float32)
-    ids = torch.empty(nq, k, dtype=torch.int64)
-    _C.topk_finish_cpu(state, scores.data_ptr(), ids.data_ptr())
-    return scores, ids
+        return _search_cpu.topk(q32, tiles, k, total, min(q32.shape[0], CPU_QUERY_TILE), CPU_CORPUS_TILE, bar)
 
 
 def _topk_cuda(q32: torch.Tensor, chunks, k: int, metric: str, progress: bool):
@@ -461,21 +417,12 @@ def _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q
     buffer = []  # torch's product tile, made on first use (hbfast's fused product keeps its own small tiles)
 
     def count(backend, qt, i0, first_id, ct, target, own):  # counts of one [tq, tc] tile into target [tq, r]
-        width = ct.shape[0]
         rel_args = (rel_scores[i0].data_ptr(), rel[i0].data_ptr(), r, target.data_ptr(), own.data_ptr())
-        if backend == "openblas":  # product and counting in one pass over small tiles
-            if not _C.count_beating_search_cpu(qt.data_ptr(), qt.shape[0], dim, ct.data_ptr(), width, first_id,
-                                               *rel_args):
-                raise _non_finite(first_id, width)
-            return
-        buffer[:] = buffer or [torch.empty(tile_q * tile_c, dtype=torch.float32, device=q32.device)]
-        tile = buffer[0][: qt.shape[0] * width].view(qt.shape[0], width)  # [tq, tc]
-        torch.matmul(qt, ct.T, out=tile)
-        args = (tile.data_ptr(), qt.shape[0], width, width, first_id) + rel_args
-        if cuda:
-            _C.count_beating_cuda(*args, bad.data_ptr(), stream)
-        elif not _C.count_beating_cpu(*args):
-            raise _non_finite(first_id, width)
+        if not cuda:
+            return _search_cpu.count_tile(backend, qt, first_id, ct, rel_args, buffer, tile_q * tile_c)
+        tile = _search_cpu.product(buffer, tile_q * tile_c, qt, ct)  # [tq, tc]
+        _C.count_beating_cuda(tile.data_ptr(), qt.shape[0], ct.shape[0], ct.shape[0], first_id, *rel_args,
+                              bad.data_ptr(), stream)
 
     with _progress(total, progress, "relevant_ranks") as bar:
         for first_id, ct in _tiles(iter(chunks), dim, q32.device, metric, tile_c, zero_row):

@@ -24,8 +24,8 @@ from torch import Tensor
 
 from . import _C
 from ._ext import check_impl, require_cuda
-from .losses import (DEFAULT_MEMORY_BUDGET, _FLOAT_DTYPES, _REDUCTIONS, _GatherWithGrad, _blocks, _empty_block,
-                     _gather_info, _on_device, _stream, cached_rows)
+from .losses import (DEFAULT_MEMORY_BUDGET, _REDUCTIONS, _GatherWithGrad, _blocks, _check_float_matrices,
+                     _check_same_kind, _empty_block, _gather_info, _on_device, _reduce, _stream, cached_rows)
 
 
 # ---- the custom ops -------------------------------------------------------------------------------
@@ -138,13 +138,7 @@ torch.library.register_autograd("hbfast::siglip_forward", _backward, setup_conte
 # ---- validation -----------------------------------------------------------------------------------
 
 def _check_features(image_features, text_features) -> None:
-    for name, t in (("image_features", image_features), ("text_features", text_features)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 2:
-            raise ValueError(f"{name} must be 2-D [B, D], got shape {tuple(t.shape)}")
-        if t.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
+    _check_float_matrices(image_features=image_features, text_features=text_features)
     i, t = image_features, text_features
     if i.shape[0] != t.shape[0]:
         raise ValueError(f"image_features and text_features must hold the same number of rows (one text per "
@@ -152,13 +146,7 @@ def _check_features(image_features, text_features) -> None:
     if i.shape[1] != t.shape[1]:
         raise ValueError(f"image_features and text_features must have the same dimension, got {i.shape[1]} and "
                          f"{t.shape[1]}")
-    if i.shape[0] == 0 or i.shape[1] == 0:
-        raise ValueError(f"empty input: image_features and text_features have shape {tuple(i.shape)}")
-    if i.dtype != t.dtype:
-        raise TypeError(f"image_features and text_features must have the same dtype, got {i.dtype} and {t.dtype}")
-    if i.device != t.device:
-        raise ValueError(f"image_features and text_features must be on the same device, got {i.device} and "
-                         f"{t.device}")
+    _check_same_kind("image_features", i, "text_features", t)
     if i.device.type == "cuda":
         require_cuda("hbfast.siglip_loss")
     elif i.device.type != "cpu":
@@ -246,10 +234,4 @@ def siglip_loss(
     text = text.contiguous()
     n_cached = cached_rows(image.shape[0], text.shape[0], memory_budget, image.element_size())
     per_row, _ = _forward_op(image, text, scale, bias, row_offset, n_cached)
-    if reduction == "mean":
-        loss = per_row.mean()
-    elif reduction == "sum":
-        loss = per_row.sum()
-    else:
-        loss = per_row
-    return loss.to(out_dtype)
+    return _reduce(per_row, reduction).to(out_dtype)
