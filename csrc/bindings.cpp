@@ -245,10 +245,9 @@ T* as_ptr(uintptr_t address) {
 
 void contrastive_forward_block(uintptr_t x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
                                int64_t n_batch, double scale, uintptr_t groups, uintptr_t row_lse, uintptr_t diag,
-                               uintptr_t col_max, uintptr_t col_sum, bool cuda, uintptr_t stream, bool f64) {
+                               uintptr_t col_max, uintptr_t col_sum, bool f64) {
   if (rows <= 0 || n_cols < n_batch || row_begin < 0 || row_begin + rows > n_batch || ld < n_cols)
     throw std::invalid_argument("contrastive_forward_block: inconsistent sizes");
-  if (cuda) throw std::invalid_argument("contrastive_forward_block: CUDA blocks go to contrastive_forward_block_cuda");
   bool with_columns = col_max != 0;
   py::gil_scoped_release release;
   if (f64) {
@@ -262,14 +261,12 @@ void contrastive_forward_block(uintptr_t x, int64_t ld, int64_t rows, int64_t ro
                                         as_ptr<float>(diag), as_ptr<float>(col_max), as_ptr<float>(col_sum));
 }
 
-// On CUDA the sum(G * X) is accumulated into dscale_sum (a float64 device scalar) and 0 is returned.
+// The CPU epilogue of the backward: writes G into g and returns this block's sum(G * X).
 double contrastive_backward_block(uintptr_t x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
                                   int64_t n_batch, double scale, uintptr_t groups, uintptr_t row_lse, uintptr_t col_lse,
-                                  uintptr_t row_coef, uintptr_t col_coef, uintptr_t diag_coef, uintptr_t g, int64_t ldg, bool cuda,
-                                  uintptr_t stream, uintptr_t dscale_sum, bool f64) {
+                                  uintptr_t row_coef, uintptr_t col_coef, uintptr_t diag_coef, uintptr_t g, int64_t ldg, bool f64) {
   if (rows <= 0 || n_cols < n_batch || row_begin < 0 || row_begin + rows > n_batch || ld < n_cols || ldg < n_cols)
     throw std::invalid_argument("contrastive_backward_block: inconsistent sizes");
-  if (cuda) throw std::invalid_argument("contrastive_backward_block: CUDA blocks go to contrastive_backward_block_cuda");
   py::gil_scoped_release release;
   if (f64) {
     return hbfast::contrastive_backward_block_cpu(as_ptr<const double>(x), ld, rows, row_begin, n_cols, n_batch, scale,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import tarfile
 from pathlib import Path
 
@@ -77,3 +78,21 @@ def write_shard(path: Path, samples: list, gzip: bool = False) -> None:
                 info = tarfile.TarInfo(f"{sample['key']}.{extension}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ddp_worker(rank: int, port: int, argv: list) -> None:
+    """One rank of a 2-process gloo run of the hbfast CLI (for torch.multiprocessing.start_processes)."""
+    import torch
+
+    from hbfast.cli import main
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank), HF_HUB_OFFLINE="1")
+    torch.set_num_threads(1)
+    assert main(argv) == 0

@@ -3,14 +3,13 @@ one batch kind per global step on 2 gloo ranks, resume at shard granularity, cor
 import json
 import os
 import shutil
-import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from clip_fixtures import save_tiny_towers, write_shard
+from clip_fixtures import ddp_worker, free_port, save_tiny_towers, write_shard
 from hbfast.cli import main
 from hbfast.clip.stream import expand_shards
 
@@ -93,25 +92,13 @@ def test_corrupt_shard_is_skipped_and_counted(setup, tmp_path, capsys):
     assert "corrupt shard" in capsys.readouterr().err
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank, port, argv):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_RANK=str(rank), HF_HUB_OFFLINE="1")
-    torch.set_num_threads(1)
-    assert main(argv) == 0
-
 
 def test_two_ranks_plan_the_same_kind_each_step(setup):
     """Sigmoid loss (gathered over ranks) and hybrid batches: every step is one kind and language on both ranks."""
     out = setup["root"] / "ddp"
     argv = _args(setup, out, "--steps", "8", "--batch-size", "8", "--stream-buffer", "8", "--batch-type", "hybrid",
                  "--alpha", "0.5", "--image-text-loss", "sigmoid")
-    mp.start_processes(_ddp_worker, args=(_free_port(), argv), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(ddp_worker, args=(free_port(), argv), nprocs=2, join=True, start_method="spawn")
     plans = [_plan(out, r) for r in range(2)]
     assert [r["batch"] for r in plans[0]] == [r["batch"] for r in plans[1]]
     kinds = {r["batch"] for r in plans[0]}

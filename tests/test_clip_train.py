@@ -1,8 +1,6 @@
 """``hbfast train-clip`` end to end on tiny random towers, generated images and the real XTD captions:
 the LiT cache, XTD evaluation of checkpoints, exact resume, 2-process gloo DDP, the demo and sweep."""
 import json
-import os
-import socket
 
 import numpy as np
 import pytest
@@ -10,7 +8,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from clip_fixtures import XTD_DIR, needs_xtd, save_tiny_towers, write_xtd_images
+from clip_fixtures import XTD_DIR, ddp_worker, free_port, needs_xtd, save_tiny_towers, write_xtd_images
 from hbfast.cli import main
 
 pytestmark = needs_xtd
@@ -98,25 +96,13 @@ def test_resume_ends_with_the_same_weights(setup):
     assert main(_args(setup, setup["root"] / "never", "--steps", "2", "--resume")) == 2  # nothing to resume
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank, port, argv):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_RANK=str(rank), HF_HUB_OFFLINE="1")
-    torch.set_num_threads(1)
-    assert main(argv) == 0
-
 
 def test_two_process_ddp_matches_one_process(setup):
     one, two = setup["root"] / "one", setup["root"] / "two"
     common = ("--steps", "3", "--batch-type", "hybrid", "--alpha", "0.5", "--cache-dir",
               str(setup["root"] / "shared-cache"))
     assert main(_args(setup, one, *common)) == 0
-    mp.start_processes(_ddp_worker, args=(_free_port(), _args(setup, two, *common)), nprocs=2, join=True,
+    mp.start_processes(ddp_worker, args=(free_port(), _args(setup, two, *common)), nprocs=2, join=True,
                        start_method="spawn")
     a, b = _weights(one / "final"), _weights(two / "final")
     for k in a:

