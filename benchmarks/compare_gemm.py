@@ -62,7 +62,7 @@ def settle(fn, max_calls=10):
 
 def openblas_product(a, b, out):
     """out = a @ b.T with hbfast's OpenBLAS over its threads (a bare product, nothing else)."""
-    _C.sgemm_cpu(False, True, a.shape[0], b.shape[0], a.shape[1], 1.0, a.data_ptr(), a.shape[1], b.data_ptr(),
+    _C.sgemm_cpu(0, False, True, a.shape[0], b.shape[0], a.shape[1], 1.0, a.data_ptr(), a.shape[1], b.data_ptr(),
                  b.shape[1], 0.0, out.data_ptr(), out.shape[1])
 
 

@@ -82,10 +82,11 @@ bool topk_merge_cpu(hbfast::TopkStateCpu& state, uintptr_t tile, int64_t q0, int
   return state.merge(ptr<const float>(tile), q0, rows, cols, ld, id0);
 }
 
-bool topk_search_cpu(hbfast::TopkStateCpu& state, uintptr_t queries, int64_t dim, uintptr_t corpus, int64_t cols,
-                     int64_t id0) {
+bool topk_search_cpu(hbfast::TopkStateCpu& state, int backend, uintptr_t queries, int64_t dim, uintptr_t corpus,
+                     int64_t cols, int64_t id0) {
+  auto gemm = hbfast::checked_backend(backend);
   py::gil_scoped_release release;
-  return state.search(ptr<const float>(queries), dim, ptr<const float>(corpus), cols, id0);
+  return state.search(gemm, ptr<const float>(queries), dim, ptr<const float>(corpus), cols, id0);
 }
 
 void topk_finish_cpu(const hbfast::TopkStateCpu& state, uintptr_t out_scores, uintptr_t out_ids) {
@@ -100,19 +101,23 @@ bool count_beating_cpu(uintptr_t tile, int64_t rows, int64_t cols, int64_t ld, i
                                    ptr<const int64_t>(rel_ids), r, ptr<int64_t>(counts), ptr<float>(own_scores));
 }
 
-bool count_beating_search_cpu(uintptr_t queries, int64_t rows, int64_t dim, uintptr_t corpus, int64_t cols, int64_t id0,
-                              uintptr_t rel_scores, uintptr_t rel_ids, int64_t r, uintptr_t counts, uintptr_t own_scores) {
+bool count_beating_search_cpu(int backend, uintptr_t queries, int64_t rows, int64_t dim, uintptr_t corpus, int64_t cols,
+                              int64_t id0, uintptr_t rel_scores, uintptr_t rel_ids, int64_t r, uintptr_t counts,
+                              uintptr_t own_scores) {
+  auto gemm = hbfast::checked_backend(backend);
   py::gil_scoped_release release;
-  return hbfast::count_beating_search_cpu(ptr<const float>(queries), rows, dim, ptr<const float>(corpus), cols, id0,
+  return hbfast::count_beating_search_cpu(gemm, ptr<const float>(queries), rows, dim, ptr<const float>(corpus), cols, id0,
                                           ptr<const float>(rel_scores), ptr<const int64_t>(rel_ids), r,
                                           ptr<int64_t>(counts), ptr<float>(own_scores));
 }
 
-// C [m, n] (ldc) = alpha * op(A) @ op(B) + beta * C with OpenBLAS over hbfast's threads (gemm_cpu.h).
-void sgemm_cpu(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, uintptr_t a, int64_t lda,
+// C [m, n] (ldc) = alpha * op(A) @ op(B) + beta * C over hbfast's threads, by OpenBLAS (backend 0) or
+// torch's MKL (1) (gemm_cpu.h).
+void sgemm_cpu(int backend, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, uintptr_t a, int64_t lda,
                uintptr_t b, int64_t ldb, double beta, uintptr_t c, int64_t ldc) {
+  auto gemm = hbfast::checked_backend(backend);
   py::gil_scoped_release release;
-  hbfast::sgemm_parallel(trans_a, trans_b, m, n, k, float(alpha), ptr<const float>(a), lda, ptr<const float>(b), ldb,
+  hbfast::sgemm_parallel(gemm, trans_a, trans_b, m, n, k, float(alpha), ptr<const float>(a), lda, ptr<const float>(b), ldb,
                          float(beta), ptr<float>(c), ldc);
 }
 
@@ -430,6 +435,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("topk_search_cpu", &topk_search_cpu);
   m.def("count_beating_search_cpu", &count_beating_search_cpu);
   m.def("sgemm_cpu", &sgemm_cpu);
+  m.def("load_torch_mkl", &hbfast::load_torch_mkl);
+  m.def("set_topk_simd", &hbfast::set_topk_simd);
+  m.def("topk_simd_enabled", &hbfast::topk_simd_enabled);
+  m.def("torch_mkl_loaded", &hbfast::torch_mkl_loaded);
   m.def("set_fused_blocks", &hbfast::set_fused_blocks);
   m.def("ranked_metrics", &ranked_metrics, py::arg("ranks"), py::arg("gains"), py::arg("n_relevant"), py::arg("kinds"),
         py::arg("cutoffs"));

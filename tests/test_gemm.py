@@ -1,5 +1,6 @@
-"""The CPU matrix products (torch's MKL and hbfast's fused OpenBLAS): exact results under both, the
-measured choice between them, the HBFAST_GEMM override, and OpenBLAS living beside torch and numpy."""
+"""The CPU matrix products (torch's MKL and OpenBLAS, both fused with the epilogues, and torch's own
+product where torch has no MKL): exact results under each, the measured choice between them, the
+HBFAST_GEMM override, and OpenBLAS living beside torch and numpy."""
 import numpy as np
 import pytest
 import torch
@@ -10,13 +11,28 @@ from hbfast import _C, _gemm, reference
 BACKENDS = list(_gemm.BACKENDS)
 
 
-@pytest.fixture(params=BACKENDS)
+# Fused products _C can run here (0: OpenBLAS, 1: torch's MKL where this torch has it).
+FUSED_IDS = [0] + ([1] if _gemm.TORCH_MKL else [])
+
+
+@pytest.fixture(params=BACKENDS + ["mkl-unfused"])
 def backend(request, monkeypatch):
-    """Forces one product; fused blocks shrunk so that small inputs span several of them."""
-    monkeypatch.setenv("HBFAST_GEMM", request.param)
+    """Forces one product ("mkl-unfused": torch's product, then the epilogue, as with a torch built
+    without MKL); fused blocks shrunk so that small inputs span several of them."""
+    monkeypatch.setenv("HBFAST_GEMM", request.param.split("-")[0])
+    if request.param == "mkl-unfused":
+        monkeypatch.setattr(_gemm, "TORCH_MKL", False)
     _C.set_fused_blocks(5, 7)
     yield request.param
     _C.set_fused_blocks(0, 0)
+
+
+@pytest.fixture(params=["simd", "portable"])
+def simd(request):
+    """The top-k row merges' AVX-512 twins (where the CPU has them) or their portable code."""
+    _C.set_topk_simd(request.param == "simd")
+    yield request.param
+    _C.set_topk_simd(True)
 
 
 def integer_data(nq, n, dim, seed):
@@ -26,7 +42,7 @@ def integer_data(nq, n, dim, seed):
 
 
 @pytest.mark.parametrize("k", [1, 4, _C.TOPK_HEAP_MAX_K + 1, 150])
-def test_topk_is_exact_under_both_products(backend, k, monkeypatch):
+def test_topk_is_exact_under_both_products(backend, simd, k, monkeypatch):
     from hbfast import search
 
     monkeypatch.setattr(search, "CPU_CORPUS_TILE", 64)
@@ -43,12 +59,56 @@ def test_topk_is_exact_under_both_products(backend, k, monkeypatch):
     torch.testing.assert_close(scores.double(), exact.topk(k, dim=1).values, atol=1e-6, rtol=0)  # the k best
 
 
-def test_topk_rejects_non_finite_scores_under_both_products(backend):
-    q, c = integer_data(4, 50, 3, seed=0)
-    c[31, 0] = 3e38  # finite inputs, an overflowing product
+@pytest.mark.parametrize("k", [3, _C.TOPK_HEAP_MAX_K + 1])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_topk_rejects_non_finite_scores_under_both_products(backend, simd, k, sign):
+    q, c = integer_data(4, 90, 3, seed=0)
+    c[31, 0] = sign * 3e38  # finite inputs, an overflowing product (+inf or -inf)
     q[:, 0] = 10.0
     with pytest.raises(ValueError, match="non-finite scores"):
-        hbfast.topk(q, c, 3)
+        hbfast.topk(q, c, k)
+
+
+@pytest.mark.parametrize("k", [2, _C.TOPK_HEAP_MAX_K + 1])
+def test_topk_row_merges_agree_on_ties_signed_zeros_and_row_tails(k):
+    """Rows of every length around the 16-score blocks, with ties, -0 / +0 and equal scores across
+    tiles: the AVX-512 twins and the portable merges keep the same k (score, id) pairs."""
+    g = torch.Generator().manual_seed(k)
+    results = {}
+    for mode in (True, False):
+        _C.set_topk_simd(mode)
+        try:
+            for cols in (1, 15, 16, 17, 33, 200):
+                tile = torch.randint(-3, 4, (5, cols), generator=torch.Generator().manual_seed(cols)).float() * 0.5
+                tile[:, ::3] = -0.0
+                state = _C.TopkStateCpu(5, k, 3 * k)
+                for id0 in (0, cols, 2 * cols):  # the same scores again at higher ids: ties go to the lower id
+                    assert _C.topk_merge_cpu(state, tile.data_ptr(), 0, 5, cols, cols, id0)
+                n = min(k, 3 * cols)
+                scores, ids = torch.empty(5, k), torch.empty(5, k, dtype=torch.int64)
+                _C.topk_finish_cpu(state, scores.data_ptr(), ids.data_ptr())
+                full = torch.cat([tile] * 3, dim=1)
+                ref_scores, ref_ids = reference.topk(full, torch.eye(3 * cols), n)  # scores = the rows themselves
+                assert torch.equal(ids[:, :n], ref_ids) and torch.equal(scores[:, :n], ref_scores), (mode, cols)
+                results[(mode, cols)] = (scores, ids)
+        finally:
+            _C.set_topk_simd(True)
+    for cols in (1, 15, 16, 17, 33, 200):
+        assert all(torch.equal(a, b) for a, b in zip(results[(True, cols)], results[(False, cols)]))
+    del g
+
+
+def test_topk_buffer_mode_needs_ids_below_2_32():
+    state = _C.TopkStateCpu(1, _C.TOPK_HEAP_MAX_K + 1, 3 * (_C.TOPK_HEAP_MAX_K + 1))
+    tile = torch.zeros(1, 4)
+    with pytest.raises(ValueError, match="below 2\\^32"):
+        _C.topk_merge_cpu(state, tile.data_ptr(), 0, 1, 4, 4, 2**32 - 3)
+
+
+def test_unknown_or_missing_fused_product_is_an_error(monkeypatch):
+    a = torch.ones(4, 4)
+    with pytest.raises(ValueError, match="backend must be"):
+        _C.sgemm_cpu(7, False, False, 4, 4, 4, 1.0, a.data_ptr(), 4, a.data_ptr(), 4, 0.0, a.data_ptr(), 4)
 
 
 def test_relevant_ranks_are_exact_under_both_products(backend, monkeypatch):
@@ -89,15 +149,16 @@ def test_loss_matches_reference_under_both_products(backend, budget, monkeypatch
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("fused", FUSED_IDS)
 @pytest.mark.parametrize("ta,tb,beta", [(False, False, 0.0), (False, True, 0.0), (True, False, 1.0), (True, True, 0.5)])
-def test_openblas_product_matches_torch(ta, tb, beta):
+def test_fused_products_match_torch(fused, ta, tb, beta):
     g = torch.Generator().manual_seed(1)
     m, n, k = 97, 33, 70
     a = torch.randn(k, m, generator=g) if ta else torch.randn(m, k, generator=g)
     b = torch.randn(n, k, generator=g) if tb else torch.randn(k, n, generator=g)
     c = torch.randn(m, n, generator=g)
     expected = (a.double().T if ta else a.double()) @ (b.double().T if tb else b.double()) + beta * c.double()
-    _C.sgemm_cpu(ta, tb, m, n, k, 1.0, a.data_ptr(), m if ta else k, b.data_ptr(), k if tb else n, beta,
+    _C.sgemm_cpu(fused, ta, tb, m, n, k, 1.0, a.data_ptr(), m if ta else k, b.data_ptr(), k if tb else n, beta,
                  c.data_ptr(), n)
     torch.testing.assert_close(c.double(), expected, atol=1e-4, rtol=1e-5)
 
@@ -139,7 +200,7 @@ def test_openblas_lives_beside_torch_and_numpy():
     g = torch.Generator().manual_seed(2)
     a, b = torch.randn(64, 48, generator=g), torch.randn(48, 80, generator=g)
     c = torch.empty(64, 80)
-    _C.sgemm_cpu(False, False, 64, 80, 48, 1.0, a.data_ptr(), 48, b.data_ptr(), 80, 0.0, c.data_ptr(), 80)
+    _C.sgemm_cpu(0, False, False, 64, 80, 48, 1.0, a.data_ptr(), 48, b.data_ptr(), 80, 0.0, c.data_ptr(), 80)
     torch.testing.assert_close(c, a @ b, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(torch.from_numpy(a.numpy() @ b.numpy()), c, atol=1e-4, rtol=1e-5)
     assert torch.get_num_threads() >= 1 and np.isfinite(np.linalg.norm(a.numpy()))

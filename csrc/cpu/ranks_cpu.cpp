@@ -72,19 +72,23 @@ bool count_beating_cpu(const float* tile, int64_t rows, int64_t cols, int64_t ld
   return finite.load();
 }
 
-bool count_beating_search_cpu(const float* q, int64_t rows, int64_t dim, const float* c, int64_t cols, int64_t id0,
+bool count_beating_search_cpu(GemmBackend backend, const float* q, int64_t rows, int64_t dim, const float* c, int64_t cols, int64_t id0,
                               const float* rel_scores, const int64_t* rel_ids, int64_t r, int64_t* counts,
                               float* own_scores) {
   if (rows <= 0 || cols <= 0) return true;
   std::atomic<bool> finite{true};
   const int64_t block_rows = fused_block_rows(rows), block_cols = fused_block_cols(cols);
   const size_t tile_size = size_t(block_rows * block_cols);
-  std::vector<float> scratch(tile_size * parallel_workers(rows, block_rows));
+  // The workers' tiles, kept by the calling thread between calls (a fresh buffer would be paged in and
+  // zeroed by the kernel for every corpus tile).
+  thread_local std::vector<float> kept;
+  kept.resize(std::max(kept.size(), tile_size * parallel_workers(rows, block_rows)));
+  float* scratch = kept.data();  // (the workers reach the caller's buffer through this pointer)
   parallel_blocks(rows, block_rows, [&](int64_t begin, int64_t end, int64_t worker) {
-    float* tile = scratch.data() + worker * tile_size;  // [rows, width], this worker's own
+    float* tile = scratch + worker * tile_size;  // [rows, width], this worker's own
     for (int64_t j0 = 0; j0 < cols; j0 += block_cols) {
       int64_t width = std::min(block_cols, cols - j0);
-      sgemm_serial(false, true, end - begin, width, dim, 1.0f, q + begin * dim, dim, c + j0 * dim, dim, 0.0f, tile,
+      sgemm_serial(backend, false, true, end - begin, width, dim, 1.0f, q + begin * dim, dim, c + j0 * dim, dim, 0.0f, tile,
                    width);
       if (!count_beating_rows(tile, end - begin, width, width, id0 + j0, rel_scores + begin * r, rel_ids + begin * r,
                               r, counts + begin * r, own_scores + begin * r))

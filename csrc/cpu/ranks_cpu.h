@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 
+#include "cpu/gemm_cpu.h"
+
 namespace hbfast {
 
 // tile [rows, cols] (row stride ld): scores of `rows` queries against corpus ids [id0, id0 + cols).
@@ -16,7 +18,7 @@ bool count_beating_cpu(const float* tile, int64_t rows, int64_t cols, int64_t ld
 
 // The same with the product fused in (gemm_cpu.h): the tile is q [rows, dim] @ c [cols, dim]^T,
 // multiplied block by block of queries by each thread and counted while in cache.
-bool count_beating_search_cpu(const float* q, int64_t rows, int64_t dim, const float* c, int64_t cols, int64_t id0,
+bool count_beating_search_cpu(GemmBackend backend, const float* q, int64_t rows, int64_t dim, const float* c, int64_t cols, int64_t id0,
                               const float* rel_scores, const int64_t* rel_ids, int64_t r, int64_t* counts,
                               float* own_scores);
 

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <functional>
+#include <string>
 #include <limits>
 #include <stdexcept>
 
@@ -12,13 +14,29 @@
 #include "common/select.h"
 #include "cpu/finite_cpu.h"
 #include "cpu/gemm_cpu.h"
+#include "cpu/simd_clones.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HBFAST_TOPK_AVX512 1
+#endif
 
 namespace hbfast {
 namespace {
 
 constexpr int64_t kBlock = 16;
 
-// True when some score of block[0, kBlock) is above the threshold.
+#ifdef HBFAST_TOPK_AVX512
+bool cpu_has_avx512() {
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+}
+#else
+bool cpu_has_avx512() { return false; }
+#endif
+std::atomic<bool> g_simd_allowed{true};
+
+// True when some score of block[0, kBlock) is above the threshold (vectorises).
 inline bool block_has_above(const float* block, float threshold) {
   int any = 0;
   for (int64_t t = 0; t < kBlock; ++t) any |= block[t] > threshold;
@@ -28,21 +46,27 @@ inline bool block_has_above(const float* block, float threshold) {
 }  // namespace
 
 TopkStateCpu::TopkStateCpu(int64_t n_queries, int64_t k, int64_t buffer_capacity)
-    : n_queries_(n_queries), k_(k), capacity_(buffer_capacity), use_heap_(k <= kHeapMaxK) {
+    : n_queries_(n_queries), k_(k), capacity_(std::max(buffer_capacity, k + kBlock)), use_heap_(k <= kHeapMaxK) {
   if (n_queries < 0 || k < 1) throw std::invalid_argument("TopkStateCpu: need n_queries >= 0 and k >= 1");
   const float worst = -std::numeric_limits<float>::infinity();
   if (use_heap_) {
     heap_scores_.assign(n_queries * k, worst);
     heap_ids_.assign(n_queries * k, std::numeric_limits<int64_t>::max());
   } else {
-    if (capacity_ <= k) throw std::invalid_argument("TopkStateCpu: buffer_capacity must exceed k");
+    if (buffer_capacity <= k) throw std::invalid_argument("TopkStateCpu: buffer_capacity must exceed k");
     buffer_.resize(n_queries * capacity_);
     buffer_fill_.assign(n_queries, 0);
     buffer_threshold_.assign(n_queries, worst);
   }
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default")))
+void TopkStateCpu::check_ids(int64_t id0, int64_t cols) const {
+  if (!use_heap_ && id0 + cols > int64_t(0xffffffffLL))
+    throw std::invalid_argument("topk: with k > " + std::to_string(kHeapMaxK) +
+                                " corpus ids must stay below 2^32 - 1 (search the corpus in parts and merge)");
+}
+
+HBFAST_SIMD_CLONES
 void TopkStateCpu::merge_heap_row(const float* row, int64_t q, int64_t cols, int64_t id0) {
   float* scores = heap_scores_.data() + q * k_;  // [k] heap, root = worst kept
   int64_t* ids = heap_ids_.data() + q * k_;
@@ -67,22 +91,20 @@ void TopkStateCpu::merge_heap_row(const float* row, int64_t q, int64_t cols, int
 }
 
 void TopkStateCpu::shrink_buffer(int64_t q) {
-  Candidate* buf = buffer_.data() + q * capacity_;
+  uint64_t* buf = buffer_.data() + q * capacity_;
   int64_t& fill = buffer_fill_[q];
-  auto better = [](const Candidate& a, const Candidate& b) { return ranks_before(a.score, a.id, b.score, b.id); };
-  std::nth_element(buf, buf + (k_ - 1), buf + fill, better);
+  std::nth_element(buf, buf + (k_ - 1), buf + fill, std::greater<uint64_t>());  // larger key = ranks before
   fill = k_;
-  buffer_threshold_[q] = buf[k_ - 1].score;  // the k-th best: later (higher-id) ties lose to it
+  buffer_threshold_[q] = key_score(buf[k_ - 1]);  // the k-th best: later (higher-id) ties lose to it
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default")))
+HBFAST_SIMD_CLONES
 void TopkStateCpu::merge_buffer_row(const float* row, int64_t q, int64_t cols, int64_t id0) {
-  Candidate* buf = buffer_.data() + q * capacity_;  // [capacity]
+  uint64_t* buf = buffer_.data() + q * capacity_;  // [capacity]
   int64_t& fill = buffer_fill_[q];
   float threshold = buffer_threshold_[q];
   auto push = [&](int64_t t) {
-    buf[fill].score = row[t];
-    buf[fill].id = id0 + t;
+    buf[fill] = make_key(row[t], id0 + t);
     if (++fill == capacity_) {
       shrink_buffer(q);
       threshold = buffer_threshold_[q];
@@ -98,26 +120,125 @@ void TopkStateCpu::merge_buffer_row(const float* row, int64_t q, int64_t cols, i
     if (row[j] > threshold) push(j);
 }
 
-// Rows [0, rows) of tile are queries q0.. (one thread). False when a score is not finite.
+#ifdef HBFAST_TOPK_AVX512
+// ---- AVX-512 twins of merge_heap_row / merge_buffer_row: the same results (the tests run both) ----
+// One compare per 16 scores gives the lanes above the threshold and one integer compare the lanes
+// that are not finite; the heap visits only the set lanes, and the buffer takes the 64-bit keys of
+// the set lanes with a compress in registers (no branch per score).
+namespace {
+#define HBFAST_AVX512 __attribute__((target("avx512f")))
+
+HBFAST_AVX512 inline __mmask16 non_finite_lanes(__m512 v) {
+  const __m512i exponent = _mm512_set1_epi32(0x7f800000);
+  return _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(v), exponent), exponent);
+}
+
+HBFAST_AVX512 inline __mmask16 tail_mask(int64_t n) { return __mmask16((1u << n) - 1u); }  // n < 16
+
+// make_key (select.h) of 8 lanes: ordered score bits (32-bit lanes) and 0xffffffff - id (32-bit lanes).
+HBFAST_AVX512 inline __m512i keys_of(__m256i ordered, __m256i low) {
+  return _mm512_or_si512(_mm512_slli_epi64(_mm512_cvtepu32_epi64(ordered), 32), _mm512_cvtepu32_epi64(low));
+}
+}  // namespace
+
+HBFAST_AVX512
+bool TopkStateCpu::merge_heap_row_avx512(const float* row, int64_t q, int64_t cols, int64_t id0) {
+  float* scores = heap_scores_.data() + q * k_;  // [k] heap, root = worst kept
+  int64_t* ids = heap_ids_.data() + q * k_;
+  float threshold = scores[0];
+  __mmask16 bad = 0;
+  for (int64_t j = 0; j < cols; j += kBlock) {
+    const __mmask16 valid = cols - j >= kBlock ? __mmask16(0xffff) : tail_mask(cols - j);
+    const __m512 v = _mm512_maskz_loadu_ps(valid, row + j);
+    bad |= non_finite_lanes(v) & valid;
+    unsigned above = _mm512_mask_cmp_ps_mask(valid, v, _mm512_set1_ps(threshold), _CMP_GT_OQ);
+    while (above) {  // ids grow along the row: a tie with the root loses, only s > root enters
+      const int64_t t = j + __builtin_ctz(above);
+      above &= above - 1;
+      if (row[t] > threshold) {
+        heap_replace_top(scores, ids, k_, row[t], id0 + t);
+        threshold = scores[0];
+      }
+    }
+  }
+  return bad == 0;
+}
+
+HBFAST_AVX512
+bool TopkStateCpu::merge_buffer_row_avx512(const float* row, int64_t q, int64_t cols, int64_t id0) {
+  uint64_t* buf = buffer_.data() + q * capacity_;  // [capacity], capacity >= k + kBlock
+  int64_t fill = buffer_fill_[q];
+  float threshold = buffer_threshold_[q];
+  __m512 thr = _mm512_set1_ps(threshold);
+  __mmask16 bad = 0;
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i sign_bit = _mm512_set1_epi32(int(0x80000000u));
+  for (int64_t j = 0; j < cols; j += kBlock) {
+    const __mmask16 valid = cols - j >= kBlock ? __mmask16(0xffff) : tail_mask(cols - j);
+    const __m512 v = _mm512_maskz_loadu_ps(valid, row + j);
+    bad |= non_finite_lanes(v) & valid;
+    __mmask16 above = _mm512_mask_cmp_ps_mask(valid, v, thr, _CMP_GT_OQ);
+    if (!above) continue;
+    if (fill + kBlock > capacity_) {  // room for a whole block: select the k best, raise the threshold
+      buffer_fill_[q] = fill;
+      shrink_buffer(q);
+      fill = k_;
+      threshold = buffer_threshold_[q];
+      thr = _mm512_set1_ps(threshold);
+      above = _mm512_mask_cmp_ps_mask(valid, v, thr, _CMP_GT_OQ);
+      if (!above) continue;
+    }
+    __m512i bits = _mm512_castps_si512(v);
+    bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(bits, sign_bit), _mm512_setzero_si512());  // -0 -> +0
+    const __m512i flip = _mm512_or_si512(_mm512_srai_epi32(bits, 31), sign_bit);  // float_to_ordered
+    const __m512i ordered = _mm512_xor_si512(bits, flip);
+    const __m512i low = _mm512_sub_epi32(_mm512_set1_epi32(int(uint32_t(0xffffffffu - uint32_t(id0 + j)))), iota);
+    const __m512i keys_lo = keys_of(_mm512_castsi512_si256(ordered), _mm512_castsi512_si256(low));
+    const __m512i keys_hi = keys_of(_mm512_extracti64x4_epi64(ordered, 1), _mm512_extracti64x4_epi64(low, 1));
+    const __mmask8 above_lo = __mmask8(above & 0xff), above_hi = __mmask8(above >> 8);
+    _mm512_storeu_si512(buf + fill, _mm512_maskz_compress_epi64(above_lo, keys_lo));
+    fill += __builtin_popcount(above_lo);
+    _mm512_storeu_si512(buf + fill, _mm512_maskz_compress_epi64(above_hi, keys_hi));
+    fill += __builtin_popcount(above_hi);
+  }
+  buffer_fill_[q] = fill;
+  return bad == 0;
+}
+#undef HBFAST_AVX512
+#endif
+
+bool topk_simd_enabled() { return cpu_has_avx512() && g_simd_allowed.load(); }
+void set_topk_simd(bool allowed) { g_simd_allowed.store(allowed); }
+
+// Rows [0, rows) of tile are queries q0.. (one thread). False when a score is not finite (the
+// caller raises and throws the state away).
 bool TopkStateCpu::merge_rows(const float* tile, int64_t q0, int64_t rows, int64_t cols, int64_t ld, int64_t id0) {
-  bool finite = true;
+#ifdef HBFAST_TOPK_AVX512
+  if (topk_simd_enabled()) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = tile + r * ld;  // [cols]
+      bool finite = use_heap_ ? merge_heap_row_avx512(row, q0 + r, cols, id0)
+                              : merge_buffer_row_avx512(row, q0 + r, cols, id0);
+      if (!finite) return false;
+    }
+    return true;
+  }
+#endif
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = tile + r * ld;  // [cols]
-    if (!all_finite_cpu(row, cols)) {
-      finite = false;  // the caller raises; the state is then thrown away
-      continue;
-    }
+    if (!all_finite_cpu(row, cols)) return false;
     if (use_heap_)
       merge_heap_row(row, q0 + r, cols, id0);
     else
       merge_buffer_row(row, q0 + r, cols, id0);
   }
-  return finite;
+  return true;
 }
 
 bool TopkStateCpu::merge(const float* tile, int64_t q0, int64_t rows, int64_t cols, int64_t ld, int64_t id0) {
   if (q0 < 0 || rows < 0 || q0 + rows > n_queries_) throw std::invalid_argument("TopkStateCpu.merge: query rows out of range");
   if (cols <= 0 || rows == 0) return true;
+  check_ids(id0, cols);
   std::atomic<bool> finite{true};
   parallel_for(rows, 8, [&](int64_t begin, int64_t end) {
     if (!merge_rows(tile + begin * ld, q0 + begin, end - begin, cols, ld, id0)) finite = false;
@@ -125,8 +246,9 @@ bool TopkStateCpu::merge(const float* tile, int64_t q0, int64_t rows, int64_t co
   return finite.load();
 }
 
-bool TopkStateCpu::search(const float* q, int64_t dim, const float* c, int64_t cols, int64_t id0) {
+bool TopkStateCpu::search(GemmBackend backend, const float* q, int64_t dim, const float* c, int64_t cols, int64_t id0) {
   if (cols <= 0 || n_queries_ == 0) return true;
+  check_ids(id0, cols);
   std::atomic<bool> finite{true};
   const int64_t block_rows = fused_block_rows(n_queries_), block_cols = fused_block_cols(cols);
   const size_t tile_size = size_t(block_rows * block_cols);
@@ -135,7 +257,7 @@ bool TopkStateCpu::search(const float* q, int64_t dim, const float* c, int64_t c
     float* tile = scratch_.data() + worker * tile_size;  // [rows, width], this worker's own
     for (int64_t j0 = 0; j0 < cols; j0 += block_cols) {  // ids in increasing order for these queries
       int64_t width = std::min(block_cols, cols - j0);
-      sgemm_serial(false, true, end - begin, width, dim, 1.0f, q + begin * dim, dim, c + j0 * dim, dim, 0.0f, tile,
+      sgemm_serial(backend, false, true, end - begin, width, dim, 1.0f, q + begin * dim, dim, c + j0 * dim, dim, 0.0f, tile,
                    width);
       if (!merge_rows(tile, begin, end - begin, width, width, id0 + j0)) finite = false;
     }
@@ -145,7 +267,7 @@ bool TopkStateCpu::search(const float* q, int64_t dim, const float* c, int64_t c
 
 void TopkStateCpu::finish(float* out_scores, int64_t* out_ids) const {
   parallel_for(n_queries_, 16, [&](int64_t begin, int64_t end) {
-    std::vector<Candidate> tmp;
+    std::vector<uint64_t> tmp;
     for (int64_t q = begin; q < end; ++q) {
       float* s = out_scores + q * k_;  // [k]
       int64_t* id = out_ids + q * k_;
@@ -155,15 +277,15 @@ void TopkStateCpu::finish(float* out_scores, int64_t* out_ids) const {
         heap_sort_best_first(s, id, k_);
         continue;
       }
-      const Candidate* buf = buffer_.data() + q * capacity_;
+      const uint64_t* buf = buffer_.data() + q * capacity_;
       tmp.assign(buf, buf + buffer_fill_[q]);
-      auto better = [](const Candidate& a, const Candidate& b) { return ranks_before(a.score, a.id, b.score, b.id); };
       int64_t keep = std::min<int64_t>(k_, tmp.size());
-      if (keep < int64_t(tmp.size())) std::nth_element(tmp.begin(), tmp.begin() + (keep - 1), tmp.end(), better);
-      std::sort(tmp.begin(), tmp.begin() + keep, better);
+      if (keep < int64_t(tmp.size()))
+        std::nth_element(tmp.begin(), tmp.begin() + (keep - 1), tmp.end(), std::greater<uint64_t>());
+      std::sort(tmp.begin(), tmp.begin() + keep, std::greater<uint64_t>());
       for (int64_t i = 0; i < keep; ++i) {
-        s[i] = tmp[i].score;
-        id[i] = tmp[i].id;
+        s[i] = key_score(tmp[i]);
+        id[i] = key_id(tmp[i]);
       }
       for (int64_t i = keep; i < k_; ++i) {
         s[i] = -std::numeric_limits<float>::infinity();

@@ -1,16 +1,21 @@
-"""Which matrix product the CPU kernels use: torch's (MKL) or hbfast's own (OpenBLAS fused with the epilogue).
+"""Which matrix product the CPU kernels use: torch's MKL or the OpenBLAS linked into _C.
 
-Neither is faster everywhere: MKL wins on Intel CPUs at some shapes, OpenBLAS on AMD ones and at others,
-and the fused path saves the round trip of each score tile through memory. So the choice is measured,
-per process and per shape class, on the real shapes: topk and relevant_ranks time both products on
-their first tile into scratch state before the call's real work (so one call never mixes products); the first
-``WARMUP`` timings of each are dropped (first-touch pages, library buffers), and after ``SAMPLES``
-more of each, the one with the lower minimum is kept for that class for the rest of the process
-(the minimum: on a loaded machine, the least disturbed timing is the one that shows the speed).
-Both give exact results (the same arithmetic up to the rounding order of each dot product).
+Neither is faster everywhere: MKL wins on Intel CPUs at some shapes, OpenBLAS on AMD ones and at others.
+Both run fused with the epilogue: hbfast's threads each multiply a small tile (single-threaded
+library call) and select / count on it while it is still in cache, instead of writing the whole score
+tile to memory and reading it back. MKL is the one inside torch: libtorch_cpu exports MKL's ``sgemm_``,
+which ``_C`` looks up in the already loaded library (``TORCH_MKL``); with a torch built without MKL,
+"mkl" falls back to torch's own product into one tile, then the C++ epilogue.
 
-The fused topk / relevant_ranks tiles are in ``_C`` (``topk_search_cpu``, ``count_beating_search_cpu``);
-the loss's block products go through :func:`products`, which is not measured: it is torch's product
+The choice is measured, per process and per shape class, on the real shapes: topk and relevant_ranks
+time both products on their first tile into scratch state before the call's real work (so one call
+never mixes products); the first ``WARMUP`` timings of each are dropped (first-touch pages, library
+buffers), and after ``SAMPLES`` more of each, the one with the lower minimum is kept for that class
+for the rest of the process (the minimum: on a loaded machine, the least disturbed timing is the one
+that shows the speed). Both give exact results (the same arithmetic up to the rounding order of each
+dot product).
+
+The loss's block products go through :func:`products`, which is not measured: it is torch's product
 unless ``HBFAST_GEMM=openblas``. A measured choice would make the loss's last-bit rounding depend
 on timing noise in each process, so a training run resumed in a new process would no longer end
 with the weights of an uninterrupted one; and the gain measured for the loss was 1.00-1.05x.
@@ -33,6 +38,29 @@ from torch import Tensor
 from . import _C
 
 BACKENDS = ("mkl", "openblas")
+_FUSED_IDS = {"openblas": 0, "mkl": 1}  # _C's GemmBackend numbers
+
+
+def _load_torch_mkl() -> bool:
+    """Finds MKL's sgemm in the libtorch_cpu this process loaded (False: torch has no MKL)."""
+    if not torch.backends.mkl.is_available():
+        return False
+    lib_dir = os.path.join(os.path.dirname(torch.__file__), "lib")
+    for name in ("libtorch_cpu.so", "libtorch_cpu.dylib"):
+        if os.path.exists(os.path.join(lib_dir, name)) and _C.load_torch_mkl(os.path.join(lib_dir, name)):
+            return True
+    return False
+
+
+TORCH_MKL = _load_torch_mkl()
+
+
+def fused_id(backend: str) -> Optional[int]:
+    """_C's number for a fused product by `backend`, or None where there is none (mkl without TORCH_MKL:
+    torch's product into a tile, then the epilogue)."""
+    if backend == "mkl" and not TORCH_MKL:
+        return None
+    return _FUSED_IDS[backend]
 WARMUP = 1  # first timings of each product per class that are dropped (buffers and pages set up)
 SAMPLES = 3  # timings of each product kept before a shape class is decided (the minimum counts)
 MEASURE_ORDER = ("openblas", "mkl")
@@ -153,7 +181,7 @@ def _openblas_mm(a: Tensor, b: Tensor, out: Tensor, accumulate: bool = False) ->
     if tc:
         raise ValueError("internal: the product's output must be row-major")
     m, k = a.shape
-    _C.sgemm_cpu(ta, tb, m, b.shape[1], k, 1.0, a.data_ptr(), lda, b.data_ptr(), ldb, 1.0 if accumulate else 0.0,
+    _C.sgemm_cpu(_FUSED_IDS["openblas"], ta, tb, m, b.shape[1], k, 1.0, a.data_ptr(), lda, b.data_ptr(), ldb, 1.0 if accumulate else 0.0,
                  out.data_ptr(), ldc)
 
 
@@ -162,4 +190,5 @@ def describe() -> dict:
     info = chooser.describe()
     info["openblas"] = _C.build_info()["openblas"]
     info["mkl"] = "torch " + ("MKL" if torch.backends.mkl.is_available() else "BLAS") + f" ({torch.__version__})"
+    info["mkl_fused"] = TORCH_MKL
     return info

@@ -1,9 +1,10 @@
 """The CPU side of hbfast.search: the top-k walk over corpus tiles on the CPU, and the count of one
 tile for relevant_ranks (the GPU twin is _search_cuda).
 
-Each corpus tile goes through the product hbfast._gemm measured faster for its shape class: torch's
-(MKL) into one fp32 tile, then the C++ epilogue; or OpenBLAS fused with the epilogue in hbfast's
-threads over small tiles. A non-finite score is reported at the tile that holds it.
+Each corpus tile goes through the product hbfast._gemm measured faster for its shape class, torch's MKL
+or OpenBLAS, fused with the epilogue in hbfast's threads over small tiles (a torch built without MKL:
+torch's product into one fp32 tile, then the C++ epilogue). A non-finite score is reported at the
+tile that holds it.
 """
 from __future__ import annotations
 
@@ -34,9 +35,10 @@ def topk(q32: torch.Tensor, tiles, k: int, total: Optional[int], tile_q: int, co
     """q32 [nq, D] on the CPU; tiles yields (first id, corpus tile [<= corpus_tile, D]).
     Returns (scores [nq, k], ids [nq, k]) best first."""
     nq, dim = q32.shape
-    # Buffer mode (k > TOPK_HEAP_MAX_K): room for k kept + k new candidates before a partial selection
-    # (the threshold then rises quickly); for huge k, a quarter of k to bound memory.
-    capacity = 2 * k if k <= 1 << 16 else k + k // 4
+    # Buffer mode (k > TOPK_HEAP_MAX_K): room for k kept + 2k new candidates (8-byte keys) before a
+    # partial selection: fewer selections than with k new ones, each on cheap integer keys; for huge k,
+    # half of k more, to bound memory.
+    capacity = 3 * k if k <= 1 << 16 else k + k // 2
     if total is not None:
         capacity = min(capacity, total + 1)
     state = _C.TopkStateCpu(nq, k, max(capacity, k + 1))
@@ -44,8 +46,9 @@ def topk(q32: torch.Tensor, tiles, k: int, total: Optional[int], tile_q: int, co
 
     def merge(state, backend, first_id, ct):  # one corpus tile [width, D] into state
         width = ct.shape[0]
-        if backend == "openblas":  # product and selection in one pass over small tiles
-            if not _C.topk_search_cpu(state, q32.data_ptr(), dim, ct.data_ptr(), width, first_id):
+        fused = _gemm.fused_id(backend)
+        if fused is not None:  # product and selection in one pass over small tiles
+            if not _C.topk_search_cpu(state, fused, q32.data_ptr(), dim, ct.data_ptr(), width, first_id):
                 raise non_finite(first_id, width)
             return
         for i0 in range(0, nq, tile_q):
@@ -76,8 +79,9 @@ def count_tile(backend: str, qt: torch.Tensor, first_id: int, ct: torch.Tensor, 
     """relevant_ranks on the CPU: adds to the counts in rel_args the candidates of corpus tile ct
     [tc, D] that beat each relevant item of the queries qt [tq, D] (see search._count_pass)."""
     width = ct.shape[0]
-    if backend == "openblas":  # product and counting in one pass over small tiles
-        ok = _C.count_beating_search_cpu(qt.data_ptr(), qt.shape[0], qt.shape[1], ct.data_ptr(), width, first_id,
+    fused = _gemm.fused_id(backend)
+    if fused is not None:  # product and counting in one pass over small tiles
+        ok = _C.count_beating_search_cpu(fused, qt.data_ptr(), qt.shape[0], qt.shape[1], ct.data_ptr(), width, first_id,
                                          *rel_args)
     else:
         tile = product(buffer, size, qt, ct)

@@ -41,7 +41,7 @@ CUDA_CORPUS_TILE = 8192
 # each walk the whole corpus when nq * k would need more (re-iterable corpora only: tensors, arrays,
 # lists and tuples of chunks; a one-shot iterator is walked once with every query).
 TOPK_STATE_BYTES = 1 << 30
-_STATE_BYTES_PER_KEPT = {"cpu": 24, "cuda": 48}  # CPU: 2k (score, id) slots; CUDA: 2 key buffers + final sort
+_STATE_BYTES_PER_KEPT = {"cpu": 24, "cuda": 48}  # CPU: 3k 8-byte keys; CUDA: 2 key buffers + final sort
 
 
 # ----------------------------------------------------------------------------------------------
