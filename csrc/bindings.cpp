@@ -14,6 +14,7 @@
 #include "common/select.h"
 #include "cpu/contrastive_cpu.h"
 #include "cpu/gemm_cpu.h"
+#include "cpu/simd_clones.h"
 #include "cpu/metrics_cpu.h"
 #include "cpu/ranks_cpu.h"
 #include "cpu/sampler_cpu.h"
@@ -436,8 +437,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("count_beating_search_cpu", &count_beating_search_cpu);
   m.def("sgemm_cpu", &sgemm_cpu);
   m.def("load_torch_mkl", &hbfast::load_torch_mkl);
-  m.def("set_topk_simd", &hbfast::set_topk_simd);
-  m.def("topk_simd_enabled", &hbfast::topk_simd_enabled);
+  m.def("set_cpu_simd", &hbfast::set_cpu_simd);
+  m.def("cpu_simd_enabled", &hbfast::cpu_simd_enabled);
   m.def("torch_mkl_loaded", &hbfast::torch_mkl_loaded);
   m.def("set_fused_blocks", &hbfast::set_fused_blocks);
   m.def("ranked_metrics", &ranked_metrics, py::arg("ranks"), py::arg("gains"), py::arg("n_relevant"), py::arg("kinds"),

@@ -29,10 +29,10 @@ def backend(request, monkeypatch):
 
 @pytest.fixture(params=["simd", "portable"])
 def simd(request):
-    """The top-k row merges' AVX-512 twins (where the CPU has them) or their portable code."""
-    _C.set_topk_simd(request.param == "simd")
+    """The search epilogues' AVX-512 twins (where the CPU has them) or their portable code."""
+    _C.set_cpu_simd(request.param == "simd")
     yield request.param
-    _C.set_topk_simd(True)
+    _C.set_cpu_simd(True)
 
 
 def integer_data(nq, n, dim, seed):
@@ -76,7 +76,7 @@ def test_topk_row_merges_agree_on_ties_signed_zeros_and_row_tails(k):
     g = torch.Generator().manual_seed(k)
     results = {}
     for mode in (True, False):
-        _C.set_topk_simd(mode)
+        _C.set_cpu_simd(mode)
         try:
             for cols in (1, 15, 16, 17, 33, 200):
                 tile = torch.randint(-3, 4, (5, cols), generator=torch.Generator().manual_seed(cols)).float() * 0.5
@@ -92,7 +92,7 @@ def test_topk_row_merges_agree_on_ties_signed_zeros_and_row_tails(k):
                 assert torch.equal(ids[:, :n], ref_ids) and torch.equal(scores[:, :n], ref_scores), (mode, cols)
                 results[(mode, cols)] = (scores, ids)
         finally:
-            _C.set_topk_simd(True)
+            _C.set_cpu_simd(True)
     for cols in (1, 15, 16, 17, 33, 200):
         assert all(torch.equal(a, b) for a, b in zip(results[(True, cols)], results[(False, cols)]))
     del g
@@ -111,7 +111,7 @@ def test_unknown_or_missing_fused_product_is_an_error(monkeypatch):
         _C.sgemm_cpu(7, False, False, 4, 4, 4, 1.0, a.data_ptr(), 4, a.data_ptr(), 4, 0.0, a.data_ptr(), 4)
 
 
-def test_relevant_ranks_are_exact_under_both_products(backend, monkeypatch):
+def test_relevant_ranks_are_exact_under_both_products(backend, simd, monkeypatch):
     from hbfast import search
 
     monkeypatch.setattr(search, "CPU_CORPUS_TILE", 40)
@@ -125,6 +125,41 @@ def test_relevant_ranks_are_exact_under_both_products(backend, monkeypatch):
     assert torch.equal(ranks, reference.relevant_ranks(q, c, rel))
     ref_ranks, ref_chunk_ranks = hbfast.relevant_ranks(q, chunks, rel, per_chunk=True, impl="reference")
     assert torch.equal(chunk_ranks, ref_chunk_ranks)
+
+
+@pytest.mark.parametrize("r", [0, 1, 3, 8, 11, 19])
+def test_rank_counting_twins_agree_on_ties_and_splits(r):
+    """count_beating_cpu on integer tiles (many ties): each relevant item before, inside (at every lane of
+    a 16-score block) or after the tile, and padding; the AVX-512 twin, the portable code and the
+    definition (a candidate beats the item: higher score, or equal score and lower id) agree."""
+    g = torch.Generator().manual_seed(r)
+    for cols in (1, 15, 16, 17, 40, 100):
+        rows, id0 = 6, 50
+        tile = torch.randint(-2, 3, (rows, cols), generator=g).float()
+        rel = torch.randint(id0 - 5, id0 + cols + 5, (rows, r), generator=g)
+        if r:
+            rel[0, 0] = -1
+        inside = (rel >= id0) & (rel < id0 + cols)
+        own_tile = tile.gather(1, (rel - id0).clamp(0, cols - 1))
+        rel_scores = torch.where(inside, own_tile, torch.randint(-2, 3, (rows, r), generator=g).float())
+        ids = torch.arange(id0, id0 + cols)
+        s, rs = tile[:, None, :], rel_scores[:, :, None]  # [rows, 1, cols], [rows, r, 1]
+        beats = (s > rs) | ((s == rs) & (ids < rel[:, :, None]))
+        expected = torch.where(rel >= 0, (beats & (ids != rel[:, :, None])).sum(-1), 0)
+        results = []
+        for mode in (True, False):
+            _C.set_cpu_simd(mode)
+            try:
+                counts = torch.zeros(rows, r, dtype=torch.int64)
+                own = torch.full((rows, r), 99.0)
+                assert _C.count_beating_cpu(tile.data_ptr(), rows, cols, cols, id0, rel_scores.data_ptr(), rel.data_ptr(),
+                                            r, counts.data_ptr(), own.data_ptr())
+            finally:
+                _C.set_cpu_simd(True)
+            assert torch.equal(counts, expected), (mode, cols)
+            assert torch.equal(torch.where(inside & (rel >= 0), own, 99.0), torch.where(inside & (rel >= 0), own_tile, 99.0))
+            results.append((counts, own))
+        assert torch.equal(results[0][1], results[1][1])
 
 
 @pytest.mark.parametrize("budget", [1 << 30, 0, 3000])  # blocks kept, recomputed, partly kept

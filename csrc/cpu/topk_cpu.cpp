@@ -16,25 +16,11 @@
 #include "cpu/gemm_cpu.h"
 #include "cpu/simd_clones.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define HBFAST_TOPK_AVX512 1
-#endif
-
 namespace hbfast {
 namespace {
 
 constexpr int64_t kBlock = 16;
 
-#ifdef HBFAST_TOPK_AVX512
-bool cpu_has_avx512() {
-  static const bool has = __builtin_cpu_supports("avx512f");
-  return has;
-}
-#else
-bool cpu_has_avx512() { return false; }
-#endif
-std::atomic<bool> g_simd_allowed{true};
 
 // True when some score of block[0, kBlock) is above the threshold (vectorises).
 inline bool block_has_above(const float* block, float threshold) {
@@ -120,21 +106,12 @@ void TopkStateCpu::merge_buffer_row(const float* row, int64_t q, int64_t cols, i
     if (row[j] > threshold) push(j);
 }
 
-#ifdef HBFAST_TOPK_AVX512
+#ifdef HBFAST_AVX512_TWINS
 // ---- AVX-512 twins of merge_heap_row / merge_buffer_row: the same results (the tests run both) ----
 // One compare per 16 scores gives the lanes above the threshold and one integer compare the lanes
 // that are not finite; the heap visits only the set lanes, and the buffer takes the 64-bit keys of
 // the set lanes with a compress in registers (no branch per score).
 namespace {
-#define HBFAST_AVX512 __attribute__((target("avx512f")))
-
-HBFAST_AVX512 inline __mmask16 non_finite_lanes(__m512 v) {
-  const __m512i exponent = _mm512_set1_epi32(0x7f800000);
-  return _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(v), exponent), exponent);
-}
-
-HBFAST_AVX512 inline __mmask16 tail_mask(int64_t n) { return __mmask16((1u << n) - 1u); }  // n < 16
-
 // make_key (select.h) of 8 lanes: ordered score bits (32-bit lanes) and 0xffffffff - id (32-bit lanes).
 HBFAST_AVX512 inline __m512i keys_of(__m256i ordered, __m256i low) {
   return _mm512_or_si512(_mm512_slli_epi64(_mm512_cvtepu32_epi64(ordered), 32), _mm512_cvtepu32_epi64(low));
@@ -148,7 +125,7 @@ bool TopkStateCpu::merge_heap_row_avx512(const float* row, int64_t q, int64_t co
   float threshold = scores[0];
   __mmask16 bad = 0;
   for (int64_t j = 0; j < cols; j += kBlock) {
-    const __mmask16 valid = cols - j >= kBlock ? __mmask16(0xffff) : tail_mask(cols - j);
+    const __mmask16 valid = lanes_below(cols - j);
     const __m512 v = _mm512_maskz_loadu_ps(valid, row + j);
     bad |= non_finite_lanes(v) & valid;
     unsigned above = _mm512_mask_cmp_ps_mask(valid, v, _mm512_set1_ps(threshold), _CMP_GT_OQ);
@@ -174,7 +151,7 @@ bool TopkStateCpu::merge_buffer_row_avx512(const float* row, int64_t q, int64_t 
   const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512i sign_bit = _mm512_set1_epi32(int(0x80000000u));
   for (int64_t j = 0; j < cols; j += kBlock) {
-    const __mmask16 valid = cols - j >= kBlock ? __mmask16(0xffff) : tail_mask(cols - j);
+    const __mmask16 valid = lanes_below(cols - j);
     const __m512 v = _mm512_maskz_loadu_ps(valid, row + j);
     bad |= non_finite_lanes(v) & valid;
     __mmask16 above = _mm512_mask_cmp_ps_mask(valid, v, thr, _CMP_GT_OQ);
@@ -204,17 +181,13 @@ bool TopkStateCpu::merge_buffer_row_avx512(const float* row, int64_t q, int64_t 
   buffer_fill_[q] = fill;
   return bad == 0;
 }
-#undef HBFAST_AVX512
 #endif
-
-bool topk_simd_enabled() { return cpu_has_avx512() && g_simd_allowed.load(); }
-void set_topk_simd(bool allowed) { g_simd_allowed.store(allowed); }
 
 // Rows [0, rows) of tile are queries q0.. (one thread). False when a score is not finite (the
 // caller raises and throws the state away).
 bool TopkStateCpu::merge_rows(const float* tile, int64_t q0, int64_t rows, int64_t cols, int64_t ld, int64_t id0) {
-#ifdef HBFAST_TOPK_AVX512
-  if (topk_simd_enabled()) {
+#ifdef HBFAST_AVX512_TWINS
+  if (cpu_simd_enabled()) {
     for (int64_t r = 0; r < rows; ++r) {
       const float* row = tile + r * ld;  // [cols]
       bool finite = use_heap_ ? merge_heap_row_avx512(row, q0 + r, cols, id0)

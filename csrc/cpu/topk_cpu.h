@@ -8,11 +8,6 @@
 
 namespace hbfast {
 
-// Whether the row merges run their AVX-512 twins (on CPUs that have it; set_topk_simd(false) makes
-// them run the portable code, so that the tests check both on an AVX-512 machine).
-bool topk_simd_enabled();
-void set_topk_simd(bool allowed);
-
 class TopkStateCpu {
  public:
   // k up to kHeapMaxK keeps a bounded heap per query; larger k keeps a buffer of `buffer_capacity`
