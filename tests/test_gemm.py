@@ -1,6 +1,8 @@
 """The CPU matrix products (torch's MKL and OpenBLAS, both fused with the epilogues, and torch's own
 product where torch has no MKL): exact results under each, the measured choice between them, the
 HBFAST_GEMM override, and OpenBLAS living beside torch and numpy."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -260,13 +262,55 @@ def test_search_measures_on_scratch_work_then_keeps_one_product(monkeypatch):
     assert torch.equal(first[1], second[1])
 
 
-def test_the_loss_product_is_never_chosen_by_timing(monkeypatch):
-    # a timed choice would make the loss's rounding differ between processes (no exact resume)
+def test_the_loss_product_is_measured_once_per_machine_and_kept(tmp_path, monkeypatch):
+    # a choice timed in every process would make the loss's rounding differ between processes (no exact
+    # resume): the first measurement on a machine is written to a file that every later process reads
     monkeypatch.delenv("HBFAST_GEMM", raising=False)
+    monkeypatch.setenv("HBFAST_CACHE", str(tmp_path))
+    monkeypatch.setattr(_gemm, "_loss_choices", {})
+    measured = []
+    monkeypatch.setattr(_gemm, "_measure_loss", lambda *shape: measured.append(shape) or "openblas")
     q = torch.randn(8, 4)
-    for _ in range(2 * (_gemm.WARMUP + _gemm.SAMPLES) + 1):
-        with _gemm.products(q, "loss_forward", 1024, 1024) as mm:
-            assert mm is _gemm._torch_mm
-    monkeypatch.setenv("HBFAST_GEMM", "openblas")
-    with _gemm.products(q, "loss_forward", 1024, 1024) as mm:
+    for _ in range(3):
+        with _gemm.products(q, "loss_forward", 1000, 1000) as mm:
+            assert mm is _gemm._openblas_mm
+    assert measured == [(1000, 1000, 4)]
+    stored = json.loads((tmp_path / "gemm-choices.json").read_text())
+    assert stored == {_gemm.machine(): {"loss/1024/1024/4": "openblas"}}
+    monkeypatch.setattr(_gemm, "_loss_choices", {})  # a new process: reads the file, measures nothing
+    with _gemm.products(q, "loss_forward", 1024, 999) as mm:
+        assert mm is _gemm._openblas_mm and len(measured) == 1
+    _gemm.pin_loss_choices({"loss/1024/1024/4": "mkl"})  # a resumed run: the products of its checkpoint
+    with _gemm.products(q, "loss_forward", 1000, 1000) as mm:
+        assert mm is _gemm._torch_mm
+    assert hbfast.build_info()["gemm"]["loss"] == {"loss/1024/1024/4": "mkl"}
+    monkeypatch.setenv("HBFAST_GEMM", "openblas")  # the override wins
+    with _gemm.products(q, "loss_forward", 1000, 1000) as mm:
         assert mm is _gemm._openblas_mm
+
+
+def test_the_loss_uses_torch_where_no_measurement_can_be_kept(tmp_path, monkeypatch):
+    monkeypatch.delenv("HBFAST_GEMM", raising=False)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("HBFAST_CACHE", str(blocker / "cache"))  # cannot be created
+    monkeypatch.setattr(_gemm, "_loss_choices", {})
+    monkeypatch.setattr(_gemm, "_measure_loss", lambda *shape: pytest.fail("measured without a place to keep it"))
+    with _gemm.products(torch.randn(8, 4), "loss_forward", 64, 64) as mm:
+        assert mm is _gemm._torch_mm
+
+
+def test_processes_on_one_machine_share_the_loss_product(tmp_path):
+    import subprocess
+    import sys
+
+    from testing import subprocess_env
+
+    code = ("import torch, hbfast; q = torch.randn(300, 16, requires_grad=True); "
+            "hbfast.contrastive_loss(q, torch.randn(300, 16)).backward(); print(hbfast.build_info()['gemm']['loss'])")
+    env = {**subprocess_env(), "HBFAST_CACHE": str(tmp_path)}
+    env.pop("HBFAST_GEMM", None)
+    outputs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+               for _ in range(2)]
+    assert outputs[0] == outputs[1] and "loss/512/512/16" in outputs[0]
+    assert len(json.loads((tmp_path / "gemm-choices.json").read_text())) == 1

@@ -15,10 +15,9 @@ for the rest of the process (the minimum: on a loaded machine, the least disturb
 that shows the speed). Both give exact results (the same arithmetic up to the rounding order of each
 dot product).
 
-The loss's block products go through :func:`products`, which is not measured: it is torch's product
-unless ``HBFAST_GEMM=openblas``. A measured choice would make the loss's last-bit rounding depend
-on timing noise in each process, so a training run resumed in a new process would no longer end
-with the weights of an uninterrupted one; and the gain measured for the loss was 1.00-1.05x.
+The loss's block products go through :func:`products`, measured once per machine and shape class and
+kept in a file, so that every process on the machine rounds the same way (exact resume; see
+:func:`loss_backend`).
 
 ``HBFAST_GEMM=mkl`` or ``HBFAST_GEMM=openblas`` skips the measurement and forces one product (read at
 every call, so a test or a benchmark can switch it). ``hbfast.build_info()["gemm"]`` reports the
@@ -27,7 +26,9 @@ override and every choice made so far.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import platform
 import threading
 import time
 from typing import Callable, Dict, Hashable, List, Optional, Tuple
@@ -36,6 +37,11 @@ import torch
 from torch import Tensor
 
 from . import _C
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: the measurement then takes no lock
+    fcntl = None
 
 BACKENDS = ("mkl", "openblas")
 _FUSED_IDS = {"openblas": 0, "mkl": 1}  # _C's GemmBackend numbers
@@ -107,7 +113,7 @@ class _Chooser:
 
     def record(self, key: tuple, backend: str, seconds: float, units: float) -> None:
         """Time of one piece of work (`units`: its size, e.g. scores computed) under `backend`."""
-        if override() is not None or units <= 0:
+        if units <= 0:
             return
         with self._lock:
             if key in self._chosen:
@@ -117,11 +123,12 @@ class _Chooser:
             if all(len(times[b]) >= WARMUP + SAMPLES for b in BACKENDS):
                 self._chosen[key] = min(BACKENDS, key=lambda b: min(times[b][WARMUP:]))
 
-    def decide(self, key: tuple, trial: Callable[[str], None]) -> str:
+    def decide(self, key: tuple, trial: Callable[[str], None], forced: Optional[str] = "env") -> str:
         """The product for this class. Until one is chosen, first times ``trial(backend)`` (a piece of
         throwaway work of the real shape, e.g. the first tile into a scratch state) WARMUP + SAMPLES
-        times with each product, so that every result of a call comes from one product."""
-        forced = override()
+        times with each product, so that every result of a call comes from one product.
+        forced: "env" (HBFAST_GEMM decides when set) or None (always measure)."""
+        forced = override() if forced == "env" else forced
         if forced is not None:
             return forced
         for backend in MEASURE_ORDER:
@@ -151,13 +158,118 @@ chooser = _Chooser()
 @contextlib.contextmanager
 def products(q: Tensor, op: str, n_rows: int, n_cols: int):
     """The block product of one step of the loss (op: its name, kept for callers): ``mm(a, b, out,
-    accumulate=False)`` writes a @ b into out (or adds it). torch's (MKL on the CPU, cuBLAS on a GPU),
-    or OpenBLAS over hbfast's threads for float32 CPU blocks when ``HBFAST_GEMM=openblas``; never
-    chosen by timing, so the loss's rounding is the same in every process (exact resume)."""
-    if q.device.type == "cpu" and q.dtype == torch.float32 and override() == "openblas":
+    accumulate=False)`` writes a @ b into out (or adds it). For float32 CPU blocks, torch's (MKL) or
+    OpenBLAS over hbfast's threads, as :func:`loss_backend` chose for this machine and shape; torch's
+    elsewhere (cuBLAS on a GPU, float64)."""
+    if q.device.type == "cpu" and q.dtype == torch.float32 and loss_backend(n_rows, n_cols, q.shape[1]) == "openblas":
         yield _openblas_mm
     else:
         yield _torch_mm
+
+
+# ---- the loss's product: measured once per machine and shape class, kept in a file ----------------
+# A choice timed anew in every process would make the loss's last-bit rounding depend on each
+# process's timing noise, and a training run resumed in a new process would no longer end with the
+# weights of an uninterrupted one. So the first process on a machine to meet a shape class measures
+# it (under a file lock, on scratch blocks of that shape) and writes the choice to
+# ``$HBFAST_CACHE/gemm-choices.json`` (default ``~/.cache/hbfast``), under a key naming the machine
+# (CPU, cores, threads, torch and OpenBLAS versions); every later process reads it. The trainer also
+# stores the choices in its checkpoints and pins them on resume (:func:`pin_loss_choices`). Where
+# the file cannot be written, the loss uses torch's product (the same in every process).
+LOSS_TRIAL_COLS = 8192  # columns of the scratch blocks a measurement times (at most)
+_loss_lock = threading.Lock()
+_loss_choices: Dict[str, str] = {}  # shape class -> product, for this process
+
+
+def cache_file() -> str:
+    """Where this machine's loss choices are kept: in hbfast's cache (``$HBFAST_CACHE``, else ~/.cache/hbfast)."""
+    root = os.environ.get("HBFAST_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hbfast")
+    return os.path.join(root, "gemm-choices.json")
+
+
+def machine() -> str:
+    """What the measured speeds depend on, as one string (the key of this machine's choices)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return (f"{cpu} | {os.cpu_count()} cpus | hbfast {_C.get_num_threads()} threads | torch {torch.__version__} "
+            f"{torch.get_num_threads()} threads | {_C.build_info()['openblas']}")
+
+
+def _read_choices() -> dict:
+    try:
+        with open(cache_file(), encoding="utf-8") as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _measure_loss(rows: int, cols: int, dim: int) -> str:
+    """The faster product on scratch blocks of the loss's shape: its three block products, each way."""
+    g = torch.Generator().manual_seed(0)
+    rows, cols = max(1, min(rows, 1024)), max(1, min(cols, LOSS_TRIAL_COLS))
+    a, b = torch.randn(rows, dim, generator=g), torch.randn(cols, dim, generator=g)
+    x, ga, gb = torch.empty(rows, cols), torch.empty(rows, dim), torch.empty(cols, dim)
+
+    def trial(backend: str) -> None:
+        mm = _openblas_mm if backend == "openblas" else _torch_mm
+        mm(a, b.t(), x)
+        mm(x, b, ga)
+        mm(x.t(), a, gb)
+
+    return _Chooser().decide(("loss",), trial, forced=None)
+
+
+def loss_backend(rows: int, cols: int, dim: int) -> str:
+    """The product of the loss's float32 CPU blocks for this shape class: HBFAST_GEMM, else this
+    process's pinned or earlier choice, else this machine's stored one, else measured and stored."""
+    forced = override()
+    if forced is not None:
+        return forced
+    key = "/".join(str(p) for p in shape_class("loss", rows, cols, dim))
+    with _loss_lock:
+        if key in _loss_choices:
+            return _loss_choices[key]
+        _loss_choices[key] = _stored_or_measured(key, rows, cols, dim)
+        return _loss_choices[key]
+
+
+def _stored_or_measured(key: str, rows: int, cols: int, dim: int) -> str:
+    path, here = cache_file(), machine()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".lock", "a", encoding="utf-8") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # one process measures; the others wait, then read
+            data = _read_choices()
+            stored = data.get(here, {}).get(key) if isinstance(data.get(here), dict) else None
+            if stored in BACKENDS:
+                return stored
+            choice = _measure_loss(rows, cols, dim)
+            data.setdefault(here, {})[key] = choice
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+            os.replace(tmp, path)  # atomic: a reader sees the old file or the new one
+            return choice
+    except OSError:
+        return "mkl"  # nowhere to keep a measurement: torch's product, the same in every process
+
+
+def loss_choices() -> Dict[str, str]:
+    """The loss products this process used, by shape class (the trainer stores them in checkpoints)."""
+    with _loss_lock:
+        return dict(_loss_choices)
+
+
+def pin_loss_choices(choices: Dict[str, str]) -> None:
+    """Use these loss products from now on (a resumed run: those of the run it continues)."""
+    with _loss_lock:
+        _loss_choices.update({k: v for k, v in (choices or {}).items() if v in BACKENDS})
 
 
 def _torch_mm(a: Tensor, b: Tensor, out: Tensor, accumulate: bool = False) -> None:
@@ -191,4 +303,6 @@ def describe() -> dict:
     info["openblas"] = _C.build_info()["openblas"]
     info["mkl"] = "torch " + ("MKL" if torch.backends.mkl.is_available() else "BLAS") + f" ({torch.__version__})"
     info["mkl_fused"] = TORCH_MKL
+    info["loss"] = loss_choices()
+    info["cache_file"] = cache_file()
     return info

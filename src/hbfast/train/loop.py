@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import reference
+from .. import _gemm, reference
 from ..losses import ContrastiveLoss
 from ..sampling import HybridBatchSampler
 from . import checkpoint, distributed
@@ -181,7 +181,7 @@ class Trainer:
         return {"run": self._expect(), "step": self.step, "epoch": self.epoch, "index": self.index,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "criterion": self.criterion.state_dict(), "best": self.best, "bad_evals": self.bad_evals,
-                "stopped": self.stopped}
+                "stopped": self.stopped, "gemm": _gemm.loss_choices()}
 
     def save_checkpoint(self) -> Path:
         path = checkpoint.write(self.out, self.step, lambda d: self.task.save_model(self.model, d), self._state(),
@@ -204,6 +204,7 @@ class Trainer:
         self.criterion.load_state_dict(state["criterion"])
         self.step, self.epoch, self.index = state["step"], state["epoch"], state["index"]
         self.best, self.bad_evals, self.stopped = state["best"], state["bad_evals"], state["stopped"]
+        _gemm.pin_loss_choices(state.get("gemm", {}))  # the loss's products of the run this continues
         checkpoint.set_rng_state(rng)
         return path
 
