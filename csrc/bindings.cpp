@@ -339,51 +339,30 @@ void contrastive_fast_exp(uintptr_t x, uintptr_t y, int64_t n) {
 // ---- SigLIP loss ----
 // Same conventions as the contrastive loss above: validated in Python, pointers as integers.
 void siglip_forward_block(uintptr_t x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols, double scale,
-                          double bias, uintptr_t row_loss, bool cuda, uintptr_t stream, bool f64) {
+                          double bias, uintptr_t row_loss, bool f64) {
   if (rows <= 0 || row_begin < 0 || row_begin + rows > n_cols || ld < n_cols)
     throw std::invalid_argument("siglip_forward_block: inconsistent sizes");
-  if (cuda && f64) throw std::invalid_argument("siglip_forward_block: the CUDA kernels take float32 only");
   py::gil_scoped_release release;
   if (f64) {
     hbfast::siglip_forward_block_cpu(as_ptr<const double>(x), ld, rows, row_begin, n_cols, scale, bias,
                                      as_ptr<double>(row_loss));
     return;
   }
-  if (cuda) {
-#ifdef HBFAST_WITH_CUDA
-    hbfast::siglip_forward_block_cuda(as_ptr<const float>(x), ld, rows, row_begin, n_cols, float(scale), float(bias),
-                                      as_ptr<float>(row_loss), reinterpret_cast<void*>(stream));
-    return;
-#else
-    throw std::runtime_error("hbfast was built without CUDA kernels");
-#endif
-  }
   hbfast::siglip_forward_block_cpu(as_ptr<const float>(x), ld, rows, row_begin, n_cols, float(scale), float(bias),
                                    as_ptr<float>(row_loss));
 }
 
-// Returns (sum(G * X), sum(G)) of the block; on CUDA they are added to sums (two float64 on the
-// device) and (0, 0) is returned.
+// Returns (sum(G * X), sum(G)) of the block.
 py::tuple siglip_backward_block(uintptr_t x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols, double scale,
-                                double bias, uintptr_t row_coef, uintptr_t g, int64_t ldg, bool cuda, uintptr_t stream,
-                                uintptr_t sums, bool f64) {
+                                double bias, uintptr_t row_coef, uintptr_t g, int64_t ldg, bool f64) {
   if (rows <= 0 || row_begin < 0 || row_begin + rows > n_cols || ld < n_cols || ldg < n_cols)
     throw std::invalid_argument("siglip_backward_block: inconsistent sizes");
-  if (cuda && f64) throw std::invalid_argument("siglip_backward_block: the CUDA kernels take float32 only");
   double sum_gx = 0.0, sum_g = 0.0;
   {
     py::gil_scoped_release release;
     if (f64) {
       hbfast::siglip_backward_block_cpu(as_ptr<const double>(x), ld, rows, row_begin, n_cols, scale, bias,
                                         as_ptr<const double>(row_coef), as_ptr<double>(g), ldg, &sum_gx, &sum_g);
-    } else if (cuda) {
-#ifdef HBFAST_WITH_CUDA
-      hbfast::siglip_backward_block_cuda(as_ptr<const float>(x), ld, rows, row_begin, n_cols, float(scale),
-                                         float(bias), as_ptr<const float>(row_coef), as_ptr<float>(g), ldg,
-                                         as_ptr<double>(sums), reinterpret_cast<void*>(stream));
-#else
-      throw std::runtime_error("hbfast was built without CUDA kernels");
-#endif
     } else {
       hbfast::siglip_backward_block_cpu(as_ptr<const float>(x), ld, rows, row_begin, n_cols, float(scale),
                                         float(bias), as_ptr<const float>(row_coef), as_ptr<float>(g), ldg, &sum_gx,
@@ -392,6 +371,31 @@ py::tuple siglip_backward_block(uintptr_t x, int64_t ld, int64_t rows, int64_t r
   }
   return py::make_tuple(sum_gx, sum_g);
 }
+
+#ifdef HBFAST_WITH_CUDA
+// The CUDA epilogues (float32): scale_bias points to [scale, bias] on the device, and the backward adds
+// (sum(G * X), sum(G)) to sums (two float64 on the device), so nothing waits for the device.
+void siglip_forward_block_cuda(uintptr_t x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
+                               uintptr_t scale_bias, uintptr_t row_loss, uintptr_t stream) {
+  if (rows <= 0 || row_begin < 0 || row_begin + rows > n_cols || ld < n_cols)
+    throw std::invalid_argument("siglip_forward_block_cuda: inconsistent sizes");
+  py::gil_scoped_release release;
+  hbfast::siglip_forward_block_cuda(as_ptr<const float>(x), ld, rows, row_begin, n_cols,
+                                    as_ptr<const float>(scale_bias), as_ptr<float>(row_loss),
+                                    reinterpret_cast<void*>(stream));
+}
+
+void siglip_backward_block_cuda(uintptr_t x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
+                                uintptr_t scale_bias, uintptr_t row_coef, uintptr_t g, int64_t ldg, uintptr_t sums,
+                                uintptr_t stream) {
+  if (rows <= 0 || row_begin < 0 || row_begin + rows > n_cols || ld < n_cols || ldg < n_cols)
+    throw std::invalid_argument("siglip_backward_block_cuda: inconsistent sizes");
+  py::gil_scoped_release release;
+  hbfast::siglip_backward_block_cuda(as_ptr<const float>(x), ld, rows, row_begin, n_cols,
+                                     as_ptr<const float>(scale_bias), as_ptr<const float>(row_coef), as_ptr<float>(g),
+                                     ldg, as_ptr<double>(sums), reinterpret_cast<void*>(stream));
+}
+#endif
 
 void siglip_elementwise(uintptr_t z, uintptr_t y, int64_t n, bool sigmoid) {
   py::gil_scoped_release release;
@@ -424,6 +428,10 @@ PYBIND11_MODULE(_C, m) {
   // ---- SigLIP loss ----
   m.def("siglip_forward_block", &siglip_forward_block);
   m.def("siglip_backward_block", &siglip_backward_block);
+#ifdef HBFAST_WITH_CUDA
+  m.def("siglip_forward_block_cuda", &siglip_forward_block_cuda);
+  m.def("siglip_backward_block_cuda", &siglip_backward_block_cuda);
+#endif
   m.def("siglip_elementwise", &siglip_elementwise);
 
   // ---- search and metrics ----

@@ -185,6 +185,54 @@ def test_cuda_matches_reference(dtype):
         assert rel_err(a, b) < tol
 
 
+@requires_cuda
+def test_the_cuda_step_never_waits_for_the_device():
+    """Forward and backward with learnable scale and bias, blocks kept and recomputed, under torch's
+    sync debug mode "error": a float(scale), a host-side check or a host sum of dL/dscale would raise."""
+    image, text = make_inputs(300, 64, seed=11, dtype=torch.float32, device="cuda")
+    ref = loss_and_grads("reference", image.double().cpu(), text.double().cpu())
+    for budget in (losses.DEFAULT_MEMORY_BUDGET, 0):
+        leaves = [image.clone().requires_grad_(), text.clone().requires_grad_(),
+                  torch.tensor(SCALE, device="cuda", requires_grad=True),
+                  torch.tensor(BIAS, device="cuda", requires_grad=True)]
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            loss = hbfast.siglip_loss(*leaves, memory_budget=budget)
+            loss.backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        for a, b in zip([loss.detach()] + [t.grad for t in leaves], ref):
+            assert rel_err(a.double().cpu(), b) < 1e-5
+
+
+@requires_cuda
+@pytest.mark.parametrize("bad", ["nan_input", "bad_scale", "overflow"])
+def test_cuda_checks_fail_on_the_device_with_their_message(bad):
+    """On CUDA the checks are device-side assertions (they end the CUDA context, so each runs in its
+    own process); the message names the problem."""
+    import subprocess
+    import sys
+
+    from testing import subprocess_env
+
+    setup = {"nan_input": "image[1, 1] = float('nan')", "bad_scale": "scale = torch.tensor(float('inf')).cuda()",
+             "overflow": "image *= 1e19; text *= 1e19"}[bad]
+    message = {"nan_input": "image_features contains NaN or Inf", "bad_scale": "must be finite",
+               "overflow": "logits overflow"}[bad]
+    script = ("import torch, hbfast\n"
+              "image = torch.nn.functional.normalize(torch.randn(32, 8), dim=1).cuda(); text = image.flip(0).clone()\n"
+              "scale = torch.tensor(10.0).cuda()\n"
+              f"{setup}\n"
+              "loss = hbfast.siglip_loss(image, text, scale, -10.0)\n"
+              "torch.cuda.synchronize()\n"
+              "print('no error')\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=subprocess_env(),
+                         timeout=300)
+    assert run.returncode != 0 and "no error" not in run.stdout
+    assert message in run.stdout + run.stderr
+
+
 # ---- bad input ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("device", DEVICES)

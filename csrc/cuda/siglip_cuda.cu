@@ -28,7 +28,8 @@ __device__ __forceinline__ T block_sum(T v) {
 
 // One block per row of the tile: row_loss[r] = sum over the row's pairs of their loss.
 __global__ void siglip_row_loss_kernel(const float* __restrict__ x, int64_t ld, int64_t row_begin, int64_t n_cols,
-                                       float scale, float bias, float* __restrict__ row_loss) {
+                                       const float* __restrict__ scale_bias, float* __restrict__ row_loss) {
+  const float scale = scale_bias[0], bias = scale_bias[1];
   const int64_t r = blockIdx.x;
   const int64_t diag_col = row_begin + r;
   const float* xr = x + r * ld;
@@ -41,9 +42,10 @@ __global__ void siglip_row_loss_kernel(const float* __restrict__ x, int64_t ld, 
 
 // One thread per element of the row block: g = scale * G (in place or into g); sums of G * X and G.
 __global__ void siglip_gradient_tile_kernel(const float* __restrict__ x, int64_t ld, int64_t row_begin,
-                                            int64_t n_cols, float scale, float bias,
+                                            int64_t n_cols, const float* __restrict__ scale_bias,
                                             const float* __restrict__ row_coef, float* g, int64_t ldg,
                                             double* __restrict__ sums) {
+  const float scale = scale_bias[0], bias = scale_bias[1];
   const int64_t r = blockIdx.y;
   const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   double gx = 0.0, g1 = 0.0;
@@ -65,19 +67,20 @@ __global__ void siglip_gradient_tile_kernel(const float* __restrict__ x, int64_t
 }  // namespace
 
 void siglip_forward_block_cuda(const float* x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
-                               float scale, float bias, float* row_loss, void* stream) {
+                               const float* scale_bias, float* row_loss, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  siglip_row_loss_kernel<<<static_cast<unsigned>(rows), kThreads, 0, s>>>(x, ld, row_begin, n_cols, scale, bias,
+  siglip_row_loss_kernel<<<static_cast<unsigned>(rows), kThreads, 0, s>>>(x, ld, row_begin, n_cols, scale_bias,
                                                                           row_loss);
   check_cuda_launch("siglip_row_loss_kernel");
 }
 
 void siglip_backward_block_cuda(const float* x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
-                                float scale, float bias, const float* row_coef, float* g, int64_t ldg, double* sums,
+                                const float* scale_bias, const float* row_coef, float* g, int64_t ldg, double* sums,
                                 void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   dim3 grid(static_cast<unsigned>((n_cols + kThreads - 1) / kThreads), static_cast<unsigned>(rows));
-  siglip_gradient_tile_kernel<<<grid, kThreads, 0, s>>>(x, ld, row_begin, n_cols, scale, bias, row_coef, g, ldg, sums);
+  siglip_gradient_tile_kernel<<<grid, kThreads, 0, s>>>(x, ld, row_begin, n_cols, scale_bias, row_coef, g, ldg,
+                                                        sums);
   check_cuda_launch("siglip_gradient_tile_kernel");
 }
 

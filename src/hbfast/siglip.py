@@ -4,7 +4,8 @@ Every image-text pair is an independent binary decision: with logits
 ``Z = logit_scale * image @ text.T + logit_bias`` and labels +1 on the diagonal, -1 elsewhere,
 ``L = -sum(log sigmoid(labels * Z)) / B`` (open_clip's ``SigLipLoss``). As in
 :mod:`hbfast.losses`, Z is visited one row block at a time: torch computes the block's dot products
-into a preallocated buffer and hbfast's C++/CUDA epilogue (``_C.siglip_forward_block``) reduces it
+into a preallocated buffer and hbfast's C++/CUDA epilogue (``_C.siglip_forward_block``; CUDA:
+``_siglip_cuda``, which never reads the scale or bias on the host) reduces it
 to one loss per row; the backward turns each block into ``logit_scale * dL/dZ``
 (``_C.siglip_backward_block``, which also sums dL/dlogit_scale and dL/dlogit_bias) and torch
 multiplies it out: ``grad_image = that @ text``, ``grad_text = that.T @ image``. Blocks are kept
@@ -22,10 +23,10 @@ from typing import Tuple, Union
 import torch
 from torch import Tensor
 
-from . import _C
+from . import _C, _siglip_cuda
 from ._ext import check_impl, require_cuda
 from .losses import (DEFAULT_MEMORY_BUDGET, _REDUCTIONS, _GatherWithGrad, _blocks, _check_float_matrices,
-                     _check_same_kind, _empty_block, _gather_info, _on_device, _reduce, _stream, cached_rows)
+                     _check_same_kind, _empty_block, _gather_info, _on_device, _reduce, cached_rows)
 
 
 # ---- the custom ops -------------------------------------------------------------------------------
@@ -38,6 +39,9 @@ def _forward_op(image: Tensor, text: Tensor, scale: Tensor, bias: Tensor, row_of
     and the kept blocks of raw dot products [n_cached, N]."""
     if image.device.type == "cuda":
         require_cuda("hbfast.siglip_loss")
+        blocks = _blocks(image.shape[0], text.shape[0], n_cached, image.element_size())
+        with _on_device(image.device):
+            return _siglip_cuda.forward(image, text, scale, bias, row_offset, n_cached, blocks, _empty_block)
     for name, t in (("image_features", image), ("text_features", text)):
         # A sum is finite only when every element is (one cheap pass); if it is not, look closer.
         if not math.isfinite(float(t.sum())) and not bool(torch.isfinite(t).all()):
@@ -51,13 +55,10 @@ def _forward_op(image: Tensor, text: Tensor, scale: Tensor, bias: Tensor, row_of
     blocks = _blocks(R, N, n_cached, image.element_size())
     work = _empty_block(max((hi - lo for lo, hi in blocks if lo >= n_cached), default=0), N, image)
     f64, text_t = image.dtype == torch.float64, text.t()
-    cuda, stream = image.device.type == "cuda", _stream(image.device)
-    with _on_device(image.device):
-        for lo, hi in blocks:
-            x = cache[lo:hi] if hi <= n_cached else work[: hi - lo]
-            torch.mm(image[lo:hi], text_t, out=x)  # [rows, N] raw dot products
-            _C.siglip_forward_block(x.data_ptr(), N, hi - lo, row_offset + lo, N, s, b, row_loss[lo:].data_ptr(),
-                                    cuda, stream, f64)
+    for lo, hi in blocks:
+        x = cache[lo:hi] if hi <= n_cached else work[: hi - lo]
+        torch.mm(image[lo:hi], text_t, out=x)  # [rows, N] raw dot products
+        _C.siglip_forward_block(x.data_ptr(), N, hi - lo, row_offset + lo, N, s, b, row_loss[lo:].data_ptr(), f64)
     if not math.isfinite(float(row_loss.sum())):
         raise ValueError(f"siglip_loss: logits overflow {image.dtype}; scale down the inputs or the logit scale")
     return row_loss, cache
@@ -72,39 +73,39 @@ def _(image, text, scale, bias, row_offset, n_cached):
 def _backward_op(grad_row_loss: Tensor, image: Tensor, text: Tensor, scale: Tensor, bias: Tensor, cache: Tensor,
                  row_offset: int, need_image: bool, need_text: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradient of the per-row losses -> (grad_image, grad_text, dL/dscale, dL/dbias)."""
-    s, b = float(scale), float(bias)
-    R, N = image.shape[0], text.shape[0]
     n_cached = cache.shape[0]
+    blocks = _blocks(image.shape[0], text.shape[0], n_cached, image.element_size())
+    if image.device.type == "cuda":
+        with _on_device(image.device):
+            return _siglip_cuda.backward(grad_row_loss, image, text, scale, bias, cache, row_offset, need_image,
+                                         need_text, blocks, _empty_block)
+    s, b = float(scale), float(bias)
+    N = text.shape[0]
     grad_image = torch.empty_like(image) if need_image else torch.zeros_like(image)
     grad_text = torch.empty_like(text) if need_text else torch.zeros_like(text)
-    sums = torch.zeros(2, dtype=torch.float64, device=image.device)  # CUDA: sum(G * X), sum(G)
     row_coef = grad_row_loss.to(image.dtype).contiguous()
-    blocks = _blocks(R, N, n_cached, image.element_size())
     work = _empty_block(max(hi - lo for lo, hi in blocks), N, image)
     f64, text_t = image.dtype == torch.float64, text.t()
-    cuda, stream = image.device.type == "cuda", _stream(image.device)
     sum_gx = sum_g = 0.0
-    with _on_device(image.device):
-        for lo, hi in blocks:
-            g = work[: hi - lo]
-            if hi <= n_cached:
-                x = cache[lo:hi]
+    for lo, hi in blocks:
+        g = work[: hi - lo]
+        if hi <= n_cached:
+            x = cache[lo:hi]
+        else:
+            x = g
+            torch.mm(image[lo:hi], text_t, out=x)  # recompute [rows, N]; the gradient overwrites it
+        gx, g1 = _C.siglip_backward_block(x.data_ptr(), N, hi - lo, row_offset + lo, N, s, b,
+                                          row_coef[lo:].data_ptr(), g.data_ptr(), N, f64)
+        sum_gx, sum_g = sum_gx + gx, sum_g + g1
+        if need_image:
+            torch.mm(g, text, out=grad_image[lo:hi])  # [rows, D]
+        if need_text:
+            if lo == 0:
+                torch.mm(g.t(), image[lo:hi], out=grad_text)  # [N, D]
             else:
-                x = g
-                torch.mm(image[lo:hi], text_t, out=x)  # recompute [rows, N]; the gradient overwrites it
-            gx, g1 = _C.siglip_backward_block(x.data_ptr(), N, hi - lo, row_offset + lo, N, s, b,
-                                              row_coef[lo:].data_ptr(), g.data_ptr(), N, cuda, stream,
-                                              sums.data_ptr(), f64)
-            sum_gx, sum_g = sum_gx + gx, sum_g + g1
-            if need_image:
-                torch.mm(g, text, out=grad_image[lo:hi])  # [rows, D]
-            if need_text:
-                if lo == 0:
-                    torch.mm(g.t(), image[lo:hi], out=grad_text)  # [N, D]
-                else:
-                    grad_text.addmm_(g.t(), image[lo:hi])
-    sums = sums + torch.tensor([sum_gx, sum_g], dtype=torch.float64, device=image.device)
-    return grad_image, grad_text, sums[0].to(scale.dtype, copy=True), sums[1].to(bias.dtype, copy=True)
+                grad_text.addmm_(g.t(), image[lo:hi])
+    return (grad_image, grad_text, torch.tensor(sum_gx, dtype=scale.dtype, device=scale.device),
+            torch.tensor(sum_g, dtype=bias.dtype, device=bias.device))
 
 
 @_backward_op.register_fake
