@@ -222,6 +222,12 @@ def test_the_choice_is_measured_then_kept(monkeypatch):
         assert chooser.describe() == {"override": None, "chosen": {}, "measuring": []}
 
 
+def test_a_product_within_the_margin_does_not_displace_torchs():
+    assert _gemm.pick({"mkl": 1.0, "openblas": 0.97}) == "mkl"  # 3% faster: noise
+    assert _gemm.pick({"mkl": 1.0, "openblas": 0.90}) == "openblas"
+    assert _gemm.pick({"mkl": 0.97, "openblas": 1.0}) == "mkl"
+
+
 def test_override_and_build_info(monkeypatch):
     monkeypatch.setenv("HBFAST_GEMM", "openblas")
     assert _gemm.chooser.next(("anything",)) == "openblas"

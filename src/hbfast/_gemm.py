@@ -12,8 +12,9 @@ time both products on their first tile into scratch state before the call's real
 never mixes products); the first ``WARMUP`` timings of each are dropped (first-touch pages, library
 buffers), and after ``SAMPLES`` more of each, the one with the lower minimum is kept for that class
 for the rest of the process (the minimum: on a loaded machine, the least disturbed timing is the one
-that shows the speed). Both give exact results (the same arithmetic up to the rounding order of each
-dot product).
+that shows the speed), torch's unless OpenBLAS is faster by more than ``MARGIN`` (5%: closer timings
+are noise, and a choice that flips with noise is worse than either product). Both give exact
+results (the same arithmetic up to the rounding order of each dot product).
 
 The loss's block products go through :func:`products`, measured once per machine and shape class and
 kept in a file, so that every process on the machine rounds the same way (exact resume; see
@@ -70,6 +71,16 @@ def fused_id(backend: str) -> Optional[int]:
 WARMUP = 1  # first timings of each product per class that are dropped (buffers and pages set up)
 SAMPLES = 3  # timings of each product kept before a shape class is decided (the minimum counts)
 MEASURE_ORDER = ("openblas", "mkl")
+PREFERRED = "mkl"  # torch's product, unless the other one is faster by more than MARGIN
+MARGIN = 0.05  # within 5% the timings are noise on a busy machine (a choice that flips is worse than none)
+
+
+def pick(best_seconds: Dict[str, float]) -> str:
+    """The product to keep from each one's best time: PREFERRED unless another beats it by MARGIN."""
+    fastest = min(best_seconds, key=best_seconds.get)
+    if best_seconds[fastest] < (1.0 - MARGIN) * best_seconds[PREFERRED]:
+        return fastest
+    return PREFERRED
 _ENV = "HBFAST_GEMM"
 
 
@@ -121,7 +132,7 @@ class _Chooser:
             times = self._times.setdefault(key, {b: [] for b in BACKENDS})
             times[backend].append(seconds / units)
             if all(len(times[b]) >= WARMUP + SAMPLES for b in BACKENDS):
-                self._chosen[key] = min(BACKENDS, key=lambda b: min(times[b][WARMUP:]))
+                self._chosen[key] = pick({b: min(times[b][WARMUP:]) for b in BACKENDS})
 
     def decide(self, key: tuple, trial: Callable[[str], None], forced: Optional[str] = "env") -> str:
         """The product for this class. Until one is chosen, first times ``trial(backend)`` (a piece of
