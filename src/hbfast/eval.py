@@ -49,6 +49,8 @@ def check_embeddings(embeddings, n: int, what: str, dim: int | None = None) -> t
     if dim is not None and tensor.shape[1] != dim:
         raise ValueError(f"{what}: embeddings have dimension {tensor.shape[1]}, other inputs had {dim}")
     tensor = tensor.float().cpu()
+    if tensor.numel() and all(math.isfinite(v) for v in torch.aminmax(tensor)):  # one pass, no mask (the usual case)
+        return tensor
     bad = ~torch.isfinite(tensor).all(1)
     if bad.any():
         rows = bad.nonzero().flatten()[:5].tolist()
