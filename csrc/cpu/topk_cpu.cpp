@@ -1,14 +1,16 @@
-// Exact top-k on the CPU (see topk_cpu.h). The per-tile work is a vectorised "anything above the
-// threshold?" test over blocks of 16 scores; only the rare blocks that pass touch the heap/buffer.
+// Exact top-k on the CPU (see topk_cpu.h). The per-tile work is an "anything above the threshold?"
+// test over blocks of 16 scores; only the rare blocks that pass touch the heap or the key buffer. The
+// portable row merges below have AVX-512 twins (one compare mask per block, keys compressed in
+// registers), which run where the CPU has AVX-512 (simd_clones.h) and give the same results.
 #include "cpu/topk_cpu.h"
 
 #include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <functional>
-#include <string>
 #include <limits>
 #include <stdexcept>
+#include <string>
 
 #include "common/parallel.h"
 #include "common/select.h"
@@ -21,8 +23,7 @@ namespace {
 
 constexpr int64_t kBlock = 16;
 
-
-// True when some score of block[0, kBlock) is above the threshold (vectorises).
+// True when some score of block[0, kBlock) is above the threshold.
 inline bool block_has_above(const float* block, float threshold) {
   int any = 0;
   for (int64_t t = 0; t < kBlock; ++t) any |= block[t] > threshold;

@@ -304,8 +304,8 @@ def _openblas_mm(a: Tensor, b: Tensor, out: Tensor, accumulate: bool = False) ->
     if tc:
         raise ValueError("internal: the product's output must be row-major")
     m, k = a.shape
-    _C.sgemm_cpu(_FUSED_IDS["openblas"], ta, tb, m, b.shape[1], k, 1.0, a.data_ptr(), lda, b.data_ptr(), ldb, 1.0 if accumulate else 0.0,
-                 out.data_ptr(), ldc)
+    _C.sgemm_cpu(_FUSED_IDS["openblas"], ta, tb, m, b.shape[1], k, 1.0, a.data_ptr(), lda, b.data_ptr(), ldb,
+                 1.0 if accumulate else 0.0, out.data_ptr(), ldc)
 
 
 def describe() -> dict:
