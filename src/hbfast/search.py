@@ -15,6 +15,7 @@ accepted and computed in fp32); every score is computed and returned in fp32. Ou
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 from numbers import Integral
 from typing import Iterable, Iterator, List, Optional, Tuple, Union
@@ -157,16 +158,35 @@ def _output(x: torch.Tensor, as_numpy: bool):
     return x.cpu().numpy() if as_numpy else x
 
 
+@contextlib.contextmanager
+def _between_fused_tiles(device: torch.device):
+    """torch ops between two fused CPU tiles (checks, normalisation) run in one thread: a parallel torch
+    op leaves torch's OpenMP threads spinning on the cores that hbfast's threads need for the next
+    tile (topk with metric="cosine" took 0.82 s instead of 0.66 s)."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _tiles(chunks: Iterator, dim: int, device: torch.device, metric: str, tile: int,
            zero_row: Optional[torch.Tensor] = None):
     """Yields (first global id, fp32 corpus tile [<= tile, D] on device), validating each chunk
     (a zero-norm row goes to ``zero_row`` when given, see _prepare)."""
     base = 0
     for i, chunk in enumerate(chunks):
-        c = _check_chunk(f"corpus chunk {i}" if i else "corpus", chunk, dim, device)
+        with _between_fused_tiles(device):
+            c = _check_chunk(f"corpus chunk {i}" if i else "corpus", chunk, dim, device)
         for j0 in range(0, c.shape[0], tile):
-            part = _as_tensor("corpus", c[j0 : j0 + tile]).to(device)  # only this tile is read
-            yield base + j0, _prepare(part, metric, "corpus", base + j0, zero_row)
+            with _between_fused_tiles(device):
+                part = _as_tensor("corpus", c[j0 : j0 + tile]).to(device)  # only this tile is read
+                prepared = _prepare(part, metric, "corpus", base + j0, zero_row)
+            yield base + j0, prepared
         base += c.shape[0]
     if base == 0:
         raise ValueError("corpus is empty")
