@@ -100,6 +100,8 @@ def bench_topk(args):
             "hbfast.topk HBFAST_GEMM=openblas": with_gemm("openblas", lambda: hbfast.topk(q, c, k)),
             "bare torch product q @ c.T": lambda: torch.mm(q, c.T, out=tile),
             "bare OpenBLAS product": lambda: openblas_product(q, c, tile),
+            # cosine normalises every corpus tile between fused tiles (not a target: the cost of that)
+            "hbfast.topk metric=cosine": with_gemm(None, lambda: hbfast.topk(q, c, k, metric="cosine")),
         }
         times = interleaved(calls, args.repeats)
         report(f"topk 1000 x 100000 x 768, k = {k} (best of {args.repeats}, interleaved)", times, "faiss.knn",
