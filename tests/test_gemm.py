@@ -295,6 +295,24 @@ def test_the_loss_product_is_measured_once_per_machine_and_kept(tmp_path, monkey
         assert mm is _gemm._openblas_mm
 
 
+def test_search_choices_are_kept_per_machine(tmp_path, monkeypatch):
+    """topk's product is measured by the first process on a machine and read by the later ones."""
+    monkeypatch.delenv("HBFAST_GEMM", raising=False)
+    monkeypatch.setenv("HBFAST_CACHE", str(tmp_path))
+    monkeypatch.setattr(_gemm, "chooser", _gemm._Chooser(persist=True))
+    q, c = integer_data(30, 500, 8, seed=1)
+    first = hbfast.topk(q, c, 5)
+    (name, chosen), = hbfast.build_info()["gemm"]["chosen"].items()
+    assert name.startswith("topk/") and json.loads((tmp_path / "gemm-choices.json").read_text()) == {
+        _gemm.machine(): {name: chosen}}
+    other = next(b for b in BACKENDS if b != chosen)  # a later process finds the file, measures nothing
+    (tmp_path / "gemm-choices.json").write_text(json.dumps({_gemm.machine(): {name: other}}))
+    monkeypatch.setattr(_gemm, "chooser", _gemm._Chooser(persist=True))
+    second = hbfast.topk(q, c, 5)
+    assert hbfast.build_info()["gemm"]["chosen"] == {name: other} and not _gemm.chooser._times
+    assert all(torch.equal(a, b) for a, b in zip(first, second))  # integer data: exact either way
+
+
 def test_the_loss_uses_torch_where_no_measurement_can_be_kept(tmp_path, monkeypatch):
     monkeypatch.delenv("HBFAST_GEMM", raising=False)
     blocker = tmp_path / "a-file"

@@ -7,17 +7,16 @@ tile to memory and reading it back. MKL is the one inside torch: libtorch_cpu ex
 which ``_C`` looks up in the already loaded library (``TORCH_MKL``); with a torch built without MKL,
 "mkl" falls back to torch's own product into one tile, then the C++ epilogue.
 
-The choice is measured, per process and per shape class, on the real shapes: topk and relevant_ranks
-time both products on their first tile into scratch state before the call's real work (so one call
-never mixes products); the first ``WARMUP`` timings of each are dropped (first-touch pages, library
-buffers), and after ``SAMPLES`` more of each, the one with the lower minimum is kept for that class
-for the rest of the process (the minimum: on a loaded machine, the least disturbed timing is the one
+The choice is measured once per machine and shape class (:func:`machine_choice`), on the real
+shapes: topk and relevant_ranks time both products on their first tile into scratch state before the
+call's real work (so one call never mixes products); the first ``WARMUP`` timings of each are dropped
+(first-touch pages, library buffers), and after ``SAMPLES`` more of each, the one with the lower
+minimum is kept for that class (the minimum: on a loaded machine, the least disturbed timing is the one
 that shows the speed), torch's unless OpenBLAS is faster by more than ``MARGIN`` (5%: closer timings
 are noise, and a choice that flips with noise is worse than either product). Both give exact
 results (the same arithmetic up to the rounding order of each dot product).
 
-The loss's block products go through :func:`products`, measured once per machine and shape class and
-kept in a file, so that every process on the machine rounds the same way (exact resume; see
+The loss's block products go through :func:`products` (measured on scratch blocks; see
 :func:`loss_backend`).
 
 ``HBFAST_GEMM=mkl`` or ``HBFAST_GEMM=openblas`` skips the measurement and forces one product (read at
@@ -103,7 +102,11 @@ def shape_class(op: str, rows: int, cols: int, dim: int, *extra: Hashable) -> tu
 
 
 class _Chooser:
-    def __init__(self):
+    """Timings and choices per shape class. ``persist``: a choice is first looked up in, and once
+    measured written to, this machine's file (see :func:`machine_choice`)."""
+
+    def __init__(self, persist: bool = False):
+        self.persist = persist
         self._lock = threading.Lock()
         self._times: Dict[tuple, Dict[str, List[float]]] = {}
         self._chosen: Dict[tuple, str] = {}
@@ -142,6 +145,18 @@ class _Chooser:
         forced = override() if forced == "env" else forced
         if forced is not None:
             return forced
+        with self._lock:
+            if key in self._chosen:
+                return self._chosen[key]
+        name = "/".join(str(p) for p in key)
+        choice = machine_choice(name, lambda: self._measure(key, trial)) if self.persist else None
+        if choice is None:  # not kept on this machine (or nowhere to keep it): measured for this process
+            choice = self._measure(key, trial)
+        with self._lock:
+            self._chosen[key] = choice
+            return choice
+
+    def _measure(self, key: tuple, trial: Callable[[str], None]) -> str:
         for backend in MEASURE_ORDER:
             while key not in self._chosen and len(self._times.get(key, {}).get(backend, ())) < WARMUP + SAMPLES:
                 start = time.perf_counter()
@@ -163,7 +178,7 @@ class _Chooser:
             self._chosen.clear()
 
 
-chooser = _Chooser()
+chooser = _Chooser(persist=True)
 
 
 @contextlib.contextmanager
@@ -178,22 +193,24 @@ def products(q: Tensor, op: str, n_rows: int, n_cols: int):
         yield _torch_mm
 
 
-# ---- the loss's product: measured once per machine and shape class, kept in a file ----------------
-# A choice timed anew in every process would make the loss's last-bit rounding depend on each
-# process's timing noise, and a training run resumed in a new process would no longer end with the
-# weights of an uninterrupted one. So the first process on a machine to meet a shape class measures
-# it (under a file lock, on scratch blocks of that shape) and writes the choice to
-# ``$HBFAST_CACHE/gemm-choices.json`` (default ``~/.cache/hbfast``), under a key naming the machine
-# (CPU, cores, threads, torch and OpenBLAS versions); every later process reads it. The trainer also
-# stores the choices in its checkpoints and pins them on resume (:func:`pin_loss_choices`). Where
-# the file cannot be written, the loss uses torch's product (the same in every process).
-LOSS_TRIAL_COLS = 8192  # columns of the scratch blocks a measurement times (at most)
+# ---- measured once per machine and shape class, kept in a file ------------------------------------
+# A choice timed anew in every process would let each process's timing noise pick its product: a
+# first call would pay for the measurement every time, results would round differently from one
+# process to the next, and for the loss a training run resumed in a new process would no longer end
+# with the weights of an uninterrupted one. So the first process on a machine to meet a shape class
+# measures it (under a file lock; topk / relevant_ranks on their first tile into scratch state, the
+# loss on scratch blocks of its shape) and writes the choice to ``$HBFAST_CACHE/gemm-choices.json``
+# (default ``~/.cache/hbfast``), under a key naming the machine (CPU, cores, threads, hbfast, torch
+# and OpenBLAS versions); every later process reads it. The trainer also stores the loss's choices in
+# its checkpoints and pins them on resume (:func:`pin_loss_choices`). Where the file cannot be
+# written, topk / relevant_ranks measure in each process and the loss uses torch's product.
+LOSS_TRIAL_COLS = 8192  # columns of the scratch blocks a loss measurement times (at most)
 _loss_lock = threading.Lock()
 _loss_choices: Dict[str, str] = {}  # shape class -> product, for this process
 
 
 def cache_file() -> str:
-    """Where this machine's loss choices are kept: in hbfast's cache (``$HBFAST_CACHE``, else ~/.cache/hbfast)."""
+    """Where this machine's choices are kept: in hbfast's cache (``$HBFAST_CACHE``, else ~/.cache/hbfast)."""
     root = os.environ.get("HBFAST_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hbfast")
     return os.path.join(root, "gemm-choices.json")
 
@@ -206,8 +223,9 @@ def machine() -> str:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return (f"{cpu} | {os.cpu_count()} cpus | hbfast {_C.get_num_threads()} threads | torch {torch.__version__} "
-            f"{torch.get_num_threads()} threads | {_C.build_info()['openblas']}")
+    info = _C.build_info()
+    return (f"{cpu} | {os.cpu_count()} cpus | hbfast {info['version']} {_C.get_num_threads()} threads | "
+            f"torch {torch.__version__} {torch.get_num_threads()} threads | {info['openblas']}")
 
 
 def _read_choices() -> dict:
@@ -217,6 +235,30 @@ def _read_choices() -> dict:
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
+
+
+def machine_choice(name: str, measure: Callable[[], str]) -> Optional[str]:
+    """This machine's product for shape class `name`: the stored one, else ``measure()`` stored for
+    every later process. None when the file cannot be written (nothing measured then)."""
+    path, here = cache_file(), machine()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".lock", "a", encoding="utf-8") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # one process measures; the others wait, then read
+            data = _read_choices()
+            mine = data.get(here) if isinstance(data.get(here), dict) else {}
+            if mine.get(name) in BACKENDS:
+                return mine[name]
+            choice = measure()
+            data[here] = {**mine, name: choice}
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+            os.replace(tmp, path)  # atomic: a reader sees the old file or the new one
+            return choice
+    except OSError:
+        return None
 
 
 def _measure_loss(rows: int, cols: int, dim: int) -> str:
@@ -237,38 +279,16 @@ def _measure_loss(rows: int, cols: int, dim: int) -> str:
 
 def loss_backend(rows: int, cols: int, dim: int) -> str:
     """The product of the loss's float32 CPU blocks for this shape class: HBFAST_GEMM, else this
-    process's pinned or earlier choice, else this machine's stored one, else measured and stored."""
+    process's pinned or earlier choice, else this machine's (measured once, see machine_choice), else
+    torch's (nowhere to keep a measurement, so the same in every process)."""
     forced = override()
     if forced is not None:
         return forced
     key = "/".join(str(p) for p in shape_class("loss", rows, cols, dim))
     with _loss_lock:
-        if key in _loss_choices:
-            return _loss_choices[key]
-        _loss_choices[key] = _stored_or_measured(key, rows, cols, dim)
+        if key not in _loss_choices:
+            _loss_choices[key] = machine_choice(key, lambda: _measure_loss(rows, cols, dim)) or "mkl"
         return _loss_choices[key]
-
-
-def _stored_or_measured(key: str, rows: int, cols: int, dim: int) -> str:
-    path, here = cache_file(), machine()
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".lock", "a", encoding="utf-8") as lock:
-            if fcntl is not None:
-                fcntl.flock(lock, fcntl.LOCK_EX)  # one process measures; the others wait, then read
-            data = _read_choices()
-            stored = data.get(here, {}).get(key) if isinstance(data.get(here), dict) else None
-            if stored in BACKENDS:
-                return stored
-            choice = _measure_loss(rows, cols, dim)
-            data.setdefault(here, {})[key] = choice
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-            os.replace(tmp, path)  # atomic: a reader sees the old file or the new one
-            return choice
-    except OSError:
-        return "mkl"  # nowhere to keep a measurement: torch's product, the same in every process
 
 
 def loss_choices() -> Dict[str, str]:
