@@ -1,8 +1,10 @@
 """Exact similarity search: ``topk`` and ``relevant_ranks`` (and ``FlatIndex``, a corpus kept for reuse).
+Their input checks and the corpus tiling are in _search_inputs; the per-device tile loops in
+_search_cpu / _search_cuda.
 
 Both walk the score matrix in tiles: a matrix product writes one fp32 tile (cuBLAS on GPU; on CPU
-torch's MKL, or OpenBLAS fused with the epilogue in hbfast's threads, as ``hbfast._gemm`` measured
-faster), then a C++/CUDA epilogue merges it into the per-query running top-k or counts, for each
+torch's MKL or OpenBLAS, as ``hbfast._gemm`` measured faster, fused with the epilogue in hbfast's
+threads), then a C++/CUDA epilogue merges it into the per-query running top-k or counts, for each
 relevant item, the candidates that beat it. Memory is O(nq * k + tile); the full score matrix never
 exists, and the corpus may arrive as chunks (a memmap split in pieces).
 
@@ -15,10 +17,7 @@ accepted and computed in fp32); every score is computed and returned in fp32. Ou
 from __future__ import annotations
 
 import bisect
-import contextlib
-import math
-from numbers import Integral
-from typing import Iterable, Iterator, List, Optional, Tuple, Union
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -26,12 +25,8 @@ import torch
 from . import _C, _gemm, _search_cpu, _search_cuda, reference
 from ._ext import check_impl, require_cuda
 from ._search_cuda import device_checks as _device_checks, on_gpu as _on_gpu, zero_norm_error as _zero_norm_error
-
-Matrix = Union[torch.Tensor, np.ndarray]
-Corpus = Union[Matrix, Iterable[Matrix]]
-
-METRICS = ("ip", "cosine")
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+from ._search_inputs import (METRICS, Corpus, Matrix, _as_tensor, _check_chunk, _check_finite, _check_k,  # noqa: F401
+                             _check_metric, _check_queries, _corpus_chunks, _output, _prepare, _tiles)
 
 # Tile shapes: large tiles keep MKL efficient (few calls, each a large product);
 # one fp32 product tile (64 MiB on CPU) is the only buffer that grows with the problem besides O(nq * k).
@@ -44,152 +39,6 @@ CUDA_CORPUS_TILE = 8192
 # lists and tuples of chunks; a one-shot iterator is walked once with every query).
 TOPK_STATE_BYTES = 1 << 30
 _STATE_BYTES_PER_KEPT = {"cpu": 24, "cuda": 48}  # CPU: 3k 8-byte keys; CUDA: 2 key buffers + final sort
-
-
-# ----------------------------------------------------------------------------------------------
-# Input checks: every problem is reported here, before any pointer reaches _C.
-def _check_metric(metric: str) -> str:
-    metric = "cosine" if metric == "cos" else metric  # the name hbfast eval once used
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS} (or 'cos'), got {metric!r}")
-    return metric
-
-
-def _check_matrix(name: str, x) -> None:
-    """A 2-D float tensor or numpy array, else a clear error (nothing is read or copied)."""
-    if isinstance(x, torch.Tensor):
-        if x.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"{name} must hold floats (float32, float16, bfloat16), got {x.dtype}")
-    elif isinstance(x, np.ndarray):
-        if x.dtype not in (np.float16, np.float32, np.float64):
-            raise TypeError(f"{name} must hold floats (float32, float16, bfloat16), got numpy dtype {x.dtype}")
-    else:
-        raise TypeError(f"{name} must be a torch tensor or numpy array, got {type(x).__name__}")
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be 2-D [n, dim], got shape {tuple(x.shape)}")
-
-
-def _as_tensor(name: str, x) -> torch.Tensor:
-    """A torch view of a checked tensor or numpy array (numpy is copied only when read-only)."""
-    _check_matrix(name, x)
-    if isinstance(x, torch.Tensor):
-        return x.detach()
-    if not x.flags.writeable:  # torch cannot view read-only memory (e.g. a memmap opened "r")
-        x = np.array(x)
-    return torch.from_numpy(x)
-
-
-def _check_finite(name: str, t: torch.Tensor) -> None:
-    if t.numel() == 0 or not t.dtype.is_floating_point:
-        return
-    # min and max carry any NaN and the infinities: one pass and no [n, D] mask (20x faster than isfinite().all())
-    if not all(math.isfinite(v) for v in torch.stack(torch.aminmax(t.detach())).tolist()):  # one device wait
-        raise ValueError(f"{name} contains NaN or infinite values")
-
-
-def _prepare(t: torch.Tensor, metric: str, name: str, first_id: int = 0,
-             zero_row: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """fp32, contiguous, rows normalised for cosine. [n, D] -> [n, D]
-
-    With ``zero_row`` (an int64 device scalar, on the GPU) a zero-norm row is not reported here,
-    which would wait for the device: the lowest such id is kept in ``zero_row`` for the caller to
-    report once at the end (_zero_norm_error)."""
-    t = t.to(torch.float32).contiguous()
-    if metric == "cosine":
-        norms = torch.linalg.vector_norm(t, dim=1, keepdim=True)  # [n, 1]
-        if zero_row is not None:
-            ids = torch.arange(first_id, first_id + t.shape[0], device=t.device)
-            torch.minimum(zero_row, torch.where(norms[:, 0] == 0, ids, _search_cuda.NO_ROW).min(), out=zero_row)
-            return t / norms
-        zero = (norms == 0).flatten().nonzero()
-        if len(zero):
-            raise ValueError(_zero_norm_error(name, first_id + int(zero[0])))
-        t = t / norms
-    return t
-
-
-def _check_queries(queries, metric: str) -> Tuple[torch.Tensor, bool]:
-    q = _as_tensor("queries", queries)
-    if q.shape[0] == 0 or q.shape[1] == 0:
-        raise ValueError(f"queries is empty: shape {tuple(q.shape)}")
-    _check_finite("queries", q)
-    return q, isinstance(queries, np.ndarray)
-
-
-def _check_chunk(name: str, chunk, dim: int, device: torch.device):
-    """Checks a corpus chunk without reading it (a memmap stays on disk); returns it unchanged."""
-    _check_matrix(name, chunk)
-    if chunk.shape[1] != dim:
-        raise ValueError(f"dimension mismatch: queries have dim {dim}, {name} has shape {tuple(chunk.shape)}")
-    if isinstance(chunk, torch.Tensor) and chunk.device != device:
-        raise ValueError(f"mixed devices: queries are on {device}, {name} is on {chunk.device}")
-    return chunk
-
-
-def _corpus_chunks(corpus: Corpus) -> Tuple[Iterator, Optional[int]]:
-    """(iterator over chunks, total rows when known up front)."""
-    if isinstance(corpus, (torch.Tensor, np.ndarray)):
-        if corpus.ndim != 2:
-            raise ValueError(f"corpus must be 2-D [n, dim], got shape {tuple(corpus.shape)}")
-        return iter([corpus]), int(corpus.shape[0])
-    if isinstance(corpus, (str, bytes)) or not hasattr(corpus, "__iter__"):
-        raise TypeError(f"corpus must be a tensor, an array or an iterable of them, got {type(corpus).__name__}")
-    if isinstance(corpus, (list, tuple)):
-        total = 0
-        for i, c in enumerate(corpus):
-            if not isinstance(c, (torch.Tensor, np.ndarray)) or c.ndim != 2:
-                raise TypeError(f"corpus chunk {i} must be a 2-D tensor or array, got {type(c).__name__}")
-            total += int(c.shape[0])
-        return iter(corpus), total
-    return iter(corpus), None
-
-
-def _check_k(k, total: Optional[int]) -> int:
-    if isinstance(k, bool) or not isinstance(k, Integral):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if total is not None and k > total:
-        raise ValueError(f"k = {k} is larger than the corpus ({total} items)")
-    return int(k)
-
-
-def _output(x: torch.Tensor, as_numpy: bool):
-    return x.cpu().numpy() if as_numpy else x
-
-
-@contextlib.contextmanager
-def _between_fused_tiles(device: torch.device):
-    """torch ops between two fused CPU tiles (checks, normalisation) run in one thread: a parallel torch
-    op leaves torch's OpenMP threads spinning on the cores that hbfast's threads need for the next
-    tile (topk with metric="cosine" took 0.82 s instead of 0.66 s)."""
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _tiles(chunks: Iterator, dim: int, device: torch.device, metric: str, tile: int,
-           zero_row: Optional[torch.Tensor] = None):
-    """Yields (first global id, fp32 corpus tile [<= tile, D] on device), validating each chunk
-    (a zero-norm row goes to ``zero_row`` when given, see _prepare)."""
-    base = 0
-    for i, chunk in enumerate(chunks):
-        with _between_fused_tiles(device):
-            c = _check_chunk(f"corpus chunk {i}" if i else "corpus", chunk, dim, device)
-        for j0 in range(0, c.shape[0], tile):
-            with _between_fused_tiles(device):
-                part = _as_tensor("corpus", c[j0 : j0 + tile]).to(device)  # only this tile is read
-                prepared = _prepare(part, metric, "corpus", base + j0, zero_row)
-            yield base + j0, prepared
-        base += c.shape[0]
-    if base == 0:
-        raise ValueError("corpus is empty")
 
 
 # ----------------------------------------------------------------------------------------------
