@@ -25,8 +25,9 @@ import torch
 from . import _C, _gemm, _search_cpu, _search_cuda, reference
 from ._ext import check_impl, require_cuda
 from ._search_cuda import device_checks as _device_checks, on_gpu as _on_gpu, zero_norm_error as _zero_norm_error
-from ._search_inputs import (METRICS, Corpus, Matrix, _as_tensor, _check_chunk, _check_finite, _check_k,  # noqa: F401
-                             _check_metric, _check_queries, _corpus_chunks, _output, _prepare, _tiles)
+from ._search_inputs import (METRICS, Corpus, Matrix, _as_tensor, _between_fused_tiles, _check_chunk,  # noqa: F401
+                             _check_finite, _check_k, _check_metric, _check_queries, _corpus_chunks, _output,
+                             _prepare, _tiles)
 
 # Tile shapes: large tiles keep MKL efficient (few calls, each a large product);
 # one fp32 product tile (64 MiB on CPU) is the only buffer that grows with the problem besides O(nq * k).
@@ -301,12 +302,6 @@ def _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q
         chunk_counts, rel_chunk, chunk_starts = per_chunk_counts
         chunk_starts = chunk_starts.tolist()
         piece = torch.empty(tile_q, r, dtype=torch.int64, device=q32.device)  # one tile's counts
-        # On the CPU the bookkeeping between fused tiles goes through numpy views: a torch op there
-        # would wake torch's OpenMP threads, which then spin on the cores hbfast's threads need next
-        # (it made the whole pass 1.4x slower).
-        book = (counts, chunk_counts, rel_chunk, piece)
-        if not cuda:
-            book = tuple(t.numpy() for t in book)
     buffer = []  # torch's product tile, made on first use (hbfast's fused product keeps its own small tiles)
 
     def count(backend, qt, i0, first_id, ct, target, own):  # counts of one [tq, tc] tile into target [tq, r]
@@ -324,19 +319,19 @@ def _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q
                 qt = q32[i0 : i0 + tile_q]  # [tq, D]
                 target = counts[i0 : i0 + qt.shape[0]]
                 if per_chunk_counts is not None:
-                    target = piece[: qt.shape[0]]
-                    book[3][: qt.shape[0]].fill(0)  # (numpy on the CPU: see `book`)
+                    with _between_fused_tiles(q32.device):
+                        target = piece[: qt.shape[0]].zero_()
                 if "backend" not in products:  # measured on this tile into scratch counts (once per class)
                     scratch = lambda b: count(b, qt, i0, first_id, ct, torch.zeros_like(target),  # noqa: E731
                                               own_scores[i0 : i0 + qt.shape[0]].clone())
                     products["backend"] = "mkl" if cuda else _gemm.chooser.decide(key, scratch)
                 count(products["backend"], qt, i0, first_id, ct, target, own_scores[i0 : i0 + qt.shape[0]])
-                if per_chunk_counts is not None:
-                    all_counts, own_chunk_counts, item_chunk, tile_counts = book
-                    rows, tile_counts = slice(i0, i0 + qt.shape[0]), tile_counts[: qt.shape[0]]
-                    all_counts[rows] += tile_counts
+                if per_chunk_counts is not None:  # (torch in one thread: see _between_fused_tiles)
+                    rows = slice(i0, i0 + qt.shape[0])
                     chunk = bisect.bisect_right(chunk_starts, first_id) - 1
-                    own_chunk_counts[rows] += tile_counts * (item_chunk[rows] == chunk)
+                    with _between_fused_tiles(q32.device):
+                        counts[rows] += target
+                        chunk_counts[rows] += target * (rel_chunk[rows] == chunk)
             bar.update(width)
     if cuda:
         _device_checks(bad, zero_row)
