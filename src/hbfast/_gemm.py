@@ -137,26 +137,26 @@ class _Chooser:
             if all(len(times[b]) >= WARMUP + SAMPLES for b in BACKENDS):
                 self._chosen[key] = pick({b: min(times[b][WARMUP:]) for b in BACKENDS})
 
-    def decide(self, key: tuple, trial: Callable[[str], None], forced: Optional[str] = "env") -> str:
+    def decide(self, key: tuple, trial: Callable[[str], None]) -> str:
         """The product for this class. Until one is chosen, first times ``trial(backend)`` (a piece of
         throwaway work of the real shape, e.g. the first tile into a scratch state) WARMUP + SAMPLES
-        times with each product, so that every result of a call comes from one product.
-        forced: "env" (HBFAST_GEMM decides when set) or None (always measure)."""
-        forced = override() if forced == "env" else forced
+        times with each product, so that every result of a call comes from one product."""
+        forced = override()
         if forced is not None:
             return forced
         with self._lock:
             if key in self._chosen:
                 return self._chosen[key]
         name = "/".join(str(p) for p in key)
-        choice = machine_choice(name, lambda: self._measure(key, trial)) if self.persist else None
+        choice = machine_choice(name, lambda: self.measure(key, trial)) if self.persist else None
         if choice is None:  # not kept on this machine (or nowhere to keep it): measured for this process
-            choice = self._measure(key, trial)
+            choice = self.measure(key, trial)
         with self._lock:
             self._chosen[key] = choice
             return choice
 
-    def _measure(self, key: tuple, trial: Callable[[str], None]) -> str:
+    def measure(self, key: tuple, trial: Callable[[str], None]) -> str:
+        """Times ``trial`` with each product (see decide) and returns the one kept."""
         for backend in MEASURE_ORDER:
             while key not in self._chosen and len(self._times.get(key, {}).get(backend, ())) < WARMUP + SAMPLES:
                 start = time.perf_counter()
@@ -274,7 +274,7 @@ def _measure_loss(rows: int, cols: int, dim: int) -> str:
         mm(x, b, ga)
         mm(x.t(), a, gb)
 
-    return _Chooser().decide(("loss",), trial, forced=None)
+    return _Chooser().measure(("loss",), trial)
 
 
 def loss_backend(rows: int, cols: int, dim: int) -> str:
