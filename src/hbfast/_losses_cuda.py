@@ -14,8 +14,9 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _C
+from . import _C, _block_walk
 from ._ext import exact_fp32_matmul
+from ._gemm import _torch_mm
 
 # Rows per chunk of the column log-sum-exp: a row block of R rows runs ceil(R / this) chunks per
 # column in parallel (more blocks for the GPU's SMs), merged in order afterwards. Tests shrink it.
@@ -40,7 +41,7 @@ def _column_scratch(blocks, n_batch: int, like: Tensor) -> Tuple[Tensor, Tensor,
 
 
 def forward(q: Tensor, keys: Tensor, scale: Tensor, codes: Optional[Tensor], n_batch: int, row_offset: int,
-            with_columns: bool, n_cached: int, blocks, empty_block):
+            with_columns: bool, n_cached: int, blocks):
     """The forward op on CUDA (float32): returns (row_lse, col_lse, positive scores, kept blocks)."""
     for name, t in (("q", q), ("p", keys)):
         assert_on_device(torch.isfinite(t).all(), f"contrastive_loss: {name} (or hard_negatives) contains NaN or Inf")
@@ -53,20 +54,18 @@ def forward(q: Tensor, keys: Tensor, scale: Tensor, codes: Optional[Tensor], n_b
     col_max = torch.full((n_batch if with_columns else 0,), -math.inf, **like)
     col_sum = torch.zeros(n_batch if with_columns else 0, **like)
     partial_max, partial_sum, chunk_rows = _column_scratch(blocks, n_batch if with_columns else 0, q)
-    cache = empty_block(n_cached, N, q)
-    work = empty_block(max((hi - lo for lo, hi in blocks if lo >= n_cached), default=0), N, q)
-    keys_t = keys.t()
     stream = torch.cuda.current_stream(q.device).cuda_stream
+
+    def epilogue(x, lo, hi):
+        _C.contrastive_forward_block_cuda(
+            x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, scale.data_ptr(), _ptr(codes), chunk_rows,
+            _ptr(partial_max) if with_columns else 0, _ptr(partial_sum) if with_columns else 0,
+            row_lse[lo:].data_ptr(), positive[lo:].data_ptr(), _ptr(col_max) if with_columns else 0,
+            _ptr(col_sum) if with_columns else 0, stream,
+        )
+
     with torch.cuda.device(q.device), exact_fp32_matmul():
-        for lo, hi in blocks:
-            x = cache[lo:hi] if hi <= n_cached else work[: hi - lo]
-            torch.mm(q[lo:hi], keys_t, out=x)  # [rows, N] raw dot products
-            _C.contrastive_forward_block_cuda(
-                x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, scale.data_ptr(), _ptr(codes), chunk_rows,
-                _ptr(partial_max) if with_columns else 0, _ptr(partial_sum) if with_columns else 0,
-                row_lse[lo:].data_ptr(), positive[lo:].data_ptr(), _ptr(col_max) if with_columns else 0,
-                _ptr(col_sum) if with_columns else 0, stream,
-            )
+        cache = _block_walk.forward(q, keys, n_cached, blocks, _torch_mm, epilogue)
     col_lse = col_max + col_sum.log()
     assert_on_device(torch.isfinite(row_lse.sum() + col_lse.sum() + positive.sum()),
                      f"contrastive_loss: scores overflow {q.dtype}; scale down the inputs or the logit scale")
@@ -75,39 +74,24 @@ def forward(q: Tensor, keys: Tensor, scale: Tensor, codes: Optional[Tensor], n_b
 
 def backward(grad_row_lse: Tensor, grad_col_lse: Optional[Tensor], grad_positive: Tensor, q: Tensor, keys: Tensor,
              scale: Tensor, codes: Optional[Tensor], row_lse: Tensor, col_lse: Tensor, cache: Tensor, n_batch: int,
-             row_offset: int, need_q: bool, need_keys: bool, blocks, empty_block):
+             row_offset: int, need_q: bool, need_keys: bool, blocks):
     """The backward op on CUDA: (grad_q, grad_keys, dL/dscale), the scale never read on the host."""
     scale32 = scale.to(torch.float32).contiguous()
     N = keys.shape[0]
-    n_cached = cache.shape[0]
-    grad_q = torch.empty_like(q) if need_q else torch.zeros_like(q)
-    grad_keys = torch.empty_like(keys) if need_keys else torch.zeros_like(keys)
     dscale = torch.zeros((), dtype=torch.float64, device=q.device)
     # The kernels write scale * G, so the block products give grad_q and grad_keys directly.
     row_coef = (grad_row_lse * scale32).contiguous()
     col_coef = None if grad_col_lse is None else (grad_col_lse * scale32).contiguous()
     diag_coef = (grad_positive * scale32).contiguous()  # positive_i = S_ii
-    work = empty_block(max(hi - lo for lo, hi in blocks), N, q)
-    keys_t = keys.t()
     stream = torch.cuda.current_stream(q.device).cuda_stream
+
+    def epilogue(x, g, lo, hi):
+        _C.contrastive_backward_block_cuda(
+            x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, scale32.data_ptr(), _ptr(codes),
+            row_lse[lo:].data_ptr(), _ptr(col_lse) if col_coef is not None else 0, row_coef[lo:].data_ptr(),
+            _ptr(col_coef), diag_coef[lo:].data_ptr(), g.data_ptr(), N, dscale.data_ptr(), stream,
+        )
+
     with torch.cuda.device(q.device), exact_fp32_matmul():
-        for lo, hi in blocks:
-            g = work[: hi - lo]
-            if hi <= n_cached:
-                x = cache[lo:hi]
-            else:
-                x = g
-                torch.mm(q[lo:hi], keys_t, out=x)  # recompute [rows, N]; G overwrites it in place
-            _C.contrastive_backward_block_cuda(
-                x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, scale32.data_ptr(), _ptr(codes),
-                row_lse[lo:].data_ptr(), _ptr(col_lse) if col_coef is not None else 0, row_coef[lo:].data_ptr(),
-                _ptr(col_coef), diag_coef[lo:].data_ptr(), g.data_ptr(), N, dscale.data_ptr(), stream,
-            )
-            if need_q:
-                torch.mm(g, keys, out=grad_q[lo:hi])  # [rows, D]
-            if need_keys:
-                if lo == 0:
-                    torch.mm(g.t(), q[lo:hi], out=grad_keys)  # [N, D]
-                else:
-                    grad_keys.addmm_(g.t(), q[lo:hi])
+        grad_q, grad_keys = _block_walk.backward(q, keys, cache, blocks, _torch_mm, need_q, need_keys, epilogue)
     return grad_q, grad_keys, (dscale / scale).to(scale.dtype)  # sum(scale * G * X) / scale

@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _C
+from . import _C, _block_walk
 from ._ext import exact_fp32_matmul
+from ._gemm import _torch_mm
 from ._losses_cuda import assert_on_device
 
 
@@ -21,8 +22,7 @@ def _scale_bias(scale: Tensor, bias: Tensor) -> Tensor:
     return torch.stack((scale.reshape(()), bias.reshape(()))).to(torch.float32).contiguous()
 
 
-def forward(image: Tensor, text: Tensor, scale: Tensor, bias: Tensor, row_offset: int, n_cached: int, blocks,
-            empty_block):
+def forward(image: Tensor, text: Tensor, scale: Tensor, bias: Tensor, row_offset: int, n_cached: int, blocks):
     """The forward op on CUDA (float32): (per-row losses [R], kept blocks [n_cached, N])."""
     for name, t in (("image_features", image), ("text_features", text)):
         assert_on_device(torch.isfinite(t).all(), f"siglip_loss: {name} contains NaN or Inf")
@@ -31,49 +31,33 @@ def forward(image: Tensor, text: Tensor, scale: Tensor, bias: Tensor, row_offset
     scale_bias = _scale_bias(scale, bias)
     R, N = image.shape[0], text.shape[0]
     row_loss = torch.empty(R, dtype=image.dtype, device=image.device)
-    cache = empty_block(n_cached, N, image)
-    work = empty_block(max((hi - lo for lo, hi in blocks if lo >= n_cached), default=0), N, image)
-    text_t = text.t()
     stream = torch.cuda.current_stream(image.device).cuda_stream
+
+    def epilogue(x, lo, hi):
+        _C.siglip_forward_block_cuda(x.data_ptr(), N, hi - lo, row_offset + lo, N, scale_bias.data_ptr(),
+                                     row_loss[lo:].data_ptr(), stream)
+
     with torch.cuda.device(image.device), exact_fp32_matmul():
-        for lo, hi in blocks:
-            x = cache[lo:hi] if hi <= n_cached else work[: hi - lo]
-            torch.mm(image[lo:hi], text_t, out=x)  # [rows, N] raw dot products
-            _C.siglip_forward_block_cuda(x.data_ptr(), N, hi - lo, row_offset + lo, N, scale_bias.data_ptr(),
-                                         row_loss[lo:].data_ptr(), stream)
+        cache = _block_walk.forward(image, text, n_cached, blocks, _torch_mm, epilogue)
     assert_on_device(torch.isfinite(row_loss.sum()),
                      f"siglip_loss: logits overflow {image.dtype}; scale down the inputs or the logit scale")
     return row_loss, cache
 
 
 def backward(grad_row_loss: Tensor, image: Tensor, text: Tensor, scale: Tensor, bias: Tensor, cache: Tensor,
-             row_offset: int, need_image: bool, need_text: bool, blocks, empty_block):
+             row_offset: int, need_image: bool, need_text: bool, blocks):
     """The backward op on CUDA: (grad_image, grad_text, dL/dscale, dL/dbias), nothing read on the host."""
     scale_bias = _scale_bias(scale, bias)
     N = text.shape[0]
-    n_cached = cache.shape[0]
-    grad_image = torch.empty_like(image) if need_image else torch.zeros_like(image)
-    grad_text = torch.empty_like(text) if need_text else torch.zeros_like(text)
     sums = torch.zeros(2, dtype=torch.float64, device=image.device)  # sum(G * X), sum(G)
     row_coef = grad_row_loss.to(image.dtype).contiguous()
-    work = empty_block(max(hi - lo for lo, hi in blocks), N, image)
-    text_t = text.t()
     stream = torch.cuda.current_stream(image.device).cuda_stream
+
+    def epilogue(x, g, lo, hi):
+        _C.siglip_backward_block_cuda(x.data_ptr(), N, hi - lo, row_offset + lo, N, scale_bias.data_ptr(),
+                                      row_coef[lo:].data_ptr(), g.data_ptr(), N, sums.data_ptr(), stream)
+
     with torch.cuda.device(image.device), exact_fp32_matmul():
-        for lo, hi in blocks:
-            g = work[: hi - lo]
-            if hi <= n_cached:
-                x = cache[lo:hi]
-            else:
-                x = g
-                torch.mm(image[lo:hi], text_t, out=x)  # recompute [rows, N]; the gradient overwrites it
-            _C.siglip_backward_block_cuda(x.data_ptr(), N, hi - lo, row_offset + lo, N, scale_bias.data_ptr(),
-                                          row_coef[lo:].data_ptr(), g.data_ptr(), N, sums.data_ptr(), stream)
-            if need_image:
-                torch.mm(g, text, out=grad_image[lo:hi])  # [rows, D]
-            if need_text:
-                if lo == 0:
-                    torch.mm(g.t(), image[lo:hi], out=grad_text)  # [N, D]
-                else:
-                    grad_text.addmm_(g.t(), image[lo:hi])
+        grad_image, grad_text = _block_walk.backward(image, text, cache, blocks, _torch_mm, need_image, need_text,
+                                                     epilogue)
     return grad_image, grad_text, sums[0].to(scale.dtype, copy=True), sums[1].to(bias.dtype, copy=True)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _C, _gemm, _losses_cuda
+from . import _C, _block_walk, _gemm, _losses_cuda
 from ._ext import check_impl, require_cuda
 
 DEFAULT_MEMORY_BUDGET = 768 << 20  # bytes of score blocks kept from forward to backward
@@ -70,15 +70,6 @@ def _on_device(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def _empty_block(rows: int, cols: int, like: Tensor) -> Tensor:
-    """A [rows, cols] buffer of like's dtype and device; large CPU ones get huge pages before their
-    first write."""
-    t = torch.empty(rows, cols, dtype=like.dtype, device=like.device)
-    if t.device.type == "cpu" and t.numel() >= (1 << 20):
-        _C.contrastive_advise_huge_pages(t.data_ptr(), t.numel() * t.element_size())
-    return t
-
-
 def _group_codes(groups: Optional[Tensor]) -> Optional[Tensor]:
     """int64 group ids [B] -> int32 codes [B], equal exactly where the ids are equal (the dense rank
     of each id, as torch.unique's inverse), from a sort: no output of data-dependent size, so no
@@ -106,7 +97,7 @@ def _forward_op(
         require_cuda("hbfast.contrastive_loss")
         blocks = _blocks(q.shape[0], keys.shape[0], n_cached, q.element_size())
         return _losses_cuda.forward(q, keys, scale, _group_codes(groups), n_batch, row_offset, with_columns,
-                                    n_cached, blocks, _empty_block)
+                                    n_cached, blocks)
     for name, t in (("q", q), ("p", keys)):
         # A sum is finite only when every element is (one cheap pass); if it is not, look closer.
         if not math.isfinite(float(t.sum())) and not bool(torch.isfinite(t).all()):
@@ -121,20 +112,17 @@ def _forward_op(
     positive = torch.empty(R, **like)
     col_max = torch.full((n_batch if with_columns else 0,), -math.inf, **like)
     col_sum = torch.zeros(n_batch if with_columns else 0, **like)
-    cache = _empty_block(n_cached, N, q)
     blocks = _blocks(R, N, n_cached, q.element_size())
-    work = _empty_block(max((hi - lo for lo, hi in blocks if lo >= n_cached), default=0), N, q)
     f64 = q.dtype == torch.float64
-    keys_t = keys.t()
+
+    def epilogue(x, lo, hi):
+        _C.contrastive_forward_block(
+            x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, s, _ptr(codes), row_lse[lo:].data_ptr(),
+            positive[lo:].data_ptr(), _ptr(col_max) if with_columns else 0, _ptr(col_sum) if with_columns else 0, f64,
+        )
+
     with _gemm.products(q, "loss_forward", R, N) as mm:
-        for lo, hi in blocks:
-            x = cache[lo:hi] if hi <= n_cached else work[: hi - lo]
-            mm(q[lo:hi], keys_t, x)  # [rows, N] raw dot products
-            _C.contrastive_forward_block(
-                x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, s, _ptr(codes), row_lse[lo:].data_ptr(),
-                positive[lo:].data_ptr(), _ptr(col_max) if with_columns else 0, _ptr(col_sum) if with_columns else 0,
-                f64,
-            )
+        cache = _block_walk.forward(q, keys, n_cached, blocks, mm, epilogue)
     col_lse = col_max + col_sum.log()
     if not math.isfinite(float(row_lse.sum() + col_lse.sum() + positive.sum())):
         raise ValueError(f"contrastive_loss: scores overflow {q.dtype}; scale down the inputs or the logit scale")
@@ -157,44 +145,30 @@ def _backward_op(
     if q.device.type == "cuda":
         blocks = _blocks(q.shape[0], keys.shape[0], cache.shape[0], q.element_size())
         return _losses_cuda.backward(grad_row_lse, grad_col_lse, grad_positive, q, keys, scale, _group_codes(groups),
-                                     row_lse, col_lse, cache, n_batch, row_offset, need_q, need_keys, blocks,
-                                     _empty_block)
+                                     row_lse, col_lse, cache, n_batch, row_offset, need_q, need_keys, blocks)
     s = float(scale)
     R, N = q.shape[0], keys.shape[0]
     n_cached = cache.shape[0]
     codes = _group_codes(groups)
-    grad_q = torch.empty_like(q) if need_q else torch.zeros_like(q)
-    grad_keys = torch.empty_like(keys) if need_keys else torch.zeros_like(keys)
     # The kernels write scale * G (G = dL/dS is linear in the upstream gradients), so the block
-    # products below give grad_q = scale * G @ keys and grad_keys = scale * G.T @ q directly.
+    # products give grad_q = scale * G @ keys and grad_keys = scale * G.T @ q directly.
     row_coef = (grad_row_lse * s).contiguous()
     col_coef = None if grad_col_lse is None else (grad_col_lse * s).contiguous()
     diag_coef = (grad_positive * s).contiguous()  # positive_i = S_ii
     blocks = _blocks(R, N, n_cached, q.element_size())
-    work = _empty_block(max(hi - lo for lo, hi in blocks), N, q)
-    keys_t = keys.t()
     f64 = q.dtype == torch.float64
     dscale = 0.0  # sum(scale * G * X) over the blocks
+
+    def epilogue(x, g, lo, hi):
+        nonlocal dscale
+        dscale += _C.contrastive_backward_block(
+            x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, s, _ptr(codes), row_lse[lo:].data_ptr(),
+            _ptr(col_lse) if col_coef is not None else 0, row_coef[lo:].data_ptr(), _ptr(col_coef),
+            diag_coef[lo:].data_ptr(), g.data_ptr(), N, f64,
+        )
+
     with _gemm.products(q, "loss_backward", R, N) as mm:
-        for lo, hi in blocks:
-            g = work[: hi - lo]
-            if hi <= n_cached:
-                x = cache[lo:hi]
-            else:
-                x = g
-                mm(q[lo:hi], keys_t, x)  # recompute [rows, N]; G overwrites it in place
-            dscale += _C.contrastive_backward_block(
-                x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, s, _ptr(codes), row_lse[lo:].data_ptr(),
-                _ptr(col_lse) if col_coef is not None else 0, row_coef[lo:].data_ptr(), _ptr(col_coef),
-                diag_coef[lo:].data_ptr(), g.data_ptr(), N, f64,
-            )
-            if need_q:
-                mm(g, keys, grad_q[lo:hi])  # [rows, D]
-            if need_keys:
-                if lo == 0:
-                    mm(g.t(), q[lo:hi], grad_keys)  # [N, D]
-                else:
-                    mm(g.t(), q[lo:hi], grad_keys, accumulate=True)
+        grad_q, grad_keys = _block_walk.backward(q, keys, cache, blocks, mm, need_q, need_keys, epilogue)
     return grad_q, grad_keys, torch.tensor(dscale / s, dtype=scale.dtype)  # sum(scale * G * X) / scale
 
 

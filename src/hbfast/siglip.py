@@ -23,10 +23,11 @@ from typing import Tuple, Union
 import torch
 from torch import Tensor
 
-from . import _C, _siglip_cuda
+from . import _C, _block_walk, _siglip_cuda
 from ._ext import check_impl, require_cuda
+from ._gemm import _torch_mm
 from .losses import (DEFAULT_MEMORY_BUDGET, _REDUCTIONS, _GatherWithGrad, _blocks, _check_float_matrices,
-                     _check_same_kind, _empty_block, _gather_info, _on_device, _reduce, cached_rows)
+                     _check_same_kind, _gather_info, _reduce, cached_rows)
 
 
 # ---- the custom ops -------------------------------------------------------------------------------
@@ -40,8 +41,7 @@ def _forward_op(image: Tensor, text: Tensor, scale: Tensor, bias: Tensor, row_of
     if image.device.type == "cuda":
         require_cuda("hbfast.siglip_loss")
         blocks = _blocks(image.shape[0], text.shape[0], n_cached, image.element_size())
-        with _on_device(image.device):
-            return _siglip_cuda.forward(image, text, scale, bias, row_offset, n_cached, blocks, _empty_block)
+        return _siglip_cuda.forward(image, text, scale, bias, row_offset, n_cached, blocks)
     for name, t in (("image_features", image), ("text_features", text)):
         # A sum is finite only when every element is (one cheap pass); if it is not, look closer.
         if not math.isfinite(float(t.sum())) and not bool(torch.isfinite(t).all()):
@@ -51,14 +51,13 @@ def _forward_op(image: Tensor, text: Tensor, scale: Tensor, bias: Tensor, row_of
         raise ValueError(f"siglip_loss: logit_scale and logit_bias must be finite, got {s} and {b}")
     R, N = image.shape[0], text.shape[0]
     row_loss = torch.empty(R, dtype=image.dtype, device=image.device)
-    cache = _empty_block(n_cached, N, image)
     blocks = _blocks(R, N, n_cached, image.element_size())
-    work = _empty_block(max((hi - lo for lo, hi in blocks if lo >= n_cached), default=0), N, image)
-    f64, text_t = image.dtype == torch.float64, text.t()
-    for lo, hi in blocks:
-        x = cache[lo:hi] if hi <= n_cached else work[: hi - lo]
-        torch.mm(image[lo:hi], text_t, out=x)  # [rows, N] raw dot products
+    f64 = image.dtype == torch.float64
+
+    def epilogue(x, lo, hi):
         _C.siglip_forward_block(x.data_ptr(), N, hi - lo, row_offset + lo, N, s, b, row_loss[lo:].data_ptr(), f64)
+
+    cache = _block_walk.forward(image, text, n_cached, blocks, _torch_mm, epilogue)
     if not math.isfinite(float(row_loss.sum())):
         raise ValueError(f"siglip_loss: logits overflow {image.dtype}; scale down the inputs or the logit scale")
     return row_loss, cache
@@ -76,34 +75,22 @@ def _backward_op(grad_row_loss: Tensor, image: Tensor, text: Tensor, scale: Tens
     n_cached = cache.shape[0]
     blocks = _blocks(image.shape[0], text.shape[0], n_cached, image.element_size())
     if image.device.type == "cuda":
-        with _on_device(image.device):
-            return _siglip_cuda.backward(grad_row_loss, image, text, scale, bias, cache, row_offset, need_image,
-                                         need_text, blocks, _empty_block)
+        return _siglip_cuda.backward(grad_row_loss, image, text, scale, bias, cache, row_offset, need_image, need_text,
+                                     blocks)
     s, b = float(scale), float(bias)
     N = text.shape[0]
-    grad_image = torch.empty_like(image) if need_image else torch.zeros_like(image)
-    grad_text = torch.empty_like(text) if need_text else torch.zeros_like(text)
     row_coef = grad_row_loss.to(image.dtype).contiguous()
-    work = _empty_block(max(hi - lo for lo, hi in blocks), N, image)
-    f64, text_t = image.dtype == torch.float64, text.t()
+    f64 = image.dtype == torch.float64
     sum_gx = sum_g = 0.0
-    for lo, hi in blocks:
-        g = work[: hi - lo]
-        if hi <= n_cached:
-            x = cache[lo:hi]
-        else:
-            x = g
-            torch.mm(image[lo:hi], text_t, out=x)  # recompute [rows, N]; the gradient overwrites it
+
+    def epilogue(x, g, lo, hi):
+        nonlocal sum_gx, sum_g
         gx, g1 = _C.siglip_backward_block(x.data_ptr(), N, hi - lo, row_offset + lo, N, s, b,
                                           row_coef[lo:].data_ptr(), g.data_ptr(), N, f64)
         sum_gx, sum_g = sum_gx + gx, sum_g + g1
-        if need_image:
-            torch.mm(g, text, out=grad_image[lo:hi])  # [rows, D]
-        if need_text:
-            if lo == 0:
-                torch.mm(g.t(), image[lo:hi], out=grad_text)  # [N, D]
-            else:
-                grad_text.addmm_(g.t(), image[lo:hi])
+
+    grad_image, grad_text = _block_walk.backward(image, text, cache, blocks, _torch_mm, need_image, need_text,
+                                                 epilogue)
     return (grad_image, grad_text, torch.tensor(sum_gx, dtype=scale.dtype, device=scale.device),
             torch.tensor(sum_g, dtype=bias.dtype, device=bias.device))
 
