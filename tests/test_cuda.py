@@ -9,7 +9,6 @@ kernels or hbfast.reference. Only the PTX check and the error-path tests run wit
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 
 import hbfast
 from hbfast import _C, _ext, _losses_cuda, losses, search
-from testing import requires_cuda, subprocess_env
+from testing import assert_fails_on_the_device, requires_cuda
 
 REPO = Path(__file__).resolve().parents[1]
 requires_two_gpus = pytest.mark.skipif(not (hbfast.build_info()["cuda"] and torch.cuda.device_count() >= 2),
@@ -290,16 +289,10 @@ def test_loss_checks_fail_on_the_device_with_their_message(bad):
              "overflow": "q *= 1e19; p *= 1e19"}[bad]
     message = {"nan_input": "contains NaN or Inf", "bad_scale": "scale must be finite",
                "overflow": "scores overflow"}[bad]
-    script = ("import torch, hbfast\n"
-              "q = torch.nn.functional.normalize(torch.randn(32, 8), dim=1).cuda(); p = q.flip(0).clone(); kw = {}\n"
-              f"{setup}\n"
-              "loss = hbfast.contrastive_loss(q, p, **kw)\n"
-              "torch.cuda.synchronize()\n"
-              "print('no error')\n")
-    env = subprocess_env()
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
-    assert run.returncode != 0 and "no error" not in run.stdout
-    assert message in run.stdout + run.stderr
+    assert_fails_on_the_device("import torch, hbfast\n"
+                               "q = torch.nn.functional.normalize(torch.randn(32, 8), dim=1).cuda()\n"
+                               f"p = q.flip(0).clone(); kw = {{}}\n{setup}\n"
+                               "loss = hbfast.contrastive_loss(q, p, **kw)", message)
 
 
 # ---- streams, devices, TF32 ----------------------------------------------------------------------

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import hbfast
 from hbfast import _C, losses
-from testing import DEVICES, requires_cuda
+from testing import DEVICES, assert_fails_on_the_device, requires_cuda
 
 SCALE, BIAS = 10.0, -10.0  # SigLIP's initial values
 
@@ -211,26 +211,15 @@ def test_the_cuda_step_never_waits_for_the_device():
 def test_cuda_checks_fail_on_the_device_with_their_message(bad):
     """On CUDA the checks are device-side assertions (they end the CUDA context, so each runs in its
     own process); the message names the problem."""
-    import subprocess
-    import sys
-
-    from testing import subprocess_env
-
     setup = {"nan_input": "image[1, 1] = float('nan')", "bad_scale": "scale = torch.tensor(float('inf')).cuda()",
              "overflow": "image *= 1e19; text *= 1e19"}[bad]
     message = {"nan_input": "image_features contains NaN or Inf", "bad_scale": "must be finite",
                "overflow": "logits overflow"}[bad]
-    script = ("import torch, hbfast\n"
-              "image = torch.nn.functional.normalize(torch.randn(32, 8), dim=1).cuda(); text = image.flip(0).clone()\n"
-              "scale = torch.tensor(10.0).cuda()\n"
-              f"{setup}\n"
-              "loss = hbfast.siglip_loss(image, text, scale, -10.0)\n"
-              "torch.cuda.synchronize()\n"
-              "print('no error')\n")
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=subprocess_env(),
-                         timeout=300)
-    assert run.returncode != 0 and "no error" not in run.stdout
-    assert message in run.stdout + run.stderr
+    assert_fails_on_the_device("import torch, hbfast\n"
+                               "image = torch.nn.functional.normalize(torch.randn(32, 8), dim=1).cuda()\n"
+                               "text = image.flip(0).clone(); scale = torch.tensor(10.0).cuda()\n"
+                               f"{setup}\n"
+                               "loss = hbfast.siglip_loss(image, text, scale, -10.0)", message)
 
 
 # ---- bad input ------------------------------------------------------------------------------------

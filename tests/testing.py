@@ -27,3 +27,15 @@ def subprocess_env(**extra) -> dict:
     env = dict(os.environ, **extra)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (home, env.get("PYTHONPATH", "")) if p)
     return env
+
+
+def assert_fails_on_the_device(script: str, message: str) -> None:
+    """Runs `script` in a child Python (a device-side assertion ends the CUDA context, so each check
+    needs its own process) and asserts that it failed with `message` before printing 'no error'."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", script + "\ntorch.cuda.synchronize()\nprint('no error')\n"],
+                         capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert run.returncode != 0 and "no error" not in run.stdout
+    assert message in run.stdout + run.stderr
