@@ -205,17 +205,14 @@ def test_the_choice_is_measured_then_kept(monkeypatch):
     n = _gemm.WARMUP + _gemm.SAMPLES  # timings of each product: one product's, then the other's
     for slow in BACKENDS:
         chooser = _gemm._Chooser()
-        seen = []
-        for i in range(2 * n):
-            backend = chooser.next(key)
-            seen.append(backend)
+        for i, backend in enumerate([_gemm.MEASURE_ORDER[0]] * n + [_gemm.MEASURE_ORDER[1]] * n):
             # the faster product's first (warm-up) timing is the slowest of all: it must not count
             seconds = 9.0 if i % n < _gemm.WARMUP and backend != slow else 2.0 if backend == slow else 1.0
-            chooser.record(key, backend, seconds, units=1)
+            chooser.record(key, backend, seconds)
             assert (chooser.describe()["chosen"] == {}) == (i < 2 * n - 1)
-        assert seen == [_gemm.MEASURE_ORDER[0]] * n + [_gemm.MEASURE_ORDER[1]] * n
         faster = next(b for b in BACKENDS if b != slow)
-        assert chooser.next(key) == faster and chooser.describe()["chosen"] == {"test/1024/4096/768": faster}
+        assert chooser.decide(key, lambda b: pytest.fail("decided already")) == faster
+        assert chooser.describe()["chosen"] == {"test/1024/4096/768": faster}
         chooser.reset()
         assert chooser.describe() == {"override": None, "chosen": {}, "measuring": []}
 
@@ -228,7 +225,7 @@ def test_a_product_within_the_margin_does_not_displace_torchs():
 
 def test_override_and_build_info(monkeypatch):
     monkeypatch.setenv("HBFAST_GEMM", "openblas")
-    assert _gemm.chooser.next(("anything",)) == "openblas"
+    assert _gemm.chooser.decide(("anything",), lambda b: pytest.fail("measured under an override")) == "openblas"
     info = hbfast.build_info()["gemm"]
     assert info["override"] == "openblas" and info["openblas"].startswith("OpenBLAS ")
     monkeypatch.setenv("HBFAST_GEMM", "cublas")

@@ -111,29 +111,13 @@ class _Chooser:
         self._times: Dict[tuple, Dict[str, List[float]]] = {}
         self._chosen: Dict[tuple, str] = {}
 
-    def next(self, key: tuple) -> str:
-        """The product to use for the next piece of work of this class."""
-        forced = override()
-        if forced is not None:
-            return forced
-        with self._lock:
-            if key in self._chosen:
-                return self._chosen[key]
-            times = self._times.setdefault(key, {b: [] for b in BACKENDS})
-            # One product's timings after the other's, not alternating: torch's OpenMP threads spin
-            # for a while after each MKL call and would slow an OpenBLAS tile that follows at once
-            # (the first, dropped timing of each absorbs the switch).
-            return next(b for b in MEASURE_ORDER if len(times[b]) < WARMUP + SAMPLES)
-
-    def record(self, key: tuple, backend: str, seconds: float, units: float) -> None:
-        """Time of one piece of work (`units`: its size, e.g. scores computed) under `backend`."""
-        if units <= 0:
-            return
+    def record(self, key: tuple, backend: str, seconds: float) -> None:
+        """Time of one trial under `backend`; the class is decided once both products have enough."""
         with self._lock:
             if key in self._chosen:
                 return
             times = self._times.setdefault(key, {b: [] for b in BACKENDS})
-            times[backend].append(seconds / units)
+            times[backend].append(seconds)
             if all(len(times[b]) >= WARMUP + SAMPLES for b in BACKENDS):
                 self._chosen[key] = pick({b: min(times[b][WARMUP:]) for b in BACKENDS})
 
@@ -156,12 +140,15 @@ class _Chooser:
             return choice
 
     def measure(self, key: tuple, trial: Callable[[str], None]) -> str:
-        """Times ``trial`` with each product (see decide) and returns the one kept."""
+        """Times ``trial`` with each product (see decide) and returns the one kept. One product's
+        timings after the other's, not alternating: torch's OpenMP threads spin for a while after each
+        MKL call and would slow an OpenBLAS tile that follows at once (the first, dropped timing of
+        each absorbs the switch)."""
         for backend in MEASURE_ORDER:
             while key not in self._chosen and len(self._times.get(key, {}).get(backend, ())) < WARMUP + SAMPLES:
                 start = time.perf_counter()
                 trial(backend)
-                self.record(key, backend, time.perf_counter() - start, 1.0)
+                self.record(key, backend, time.perf_counter() - start)
         with self._lock:
             return self._chosen[key]
 
