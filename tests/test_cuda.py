@@ -112,6 +112,41 @@ def test_exact_fp32_matmul_restores_the_users_tf32_setting():
         torch.set_float32_matmul_precision("highest")
 
 
+def test_exact_fp32_matmul_is_safe_across_threads():
+    """Two threads (DataParallel replicas) whose exact regions interleave: the setting stays exact until
+    the last one leaves, then the user's is back (a save/restore per thread would leave TF32 on)."""
+    import threading
+
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    a_inside, b_inside, a_left = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with _ext.exact_fp32_matmul():
+            a_inside.set()
+            b_inside.wait(10)
+        a_left.set()
+
+    def b():
+        a_inside.wait(10)
+        with _ext.exact_fp32_matmul():
+            b_inside.set()
+            a_left.wait(10)
+            seen["after a left"] = matmul.fp32_precision
+
+    try:
+        matmul.fp32_precision = "tf32"
+        threads = [threading.Thread(target=f) for f in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert seen == {"after a left": "ieee"} and matmul.fp32_precision == "tf32"
+    finally:
+        matmul.fp32_precision = before
+
+
 def test_a_gpu_hbfast_cannot_see_is_an_error_that_says_why(monkeypatch):
     """The static CUDA runtime with a driver older than the toolkit sees no device while torch does."""
     info = dict(_C.build_info(), cuda=True, cuda_device_count=0, cuda_runtime_version=13000,

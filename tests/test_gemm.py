@@ -202,14 +202,16 @@ def test_the_choice_is_measured_then_kept(monkeypatch):
     monkeypatch.delenv("HBFAST_GEMM", raising=False)
     key = _gemm.shape_class("test", 1000, 4096, 768)
     assert key == _gemm.shape_class("test", 1024, 3000, 768)  # pooled by powers of two
-    n = _gemm.WARMUP + _gemm.SAMPLES  # timings of each product: one product's, then the other's
+    n = _gemm.SAMPLES  # kept timings of each product per round: one product's, then the other's
     for slow in BACKENDS:
         chooser = _gemm._Chooser()
-        for i, backend in enumerate([_gemm.MEASURE_ORDER[0]] * n + [_gemm.MEASURE_ORDER[1]] * n):
-            # the faster product's first (warm-up) timing is the slowest of all: it must not count
-            seconds = 9.0 if i % n < _gemm.WARMUP and backend != slow else 2.0 if backend == slow else 1.0
+        order = [b for _ in range(_gemm.ROUNDS) for b in _gemm.MEASURE_ORDER for _ in range(n)]
+        for i, backend in enumerate(order):
+            # a burst of load during the faster product's first round must not decide for the other
+            first_round = i < 2 * n
+            seconds = 9.0 if first_round and backend != slow else 2.0 if backend == slow else 1.0
             chooser.record(key, backend, seconds)
-            assert (chooser.describe()["chosen"] == {}) == (i < 2 * n - 1)
+            assert (chooser.describe()["chosen"] == {}) == (i < len(order) - 1)
         faster = next(b for b in BACKENDS if b != slow)
         assert chooser.decide(key, lambda b: pytest.fail("decided already")) == faster
         assert chooser.describe()["chosen"] == {"test/1024/4096/768": faster}
@@ -250,8 +252,9 @@ def test_search_measures_on_scratch_work_then_keeps_one_product(monkeypatch):
     calls = []
     chosen = chooser.decide(("test",), lambda b: calls.append(b))
     n = _gemm.WARMUP + _gemm.SAMPLES
-    assert calls == [_gemm.MEASURE_ORDER[0]] * n + [_gemm.MEASURE_ORDER[1]] * n and chosen in BACKENDS
-    assert chooser.decide(("test",), lambda b: calls.append(b)) == chosen and len(calls) == 2 * n  # kept
+    one_round = [_gemm.MEASURE_ORDER[0]] * n + [_gemm.MEASURE_ORDER[1]] * n
+    assert calls == one_round * _gemm.ROUNDS and chosen in BACKENDS  # interleaved rounds
+    assert chooser.decide(("test",), lambda b: calls.append(b)) == chosen and len(calls) == len(one_round) * _gemm.ROUNDS
     # a call never mixes products: two identical calls in a fresh process state give identical results
     monkeypatch.setattr(_gemm, "chooser", _gemm._Chooser())
     g = torch.Generator().manual_seed(5)

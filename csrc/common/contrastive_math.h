@@ -113,30 +113,47 @@ template <class T>
 HBFAST_HOST_DEVICE T lse_value(T m, T s) { return m + log_plain(s); }
 
 // ---- the gradient tile -----------------------------------------------------------------------
-// The forward returns, per row i, lse_row_i (over its row of S = scale * X), per batch column j,
-// lse_col_j, and the positive scores d_i = S_ii. Given their upstream gradients a_i, b_j and c_i,
-// the element (i, j) of dL/dS is
-//   G_ij = a_i exp(S_ij - lse_row_i) + b_j exp(S_ij - lse_col_j) + [i == j] c_i
-// and masked pairs (excluded from both log-sum-exps) give 0. For the usual loss
-// l_i = lse_row_i - d_i, a_i = w_i and c_i = -w_i, which is softmax - identity.
-// `diag_add` is c_i on the diagonal and 0 elsewhere.
+// The forward returns, per row i, the log-sum-exp of S_ij over the row's negatives (its unmasked
+// pairs j != i), per batch column j the same over the column's pairs i != j, and the positive
+// scores d_i = S_ii. Each log-sum-exp is kept as the unevaluated sum max + log_sum (log_sum =
+// log sum exp(S - max) in [0, log N]): its low bits survive, so exp(S_ij - lse) is computed as
+// exp((S_ij - max) - log_sum), exactly 1 - (the rest of the softmax) for a dominant score, where
+// the rounded max + log_sum would lose everything below the score's last bit (PyTorch's
+// log_softmax keeps them the same way). The loss is l_i = log(exp(d_i) + exp(off_i)) - d_i =
+// softplus((max_i - d_i) + log_sum_i): no cancellation even when the positive dominates (the
+// trained regime, where logsumexp(row) - d_i would round to zero). Given the upstream gradients a_i,
+// b_j and c_i of (row lse, column lse, d), the element (i, j != i) of dL/dS is
+//   G_ij = a_i exp(S_ij - lse_row_i) + b_j exp(S_ij - lse_col_j)
+// masked pairs (excluded from both log-sum-exps) give 0, and the diagonal is G_ii = c_i: one formula
+// per pair, with no 1 - softmax cancellation. For the usual loss a_i = w_i sigmoid(off_i - d_i)
+// and c_i = -a_i (+ the column direction's terms).
+
+// exp(score - lse) for lse = max + log_sum.
 template <class T>
-HBFAST_HOST_DEVICE T gradient_tile_element(T score, T lse_row, T lse_col, T row_coef, T col_coef, T diag_add,
-                                           bool masked) {
-  T g = row_coef * fast_exp(score - lse_row) + col_coef * fast_exp(score - lse_col) + diag_add;
+HBFAST_HOST_DEVICE T exp_minus_lse(T score, T max, T log_sum) { return fast_exp((score - max) - log_sum); }
+
+template <class T>
+HBFAST_HOST_DEVICE T gradient_tile_element(T score, T row_max, T row_log_sum, T col_max, T col_log_sum, T row_coef,
+                                           T col_coef, bool masked) {
+  T g = row_coef * exp_minus_lse(score, row_max, row_log_sum) + col_coef * exp_minus_lse(score, col_max, col_log_sum);
   return masked ? T(0) : g;
 }
 
 // The same element for a column without a column term (hard negatives, or the one-sided loss).
 template <class T>
-HBFAST_HOST_DEVICE T gradient_tile_element_rows_only(T score, T lse_row, T row_coef, T diag_add, bool masked) {
-  T g = row_coef * fast_exp(score - lse_row) + diag_add;
+HBFAST_HOST_DEVICE T gradient_tile_element_rows_only(T score, T row_max, T row_log_sum, T row_coef, bool masked) {
+  T g = row_coef * exp_minus_lse(score, row_max, row_log_sum);
   return masked ? T(0) : g;
 }
 
-// A pair (i, j) is dropped from the denominators when both carry the same group id and i != j.
+// The diagonal element G_ii (the positive pair): its upstream gradient alone.
+template <class T>
+HBFAST_HOST_DEVICE T gradient_tile_diagonal(T diag_coef) { return diag_coef; }
+
+// A pair (i, j != i) is dropped from the negatives when both carry the same group id (the
+// diagonal, the positive, is never among the negatives).
 HBFAST_HOST_DEVICE bool pair_masked(int32_t group_row, int32_t group_col, int32_t i, int32_t j) {
-  return group_row == group_col && i != j;
+  return i == j || group_row == group_col;
 }
 
 }  // namespace hbfast

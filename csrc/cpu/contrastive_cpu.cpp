@@ -1,6 +1,7 @@
 // CPU epilogues of the fused contrastive loss: one pass over each row block of raw dot products,
 // auto-vectorised by GCC and split over hbfast's threads by rows. Only per-row and per-column
-// log-sum-exp pairs survive the forward. Instruction sets: the hot functions are compiled three
+// log-sum-exp pairs over the negatives (the pairs off the diagonal) survive the forward; the
+// positive is kept apart (common/contrastive_math.h says why). Instruction sets: the hot functions are compiled three
 // times (target_clones: x86-64-v4 = AVX-512, x86-64-v3 = AVX2+FMA, and the x86-64 baseline) and the
 // loader picks the best one the CPU supports, so an older CPU runs the portable clone instead of
 // failing. The reductions keep kLanes independent partial results so they vectorise without
@@ -37,67 +38,69 @@ struct RowArgs {
   const int32_t* groups;
 };
 
-// Inside the vectorised loops a column is masked when its group equals the row's, which also
-// masks the diagonal; the diagonal (never masked) is then added back by a scalar fix-up, so the
-// loops need no index comparisons.
+// Inside the vectorised loops a column is masked when its group equals the row's; the diagonal
+// (the positive) is left out by splitting the column range around it, so the loops need no index
+// comparisons.
 template <bool kGroups, class T>
 HBFAST_ALWAYS_INLINE bool same_group(const RowArgs<T>& a, int64_t j) {
   return kGroups && a.groups[j] == a.group_row;
 }
 
-// Pass 1 over columns [c0, c1) of one row: the row max (from `row_max`) and, with kColumns, the
-// column maxima col_max_new[j] (indexed by global column).
+// Calls element(j, lane) for j in [c0, c1), kLanes at a time (lane = j's accumulator slot).
+template <class F>
+HBFAST_ALWAYS_INLINE void lanes_loop(int64_t c0, int64_t c1, F&& element) {
+  int64_t j = c0;
+  for (; j + kLanes <= c1; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) element(j + l, l);
+  for (; j < c1; ++j) element(j, 0);
+}
+
+// The same over [c0, c1) without column `skip` (the row's positive, when it is in the range).
+template <class F>
+HBFAST_ALWAYS_INLINE void lanes_loop_skipping(int64_t c0, int64_t c1, int64_t skip, F&& element) {
+  if (skip < c0 || skip >= c1) {
+    lanes_loop(c0, c1, element);
+    return;
+  }
+  lanes_loop(c0, skip, element);
+  lanes_loop(skip + 1, c1, element);
+}
+
+// Pass 1 over the negatives in columns [c0, c1) of one row: the row max (from `row_max`) and, with
+// kColumns, the column maxima col_max_new[j] (indexed by global column).
 template <bool kGroups, bool kColumns, class T>
 HBFAST_ALWAYS_INLINE T row_max_pass(const T* __restrict__ x, int64_t c0, int64_t c1, const RowArgs<T>& a, T row_max,
                                     T* __restrict__ col_max_new) {
   T lane[kLanes];
   for (int l = 0; l < kLanes; ++l) lane[l] = row_max;
-  auto element = [&](int64_t j, T& m) HBFAST_ALWAYS_INLINE_LAMBDA {
+  lanes_loop_skipping(c0, c1, a.row, [&](int64_t j, int l) HBFAST_ALWAYS_INLINE_LAMBDA {
     T s = same_group<kGroups>(a, j) ? kNegInf<T> : a.scale * x[j];
-    m = fmax_plain(m, s);
+    lane[l] = fmax_plain(lane[l], s);
     if (kColumns) col_max_new[j] = fmax_plain(col_max_new[j], s);
-  };
-  int64_t j = c0;
-  for (; j + kLanes <= c1; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) element(j + l, lane[l]);
-  for (; j < c1; ++j) element(j, lane[0]);
+  });
   T m = lane[0];
   for (int l = 1; l < kLanes; ++l) m = fmax_plain(m, lane[l]);
-  if (kGroups && a.row >= c0 && a.row < c1) {  // the diagonal, masked above
-    T s = a.scale * x[a.row];
-    m = fmax_plain(m, s);
-    if (kColumns) col_max_new[a.row] = fmax_plain(col_max_new[a.row], s);
-  }
   return m;
 }
 
-// Pass 2: sum of exp(s - row_max) over the row's unmasked columns, and with kColumns
+// Pass 2: sum of exp(s - row_max) over the row's negatives, and with kColumns
 // col_sum[j] += exp(s - col_max[j]).
 template <bool kGroups, bool kColumns, class T>
 HBFAST_ALWAYS_INLINE T row_sum_pass(const T* __restrict__ x, int64_t c0, int64_t c1, const RowArgs<T>& a, T row_max,
                                     const T* __restrict__ col_max, T* __restrict__ col_sum) {
   T lane[kLanes] = {};
-  auto element = [&](int64_t j, T& acc) HBFAST_ALWAYS_INLINE_LAMBDA {
+  lanes_loop_skipping(c0, c1, a.row, [&](int64_t j, int l) HBFAST_ALWAYS_INLINE_LAMBDA {
     bool masked = same_group<kGroups>(a, j);
     T s = a.scale * x[j];
     T e_row = fast_exp(s - row_max);
-    acc += masked ? T(0) : e_row;
+    lane[l] += masked ? T(0) : e_row;
     if (kColumns) {
       T e_col = fast_exp(s - col_max[j]);
       col_sum[j] += masked ? T(0) : e_col;
     }
-  };
-  int64_t j = c0;
-  for (; j + kLanes <= c1; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) element(j + l, lane[l]);
-  for (; j < c1; ++j) element(j, lane[0]);
+  });
   T sum = 0;
   for (int l = 0; l < kLanes; ++l) sum += lane[l];
-  if (kGroups && a.row >= c0 && a.row < c1) {
-    T s = a.scale * x[a.row];
-    sum += fast_exp(s - row_max);
-    if (kColumns) col_sum[a.row] += fast_exp(s - col_max[a.row]);
-  }
   return sum;
 }
 
@@ -143,7 +146,8 @@ HBFAST_ALWAYS_INLINE void forward_rows(const T* x, int64_t ld, int64_t r0, int64
     }
     for (int64_t r = 0; r < nr; ++r) {
       int64_t local = rc + r;
-      row_lse[local] = lse_value(row_max[r], row_sum[r]);
+      row_lse[2 * local] = row_max[r];  // the log-sum-exp as max + log_sum (contrastive_math.h)
+      row_lse[2 * local + 1] = log_plain(row_sum[r]);
       diag[local] = x[local * ld + row_begin + local];
     }
   }
@@ -183,46 +187,37 @@ void merge_column_pairs(T* col_max, T* col_sum, const T* part_max, const T* part
   for (int64_t j = begin; j < end; ++j) lse_merge(col_max[j], col_sum[j], part_max[j], part_sum[j]);
 }
 
-// Backward over one row: G[j] = dL/dS_ij for all columns; returns sum_j G_ij * X_ij. x and g may be
-// the same buffer (each element is read before it is written; the diagonal is read up front).
+// Backward over one row: G[j] = dL/dS_ij for all columns; returns sum_j G_ij * X_ij. The negatives
+// come from their exp terms, the positive (the diagonal) from its own upstream gradient alone. x and
+// g may be the same buffer (each element is read before it is written).
 template <bool kGroups, bool kColumns, class T>
-HBFAST_ALWAYS_INLINE T gradient_row(const T* x, T* g, int64_t n_cols, int64_t n_batch, const RowArgs<T>& a, T lse_row,
-                                    T row_coef, T diag_coef, const T* __restrict__ col_lse,
+HBFAST_ALWAYS_INLINE T gradient_row(const T* x, T* g, int64_t n_cols, int64_t n_batch, const RowArgs<T>& a, T row_max,
+                                    T row_log_sum, T row_coef, T diag_coef, const T* __restrict__ col_lse,
                                     const T* __restrict__ col_coef) {
   const int64_t i = a.row;
-  const T x_diag = x[i];
   T lane[kLanes] = {};
-  auto batch_element = [&](int64_t j, T& acc) HBFAST_ALWAYS_INLINE_LAMBDA {
+  const T x_diag = x[i];
+  lanes_loop_skipping(0, n_batch, i, [&](int64_t j, int l) HBFAST_ALWAYS_INLINE_LAMBDA {
     T xv = x[j];
     T s = a.scale * xv;
     bool masked = same_group<kGroups>(a, j);
-    T gv = kColumns ? gradient_tile_element(s, lse_row, col_lse[j], row_coef, col_coef[j], T(0), masked)
-                    : gradient_tile_element_rows_only(s, lse_row, row_coef, T(0), masked);
+    T gv = kColumns ? gradient_tile_element(s, row_max, row_log_sum, col_lse[2 * j], col_lse[2 * j + 1], row_coef,
+                                            col_coef[j], masked)
+                    : gradient_tile_element_rows_only(s, row_max, row_log_sum, row_coef, masked);
     g[j] = gv;
-    acc += gv * xv;
-  };
-  auto negative_element = [&](int64_t j, T& acc) HBFAST_ALWAYS_INLINE_LAMBDA {
+    lane[l] += gv * xv;
+  });
+  lanes_loop(n_batch, n_cols, [&](int64_t j, int l) HBFAST_ALWAYS_INLINE_LAMBDA {  // hard negatives
     T xv = x[j];
-    T gv = gradient_tile_element_rows_only(a.scale * xv, lse_row, row_coef, T(0), false);
+    T gv = gradient_tile_element_rows_only(a.scale * xv, row_max, row_log_sum, row_coef, false);
     g[j] = gv;
-    acc += gv * xv;
-  };
-  int64_t j = 0;
-  for (; j + kLanes <= n_batch; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) batch_element(j + l, lane[l]);
-  for (; j < n_batch; ++j) batch_element(j, lane[0]);
-  for (; j + kLanes <= n_cols; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) negative_element(j + l, lane[l]);
-  for (; j < n_cols; ++j) negative_element(j, lane[0]);
+    lane[l] += gv * xv;
+  });
   T sum = 0;
   for (int l = 0; l < kLanes; ++l) sum += lane[l];
-  // The diagonal: never masked, and it carries the positive score's own gradient.
-  const T s = a.scale * x_diag;
-  const T gv = kColumns ? gradient_tile_element(s, lse_row, col_lse[i], row_coef, col_coef[i], diag_coef, false)
-                        : gradient_tile_element_rows_only(s, lse_row, row_coef, diag_coef, false);
-  sum += (gv - g[i]) * x_diag;
-  g[i] = gv;
-  return sum;
+  const T g_diag = gradient_tile_diagonal(diag_coef);
+  g[i] = g_diag;
+  return sum + g_diag * x_diag;
 }
 
 template <class T>
@@ -239,13 +234,17 @@ HBFAST_ALWAYS_INLINE double gradient_rows_switch(bool with_groups, bool with_col
     T* gr = g + r * ldg;
     T part;
     if (with_groups && with_columns)
-      part = gradient_row<true, true>(xr, gr, n_cols, n_batch, a, row_lse[r], row_coef[r], diag_coef[r], col_lse, col_coef);
+      part = gradient_row<true, true>(xr, gr, n_cols, n_batch, a, row_lse[2 * r], row_lse[2 * r + 1], row_coef[r],
+                                         diag_coef[r], col_lse, col_coef);
     else if (with_groups)
-      part = gradient_row<true, false>(xr, gr, n_cols, n_batch, a, row_lse[r], row_coef[r], diag_coef[r], col_lse, col_coef);
+      part = gradient_row<true, false>(xr, gr, n_cols, n_batch, a, row_lse[2 * r], row_lse[2 * r + 1], row_coef[r],
+                                         diag_coef[r], col_lse, col_coef);
     else if (with_columns)
-      part = gradient_row<false, true>(xr, gr, n_cols, n_batch, a, row_lse[r], row_coef[r], diag_coef[r], col_lse, col_coef);
+      part = gradient_row<false, true>(xr, gr, n_cols, n_batch, a, row_lse[2 * r], row_lse[2 * r + 1], row_coef[r],
+                                         diag_coef[r], col_lse, col_coef);
     else
-      part = gradient_row<false, false>(xr, gr, n_cols, n_batch, a, row_lse[r], row_coef[r], diag_coef[r], col_lse, col_coef);
+      part = gradient_row<false, false>(xr, gr, n_cols, n_batch, a, row_lse[2 * r], row_lse[2 * r + 1], row_coef[r],
+                                         diag_coef[r], col_lse, col_coef);
     total += part;
   }
   return total;

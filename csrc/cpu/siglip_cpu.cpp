@@ -1,8 +1,10 @@
 // CPU epilogues of the fused pairwise sigmoid (SigLIP) loss: one pass over each row block of raw
-// dot products, auto-vectorised by GCC and split over hbfast's threads by rows. Every column is
-// first treated as a negative (so the loops have no index comparisons) and the row's one positive
-// is fixed up afterwards with the identities softplus(-z) = softplus(z) - z and
-// sigmoid(z) - 1 = -sigmoid(-z). Like contrastive_cpu.cpp: the float loops are compiled per
+// dot products, auto-vectorised by GCC and split over hbfast's threads by rows. Each pair's loss and
+// derivative come from common/siglip_math.h, the formulas the CUDA kernels use: the negatives in
+// vectorised loops over the columns either side of the row's positive (so the loops need no index
+// comparisons), the positive on its own with its own formula (softplus(-z), -sigmoid(-z)), never as
+// a negative corrected afterwards (softplus(z) - z cancels catastrophically once z is large, which
+// is where training converges). Like contrastive_cpu.cpp: the float loops are compiled per
 // instruction set (target_clones) and reduce into kLanes independent partial sums so they
 // vectorise without -ffast-math; the float64 path (exact libm math) is compiled once.
 #include "cpu/siglip_cpu.h"
@@ -20,17 +22,28 @@ namespace {
 
 constexpr int kLanes = 16;  // independent partial sums, so reductions vectorise
 
+// Calls element(j, lane) for j in [0, n) except `skip`, kLanes at a time (lane = j's slot).
+template <class F>
+HBFAST_ALWAYS_INLINE void lanes_loop_skipping(int64_t n, int64_t skip, F&& element) {
+  for (int64_t part = 0; part < 2; ++part) {
+    const int64_t c0 = part == 0 ? 0 : skip + 1, c1 = part == 0 ? std::min(skip, n) : n;
+    int64_t j = c0;
+    for (; j + kLanes <= c1; j += kLanes)
+      for (int l = 0; l < kLanes; ++l) element(j + l, l);
+    for (; j < c1; ++j) element(j, 0);
+  }
+}
+
 // Loss of one row over all its columns; diag_col is the row's positive.
 template <class T>
 HBFAST_ALWAYS_INLINE T loss_row(const T* __restrict__ x, int64_t n_cols, int64_t diag_col, T scale, T bias) {
   T lane[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= n_cols; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) lane[l] += softplus_stable(scale * x[j + l] + bias);
-  for (; j < n_cols; ++j) lane[0] += softplus_stable(scale * x[j] + bias);
+  lanes_loop_skipping(n_cols, diag_col, [&](int64_t j, int l) __attribute__((always_inline)) {
+    lane[l] += siglip_pair_loss(scale * x[j] + bias, false);
+  });
   T sum = 0;
   for (int l = 0; l < kLanes; ++l) sum += lane[l];
-  return sum - (scale * x[diag_col] + bias);  // the positive: softplus(-z) = softplus(z) - z
+  return sum + siglip_pair_loss(scale * x[diag_col] + bias, true);
 }
 
 template <class T>
@@ -57,23 +70,19 @@ HBFAST_ALWAYS_INLINE void gradient_row(const T* x, T* g, int64_t n_cols, int64_t
                                        T& sum_gx, T& sum_g) {
   const T x_diag = x[diag_col];
   T lane_gx[kLanes] = {}, lane_g[kLanes] = {};
-  auto element = [&](int64_t j, int l) __attribute__((always_inline)) {
+  lanes_loop_skipping(n_cols, diag_col, [&](int64_t j, int l) __attribute__((always_inline)) {
     T xv = x[j];
-    T gz = coef * sigmoid_stable(scale * xv + bias);
+    T gz = coef * siglip_pair_grad(scale * xv + bias, false);
     g[j] = scale * gz;
     lane_gx[l] += gz * xv;
     lane_g[l] += gz;
-  };
-  int64_t j = 0;
-  for (; j + kLanes <= n_cols; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) element(j + l, l);
-  for (; j < n_cols; ++j) element(j, 0);
+  });
   T gx = 0, g1 = 0;
   for (int l = 0; l < kLanes; ++l) gx += lane_gx[l], g1 += lane_g[l];
-  // The positive: its derivative is the negative's minus one (sigmoid(z) - 1 = -sigmoid(-z)).
-  g[diag_col] -= scale * coef;
-  sum_gx += gx - coef * x_diag;
-  sum_g += g1 - coef;
+  const T gz_diag = coef * siglip_pair_grad(scale * x_diag + bias, true);
+  g[diag_col] = scale * gz_diag;
+  sum_gx += gx + gz_diag * x_diag;
+  sum_g += g1 + gz_diag;
 }
 
 template <class T>

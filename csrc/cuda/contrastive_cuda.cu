@@ -1,5 +1,5 @@
-// CUDA epilogues of the fused contrastive loss: row log-sum-exp (one block per row), column
-// log-sum-exp (one thread per column and row chunk, coalesced over the rows, then a merge of the
+// CUDA epilogues of the fused contrastive loss: row log-sum-exp over each row's negatives (one block
+// per row), column log-sum-exp over each column's negatives (one thread per column and row chunk, coalesced over the rows, then a merge of the
 // chunks' partial (max, sum) pairs) and the gradient tile (one thread per element), all with the
 // shared math of common/contrastive_math.h. The scale is read from device memory (a learnable
 // scale never leaves the GPU), so a step needs no device-to-host synchronisation.
@@ -34,7 +34,8 @@ __global__ void row_lse_kernel(const float* __restrict__ x, int64_t ld, int64_t 
   const int32_t group_row = groups ? groups[i] : 0;
   float m = -INFINITY, s = 0.0f;
   for (int64_t j = threadIdx.x; j < n_cols; j += blockDim.x) {
-    bool masked = groups && j < n_batch && pair_masked(group_row, groups[j], i, static_cast<int32_t>(j));
+    // the positive (j == i) and, with groups, same-group pairs are not negatives
+    bool masked = j < n_batch && pair_masked(group_row, groups ? groups[j] : group_row + 1, i, static_cast<int32_t>(j));
     if (!masked) lse_push(m, s, scale * xr[j]);
   }
   warp_merge(m, s);
@@ -47,7 +48,8 @@ __global__ void row_lse_kernel(const float* __restrict__ x, int64_t ld, int64_t 
     s = lane < kThreads / 32 ? shared_s[lane] : 0.0f;
     warp_merge(m, s);
     if (lane == 0) {
-      row_lse[r] = lse_value(m, s);
+      row_lse[2 * r] = m;  // the log-sum-exp as max + log_sum (common/contrastive_math.h)
+      row_lse[2 * r + 1] = log_plain(s);
       diag[r] = xr[i];
     }
   }
@@ -68,7 +70,7 @@ __global__ void column_lse_partial_kernel(const float* __restrict__ x, int64_t l
   float m = -INFINITY, s = 0.0f;
   for (int64_t r = r_begin; r < r_end; ++r) {
     const int32_t i = static_cast<int32_t>(row_begin + r);
-    bool masked = groups && pair_masked(groups[i], group_col, i, static_cast<int32_t>(j));
+    bool masked = pair_masked(groups ? groups[i] : group_col + 1, group_col, i, static_cast<int32_t>(j));
     if (!masked) lse_push(m, s, scale * x[r * ld + j]);
   }
   partial_max[blockIdx.y * n_batch + j] = m;
@@ -107,13 +109,15 @@ __global__ void gradient_tile_kernel(const float* x, int64_t ld, int64_t row_beg
     const float xv = x[r * ld + j];
     const float score = scale * xv;
     float gv;
-    if (j < n_batch) {
+    if (j == i) {
+      gv = gradient_tile_diagonal(diag_coef[r]);
+    } else if (j < n_batch) {
       bool masked = groups && pair_masked(groups[i], groups[j], i, static_cast<int32_t>(j));
-      float diag_add = j == i ? diag_coef[r] : 0.0f;
-      gv = col_coef ? gradient_tile_element(score, row_lse[r], col_lse[j], row_coef[r], col_coef[j], diag_add, masked)
-                    : gradient_tile_element_rows_only(score, row_lse[r], row_coef[r], diag_add, masked);
+      gv = col_coef ? gradient_tile_element(score, row_lse[2 * r], row_lse[2 * r + 1], col_lse[2 * j],
+                                            col_lse[2 * j + 1], row_coef[r], col_coef[j], masked)
+                    : gradient_tile_element_rows_only(score, row_lse[2 * r], row_lse[2 * r + 1], row_coef[r], masked);
     } else {
-      gv = gradient_tile_element_rows_only(score, row_lse[r], row_coef[r], 0.0f, false);
+      gv = gradient_tile_element_rows_only(score, row_lse[2 * r], row_lse[2 * r + 1], row_coef[r], false);
     }
     g[r * ldg + j] = gv;
     contribution = static_cast<double>(gv) * xv;

@@ -41,7 +41,9 @@ __global__ void siglip_row_loss_kernel(const float* __restrict__ x, int64_t ld, 
 }
 
 // One thread per element of the row block: g = scale * G (in place or into g); sums of G * X and G.
-__global__ void siglip_gradient_tile_kernel(const float* __restrict__ x, int64_t ld, int64_t row_begin,
+// x and g may be the same buffer (the recompute path writes G over the scores it reads), so neither
+// is __restrict__: each thread reads its element before it writes it.
+__global__ void siglip_gradient_tile_kernel(const float* x, int64_t ld, int64_t row_begin,
                                             int64_t n_cols, const float* __restrict__ scale_bias,
                                             const float* __restrict__ row_coef, float* g, int64_t ldg,
                                             double* __restrict__ sums) {

@@ -5,6 +5,7 @@ import contextlib
 import ctypes
 import functools
 import os
+import threading
 
 import scipy_openblas32 as _openblas
 
@@ -94,17 +95,39 @@ def require_cuda(what: str) -> None:
 def exact_fp32_matmul():
     """cuBLAS float32 products in full float32 (no TF32) inside, the user's setting restored after:
     hbfast's results must not depend on ``torch.backends.cuda.matmul.allow_tf32`` or
-    ``torch.set_float32_matmul_precision``. (torch's per-backend ``fp32_precision`` is saved and
-    restored as it was, so neither the legacy nor the new TF32 API of the user is disturbed.)"""
+    ``torch.set_float32_matmul_precision``. The setting is process-wide, so threads (DataParallel
+    replicas) share one save and restore: the first to enter saves and sets it, the last to leave
+    restores it. torch >= 2.9's ``fp32_precision`` is used where it exists (saved and restored as
+    it was, so neither the legacy nor the new TF32 API of the user is disturbed), else
+    ``allow_tf32``."""
+    global _exact_users, _exact_saved
     import torch
 
     matmul = torch.backends.cuda.matmul
-    previous = matmul.fp32_precision
-    matmul.fp32_precision = "ieee"
+    new_api = hasattr(matmul, "fp32_precision")
+    with _EXACT_LOCK:
+        if _exact_users == 0:
+            _exact_saved = matmul.fp32_precision if new_api else matmul.allow_tf32
+            if new_api:
+                matmul.fp32_precision = "ieee"
+            else:
+                matmul.allow_tf32 = False
+        _exact_users += 1
     try:
         yield
     finally:
-        matmul.fp32_precision = previous
+        with _EXACT_LOCK:
+            _exact_users -= 1
+            if _exact_users == 0:
+                if new_api:
+                    matmul.fp32_precision = _exact_saved
+                else:
+                    matmul.allow_tf32 = _exact_saved
+
+
+_EXACT_LOCK = threading.Lock()
+_exact_users = 0  # threads inside exact_fp32_matmul
+_exact_saved = None  # the user's setting while any is
 
 
 def set_num_threads(n: int) -> None:

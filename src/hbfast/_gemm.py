@@ -9,11 +9,14 @@ which ``_C`` looks up in the already loaded library (``TORCH_MKL``); with a torc
 
 The choice is measured once per machine and shape class (:func:`machine_choice`), on the real
 shapes: topk and relevant_ranks time both products on their first tile into scratch state before the
-call's real work (so one call never mixes products); the first ``WARMUP`` timings of each are dropped
-(first-touch pages, library buffers), and after ``SAMPLES`` more of each, the one with the lower
-minimum is kept for that class (the minimum: on a loaded machine, the least disturbed timing is the one
-that shows the speed), torch's unless OpenBLAS is faster by more than ``MARGIN`` (5%: closer timings
-are noise, and a choice that flips with noise is worse than either product). Both give exact
+call's real work (so one call never mixes products), in ``ROUNDS`` interleaved rounds (one product's
+timings, then the other's, then again), each round's first ``WARMUP`` timing of a product dropped
+(first-touch pages, library buffers, the other library's spinning threads); after ``SAMPLES`` kept
+timings of each per round, the one with the lower minimum is kept for that class (the minimum: on a
+loaded machine, the least disturbed timing is the one that shows the speed; the rounds: a burst of load
+during one product's turn no longer decides for the other, as it could when each was timed once),
+torch's unless OpenBLAS is faster by more than ``MARGIN`` (5%: closer timings are noise, and a choice
+that flips with noise is worse than either product). Both give exact
 results (the same arithmetic up to the rounding order of each dot product).
 
 The loss's block products go through :func:`products` (measured on scratch blocks; see
@@ -67,8 +70,9 @@ def fused_id(backend: str) -> Optional[int]:
     if backend == "mkl" and not TORCH_MKL:
         return None
     return _FUSED_IDS[backend]
-WARMUP = 1  # first timings of each product per class that are dropped (buffers and pages set up)
-SAMPLES = 3  # timings of each product kept before a shape class is decided (the minimum counts)
+WARMUP = 1  # first timings of each product per round that are dropped (buffers, pages, the switch)
+SAMPLES = 2  # timings of each product kept per round (the minimum over all rounds counts)
+ROUNDS = 2  # interleaved rounds of both products
 MEASURE_ORDER = ("openblas", "mkl")
 PREFERRED = "mkl"  # torch's product, unless the other one is faster by more than MARGIN
 MARGIN = 0.05  # within 5% the timings are noise on a busy machine (a choice that flips is worse than none)
@@ -118,13 +122,13 @@ class _Chooser:
                 return
             times = self._times.setdefault(key, {b: [] for b in BACKENDS})
             times[backend].append(seconds)
-            if all(len(times[b]) >= WARMUP + SAMPLES for b in BACKENDS):
-                self._chosen[key] = pick({b: min(times[b][WARMUP:]) for b in BACKENDS})
+            if all(len(times[b]) >= ROUNDS * SAMPLES for b in BACKENDS):
+                self._chosen[key] = pick({b: min(times[b]) for b in BACKENDS})
 
     def decide(self, key: tuple, trial: Callable[[str], None]) -> str:
         """The product for this class. Until one is chosen, first times ``trial(backend)`` (a piece of
-        throwaway work of the real shape, e.g. the first tile into a scratch state) WARMUP + SAMPLES
-        times with each product, so that every result of a call comes from one product."""
+        throwaway work of the real shape, e.g. the first tile into a scratch state) ROUNDS times
+        WARMUP + SAMPLES times with each product, so that every result of a call comes from one product."""
         forced = override()
         if forced is not None:
             return forced
@@ -140,15 +144,19 @@ class _Chooser:
             return choice
 
     def measure(self, key: tuple, trial: Callable[[str], None]) -> str:
-        """Times ``trial`` with each product (see decide) and returns the one kept. One product's
-        timings after the other's, not alternating: torch's OpenMP threads spin for a while after each
-        MKL call and would slow an OpenBLAS tile that follows at once (the first, dropped timing of
-        each absorbs the switch)."""
-        for backend in MEASURE_ORDER:
-            while key not in self._chosen and len(self._times.get(key, {}).get(backend, ())) < WARMUP + SAMPLES:
-                start = time.perf_counter()
-                trial(backend)
-                self.record(key, backend, time.perf_counter() - start)
+        """Times ``trial`` with each product (see decide) and returns the one kept. Within a round one
+        product's timings follow the other's, not alternating one by one: torch's OpenMP threads spin
+        for a while after each MKL call and would slow an OpenBLAS tile that follows at once (the first,
+        dropped timing of each absorbs the switch)."""
+        for _ in range(ROUNDS):
+            for backend in MEASURE_ORDER:
+                for i in range(WARMUP + SAMPLES):
+                    if key in self._chosen:
+                        break
+                    start = time.perf_counter()
+                    trial(backend)
+                    if i >= WARMUP:
+                        self.record(key, backend, time.perf_counter() - start)
         with self._lock:
             return self._chosen[key]
 

@@ -42,14 +42,15 @@ def _column_scratch(blocks, n_batch: int, like: Tensor) -> Tuple[Tensor, Tensor,
 
 def forward(q: Tensor, keys: Tensor, scale: Tensor, codes: Optional[Tensor], n_batch: int, row_offset: int,
             with_columns: bool, n_cached: int, blocks):
-    """The forward op on CUDA (float32): returns (row_lse, col_lse, positive scores, kept blocks)."""
+    """The forward op on CUDA (float32): returns (row_lse, col_lse, positive scores, kept blocks), the
+    log-sum-exps over each row's / column's negatives (see losses.py)."""
     for name, t in (("q", q), ("p", keys)):
         assert_on_device(torch.isfinite(t).all(), f"contrastive_loss: {name} (or hard_negatives) contains NaN or Inf")
     assert_on_device(torch.isfinite(scale) & (scale > 0), "contrastive_loss: the scale must be finite and > 0")
     scale = scale.to(torch.float32).contiguous()  # read by the kernels through its pointer
     R, N = q.shape[0], keys.shape[0]
     like = dict(dtype=q.dtype, device=q.device)
-    row_lse = torch.empty(R, **like)
+    row_lse = torch.empty(R, 2, **like)  # (max, log_sum) pairs: see losses.py
     positive = torch.empty(R, **like)
     col_max = torch.full((n_batch if with_columns else 0,), -math.inf, **like)
     col_sum = torch.zeros(n_batch if with_columns else 0, **like)
@@ -66,23 +67,23 @@ def forward(q: Tensor, keys: Tensor, scale: Tensor, codes: Optional[Tensor], n_b
 
     with torch.cuda.device(q.device), exact_fp32_matmul():
         cache = _block_walk.forward(q, keys, n_cached, blocks, _torch_mm, epilogue)
-    col_lse = col_max + col_sum.log()
-    assert_on_device(torch.isfinite(row_lse.sum() + col_lse.sum() + positive.sum()),
+    col_lse = torch.stack([col_max, col_sum.log()], 1)
+    total = row_lse.sum() + col_lse.sum() + positive.sum()  # -inf: a row or column without negatives
+    assert_on_device(~torch.isnan(total) & (total != math.inf),
                      f"contrastive_loss: scores overflow {q.dtype}; scale down the inputs or the logit scale")
-    return row_lse, col_lse, positive * scale, cache
+    return row_lse, col_lse, positive * scale, cache  # row / column (max, log_sum) pairs, S_ii
 
 
-def backward(grad_row_lse: Tensor, grad_col_lse: Optional[Tensor], grad_positive: Tensor, q: Tensor, keys: Tensor,
-             scale: Tensor, codes: Optional[Tensor], row_lse: Tensor, col_lse: Tensor, cache: Tensor, n_batch: int,
-             row_offset: int, need_q: bool, need_keys: bool, blocks):
-    """The backward op on CUDA: (grad_q, grad_keys, dL/dscale), the scale never read on the host."""
+def backward(coefficients: Tuple[Tensor, Optional[Tensor], Tensor], q: Tensor, keys: Tensor, scale: Tensor,
+             codes: Optional[Tensor], row_lse: Tensor, col_lse: Tensor, cache: Tensor, n_batch: int, row_offset: int,
+             need_q: bool, need_keys: bool, blocks):
+    """The backward op on CUDA: (grad_q, grad_keys, dL/dscale), the scale never read on the host.
+    coefficients: scale * (a_i, b_j, c_i) of common/contrastive_math.h, on the device."""
     scale32 = scale.to(torch.float32).contiguous()
     N = keys.shape[0]
     dscale = torch.zeros((), dtype=torch.float64, device=q.device)
     # The kernels write scale * G, so the block products give grad_q and grad_keys directly.
-    row_coef = (grad_row_lse * scale32).contiguous()
-    col_coef = None if grad_col_lse is None else (grad_col_lse * scale32).contiguous()
-    diag_coef = (grad_positive * scale32).contiguous()  # positive_i = S_ii
+    row_coef, col_coef, diag_coef = coefficients
     stream = torch.cuda.current_stream(q.device).cuda_stream
 
     def epilogue(x, g, lo, hi):

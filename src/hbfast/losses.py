@@ -4,8 +4,11 @@ The score matrix S = scale * q @ keys.T (keys = [p; hard negatives]) is visited 
 time: a matrix product (cuBLAS on the GPU; on the CPU torch's MKL or hbfast's OpenBLAS, whichever
 ``hbfast._gemm`` measured faster for the shape) writes the block's dot products into a preallocated float32 buffer
 (float64 for float64 inputs on the CPU) and hbfast's C++/CUDA epilogue
-(``_C.contrastive_forward_block``) merges it into online per-row and per-column log-sum-exps in
-one vectorised pass. The backward turns each block into the gradient
+(``_C.contrastive_forward_block``) merges it into online per-row and per-column log-sum-exps over
+the negatives (every unmasked pair off the diagonal) in one vectorised pass. The positive stays apart:
+a row's loss is ``softplus(lse_negatives - positive)``, exact where training converges (the positive
+far above every negative), where ``logsumexp(row) - positive`` would cancel to rounding noise; the
+gradient has the same form, with no ``softmax - 1`` on the diagonal. The backward turns each block into the gradient
 block G = dL/dS (``_C.contrastive_backward_block``) and the same product multiplies it out:
 ``grad_q = scale * G @ keys``, ``grad_keys = scale * G.T @ q``. Blocks are kept from the forward
 for the backward while they fit in ``memory_budget`` bytes, else recomputed.
@@ -33,6 +36,7 @@ BLOCK_BYTES = 64 << 20  # writes all of grad_keys, so not fewer), unless a block
 _MAX_BLOCK_ROWS = 65535  # CUDA grid limit on the gradient kernel's rows
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _REDUCTIONS = ("mean", "sum", "none")
+_SOFTPLUS_LINEAR = 40.0  # softplus(x) = x above this in float64 too (the default 20 would cut 2e-9 off)
 
 
 # ---- block planning -------------------------------------------------------------------------------
@@ -89,15 +93,22 @@ def _group_codes(groups: Optional[Tensor]) -> Optional[Tensor]:
 def _forward_op(
     q: Tensor, keys: Tensor, scale: Tensor, groups: Optional[Tensor], n_batch: int, row_offset: int,
     with_columns: bool, n_cached: int,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """q [R, D] rows row_offset.. of the batch; keys [N, D] (first n_batch: the batch's positives),
-    both float32, or both float64 on the CPU. Returns, in that dtype, row_lse [R], col_lse [n_batch]
-    (empty without columns), the positive scores [R] and the kept blocks [n_cached, N]."""
+    both float32, or both float64 on the CPU. Returns, in that dtype:
+    - row_margin [R]: lse_i - S_ii, lse_i the log-sum-exp of row i's negatives (its unmasked scores
+      off the diagonal; -inf without any), so the row's loss is softplus(row_margin);
+    - col_margin [n_batch] (empty without columns): the same per column (the p -> q direction);
+    - row_stats [R, 2] and col_stats [n_batch, 2]: each log-sum-exp as the unevaluated sum
+      (max, log_sum), which keeps the low bits that the backward's exp(S - lse) needs;
+    - the kept blocks [n_cached, N].
+    Only the margins are differentiable."""
     if q.device.type == "cuda":
         require_cuda("hbfast.contrastive_loss")
         blocks = _blocks(q.shape[0], keys.shape[0], n_cached, q.element_size())
-        return _losses_cuda.forward(q, keys, scale, _group_codes(groups), n_batch, row_offset, with_columns,
-                                    n_cached, blocks)
+        row_stats, col_stats, positive, cache = _losses_cuda.forward(
+            q, keys, scale, _group_codes(groups), n_batch, row_offset, with_columns, n_cached, blocks)
+        return _margin(row_stats, positive), _margin(col_stats, positive), row_stats, col_stats, cache
     for name, t in (("q", q), ("p", keys)):
         # A sum is finite only when every element is (one cheap pass); if it is not, look closer.
         if not math.isfinite(float(t.sum())) and not bool(torch.isfinite(t).all()):
@@ -108,7 +119,7 @@ def _forward_op(
     R, N = q.shape[0], keys.shape[0]
     codes = _group_codes(groups)
     like = dict(dtype=q.dtype, device=q.device)
-    row_lse = torch.empty(R, **like)
+    row_stats = torch.empty(R, 2, **like)
     positive = torch.empty(R, **like)
     col_max = torch.full((n_batch if with_columns else 0,), -math.inf, **like)
     col_sum = torch.zeros(n_batch if with_columns else 0, **like)
@@ -117,44 +128,51 @@ def _forward_op(
 
     def epilogue(x, lo, hi):
         _C.contrastive_forward_block(
-            x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, s, _ptr(codes), row_lse[lo:].data_ptr(),
+            x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, s, _ptr(codes), row_stats[lo:].data_ptr(),
             positive[lo:].data_ptr(), _ptr(col_max) if with_columns else 0, _ptr(col_sum) if with_columns else 0, f64,
         )
 
     with _gemm.products(q, "loss_forward", R, N) as mm:
         cache = _block_walk.forward(q, keys, n_cached, blocks, mm, epilogue)
-    col_lse = col_max + col_sum.log()
-    if not math.isfinite(float(row_lse.sum() + col_lse.sum() + positive.sum())):
+    col_stats = torch.stack([col_max, col_sum.log()], 1)
+    total = float(row_stats.sum() + col_stats.sum() + positive.sum())  # -inf: a row or column without negatives
+    if not (math.isfinite(total) or total == -math.inf):
         raise ValueError(f"contrastive_loss: scores overflow {q.dtype}; scale down the inputs or the logit scale")
-    return row_lse, col_lse, positive * s, cache
+    positive = positive * s  # S_ii, rounded as the kernels round every score
+    return _margin(row_stats, positive), _margin(col_stats, positive), row_stats, col_stats, cache
+
+
+def _margin(stats: Tensor, positive: Tensor) -> Tensor:
+    """lse - positive for lse = max + log_sum ([R, 2]): (max - positive) + log_sum keeps the low bits
+    that the rounded max + log_sum would drop (the trained regime's whole loss lives there)."""
+    return (stats[:, 0] - positive[: stats.shape[0]]) + stats[:, 1]
 
 
 @_forward_op.register_fake
 def _(q, keys, scale, groups, n_batch, row_offset, with_columns, n_cached):
-    R, N = q.shape[0], keys.shape[0]
-    return q.new_empty(R), q.new_empty(n_batch if with_columns else 0), q.new_empty(R), q.new_empty(n_cached, N)
+    R, N, C = q.shape[0], keys.shape[0], n_batch if with_columns else 0
+    return q.new_empty(R), q.new_empty(C), q.new_empty(R, 2), q.new_empty(C, 2), q.new_empty(n_cached, N)
 
 
 @torch.library.custom_op("hbfast::contrastive_backward", mutates_args=())
 def _backward_op(
-    grad_row_lse: Tensor, grad_col_lse: Optional[Tensor], grad_positive: Tensor, q: Tensor, keys: Tensor,
-    scale: Tensor, groups: Optional[Tensor], row_lse: Tensor, col_lse: Tensor, cache: Tensor, n_batch: int,
-    row_offset: int, need_q: bool, need_keys: bool,
+    grad_row_margin: Tensor, grad_col_margin: Optional[Tensor], q: Tensor, keys: Tensor, scale: Tensor,
+    groups: Optional[Tensor], row_stats: Tensor, col_stats: Tensor, cache: Tensor, n_batch: int, row_offset: int,
+    need_q: bool, need_keys: bool,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """Gradients of (row_lse, col_lse, positive scores) -> (grad_q, grad_keys, dL/dscale)."""
+    """Gradients of (row_margin, col_margin) -> (grad_q, grad_keys, dL/dscale)."""
     if q.device.type == "cuda":
         blocks = _blocks(q.shape[0], keys.shape[0], cache.shape[0], q.element_size())
-        return _losses_cuda.backward(grad_row_lse, grad_col_lse, grad_positive, q, keys, scale, _group_codes(groups),
-                                     row_lse, col_lse, cache, n_batch, row_offset, need_q, need_keys, blocks)
+        coefficients = _margin_coefficients(grad_row_margin, grad_col_margin, scale.to(torch.float32))
+        return _losses_cuda.backward(coefficients, q, keys, scale, _group_codes(groups),
+                                     row_stats, col_stats, cache, n_batch, row_offset, need_q, need_keys, blocks)
     s = float(scale)
     R, N = q.shape[0], keys.shape[0]
     n_cached = cache.shape[0]
     codes = _group_codes(groups)
     # The kernels write scale * G (G = dL/dS is linear in the upstream gradients), so the block
     # products give grad_q = scale * G @ keys and grad_keys = scale * G.T @ q directly.
-    row_coef = (grad_row_lse * s).contiguous()
-    col_coef = None if grad_col_lse is None else (grad_col_lse * s).contiguous()
-    diag_coef = (grad_positive * s).contiguous()  # positive_i = S_ii
+    row_coef, col_coef, diag_coef = _margin_coefficients(grad_row_margin, grad_col_margin, s)
     blocks = _blocks(R, N, n_cached, q.element_size())
     f64 = q.dtype == torch.float64
     dscale = 0.0  # sum(scale * G * X) over the blocks
@@ -162,8 +180,8 @@ def _backward_op(
     def epilogue(x, g, lo, hi):
         nonlocal dscale
         dscale += _C.contrastive_backward_block(
-            x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, s, _ptr(codes), row_lse[lo:].data_ptr(),
-            _ptr(col_lse) if col_coef is not None else 0, row_coef[lo:].data_ptr(), _ptr(col_coef),
+            x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, s, _ptr(codes), row_stats[lo:].data_ptr(),
+            _ptr(col_stats) if col_coef is not None else 0, row_coef[lo:].data_ptr(), _ptr(col_coef),
             diag_coef[lo:].data_ptr(), g.data_ptr(), N, f64,
         )
 
@@ -172,37 +190,44 @@ def _backward_op(
     return grad_q, grad_keys, torch.tensor(dscale / s, dtype=scale.dtype)  # sum(scale * G * X) / scale
 
 
+def _margin_coefficients(grad_row_margin: Tensor, grad_col_margin: Optional[Tensor], scale):
+    """(row_coef, col_coef, diag_coef), the kernels' scale * (a_i, b_j, c_i) of common/contrastive_math.h,
+    from the margins' gradients: a margin is lse - S_ii, so the diagonal takes minus both directions'."""
+    row_coef = (grad_row_margin * scale).contiguous()
+    col_coef = None if grad_col_margin is None else (grad_col_margin * scale).contiguous()
+    diag = grad_row_margin if grad_col_margin is None else grad_row_margin + grad_col_margin
+    return row_coef, col_coef, (-diag * scale).contiguous()
+
+
 @_backward_op.register_fake
-def _(grad_row_lse, grad_col_lse, grad_positive, q, keys, scale, groups, row_lse, col_lse, cache, n_batch,
-      row_offset, need_q, need_keys):
+def _(grad_row_margin, grad_col_margin, q, keys, scale, groups, row_stats, col_stats, cache, n_batch, row_offset,
+      need_q, need_keys):
     return torch.empty_like(q), torch.empty_like(keys), scale.new_empty(())
 
 
 def _setup_context(ctx, inputs, output):
     q, keys, scale, groups, n_batch, row_offset, with_columns, n_cached = inputs
-    row_lse, col_lse, _, cache = output
-    ctx.save_for_backward(q, keys, scale, groups, row_lse, col_lse, cache)
+    _, _, row_stats, col_stats, cache = output
+    ctx.save_for_backward(q, keys, scale, groups, row_stats, col_stats, cache)
     # No zero-filled gradients for outputs nobody used (the kept blocks are as large as the cache).
-    ctx.mark_non_differentiable(cache)
+    ctx.mark_non_differentiable(row_stats, col_stats, cache)
     ctx.set_materialize_grads(False)
     ctx.n_batch, ctx.row_offset, ctx.with_columns = n_batch, row_offset, with_columns
 
 
-def _backward(ctx, grad_row_lse, grad_col_lse, grad_positive, grad_cache):
-    q, keys, scale, groups, row_lse, col_lse, cache = ctx.saved_tensors
+def _backward(ctx, grad_row_margin, grad_col_margin, grad_row_stats, grad_col_stats, grad_cache):
+    q, keys, scale, groups, row_stats, col_stats, cache = ctx.saved_tensors
     need_q, need_keys, need_scale = ctx.needs_input_grad[:3]
     if not (need_q or need_keys or need_scale):
         return None, None, None, None, None, None, None, None
-    if grad_row_lse is None:
-        grad_row_lse = torch.zeros_like(row_lse)
-    if grad_positive is None:
-        grad_positive = torch.zeros_like(row_lse)
+    if grad_row_margin is None:
+        grad_row_margin = q.new_zeros(q.shape[0])
     if not ctx.with_columns:
-        grad_col_lse = None
-    elif grad_col_lse is None:
-        grad_col_lse = torch.zeros_like(col_lse)
+        grad_col_margin = None
+    elif grad_col_margin is None:
+        grad_col_margin = q.new_zeros(ctx.n_batch)
     grad_q, grad_keys, dscale = _backward_op(
-        grad_row_lse, grad_col_lse, grad_positive, q, keys, scale, groups, row_lse, col_lse, cache, ctx.n_batch,
+        grad_row_margin, grad_col_margin, q, keys, scale, groups, row_stats, col_stats, cache, ctx.n_batch,
         ctx.row_offset, need_q, need_keys,
     )
     return (grad_q if need_q else None, grad_keys if need_keys else None, dscale if need_scale else None,
@@ -320,15 +345,24 @@ class _GatherWithGrad(torch.autograd.Function):
 
 
 def _gather_info(q) -> Tuple[int, int]:
+    """(rank, world size) for gather=True, after checking that every rank has q's batch size. The sizes
+    travel as one small tensor on q's device (no pickled objects, no host round trip on a GPU: there
+    the check is queued on the device and a mismatch raises at the next synchronisation)."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
         raise ValueError("gather=True needs an initialised torch.distributed process group")
-    sizes = [None] * dist.get_world_size()
-    dist.all_gather_object(sizes, int(q.shape[0]))
-    if len(set(sizes)) != 1:
-        raise ValueError(f"gather=True needs the same local batch size on every rank, got {sizes}")
-    return dist.get_rank(), dist.get_world_size()
+    world = dist.get_world_size()
+    size = torch.full((1,), q.shape[0], dtype=torch.int64, device=q.device)
+    sizes = [torch.empty_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    same = torch.cat(sizes).eq(q.shape[0]).all()
+    message = "gather=True needs the same local batch size on every rank"
+    if q.device.type == "cuda":
+        torch._assert_async(same, message)
+    elif not bool(same):
+        raise ValueError(f"{message}, got {torch.cat(sizes).tolist()}")
+    return dist.get_rank(), world
 
 
 def _gather_plain(x):
@@ -341,9 +375,19 @@ def _gather_plain(x):
 
 # ---- the public API -------------------------------------------------------------------------------
 
-def _one_direction(rows, keys, scale, groups, n_batch, row_offset, with_columns, memory_budget):
+def direction_losses(rows: Tensor, keys: Tensor, scale: Tensor, groups: Optional[Tensor], n_batch: int,
+                     row_offset: int, with_columns: bool, memory_budget: int) -> Tuple[Tensor, Optional[Tensor]]:
+    """The fused loss's per-row losses of ``rows`` [R, D] (rows row_offset.. of the batch) against
+    ``keys`` [N, D] (the first n_batch are the batch's positives, in order): ``softplus(lse of the
+    row's negatives - positive)`` = ``logsumexp(S[i]) - S[i, i]`` without its cancellation, and
+    with ``with_columns`` (R = n_batch, row_offset 0) the same per column (the p -> q direction),
+    else None. Inputs are checked by the callers (contrastive_loss, the open_clip drop-in)."""
     n_cached = cached_rows(rows.shape[0], keys.shape[0], memory_budget, rows.element_size())
-    return _forward_op(rows, keys, scale, groups, n_batch, row_offset, with_columns, n_cached)
+    row_margin, col_margin, _, _, _ = _forward_op(rows, keys, scale, groups, n_batch, row_offset, with_columns,
+                                                  n_cached)
+    row_loss = F.softplus(row_margin, threshold=_SOFTPLUS_LINEAR)
+    col_loss = F.softplus(col_margin, threshold=_SOFTPLUS_LINEAR) if with_columns else None
+    return row_loss, col_loss
 
 
 def contrastive_loss(
@@ -411,11 +455,10 @@ def contrastive_loss(
 
     if not gather:
         keys = pf if hf is None else torch.cat([pf, hf], 0)  # [B + M, D]
-        row_lse, col_lse, positive, _ = _one_direction(qf.contiguous(), keys.contiguous(), scale, groups, q.shape[0],
-                                                       0, symmetric, memory_budget)
-        per_row = row_lse - positive
+        per_row, per_col = direction_losses(qf.contiguous(), keys.contiguous(), scale, groups, q.shape[0], 0,
+                                            symmetric, memory_budget)
         if symmetric:
-            per_row = 0.5 * (per_row + (col_lse - positive))
+            per_row = 0.5 * (per_row + per_col)
     else:
         rank, world = _gather_info(q)
         b = q.shape[0]
@@ -423,14 +466,13 @@ def contrastive_loss(
         groups_all = None if groups is None else _gather_plain(groups)
         # every rank's hard negatives join the global batch's negatives (same M on every rank)
         keys = p_all if hf is None else torch.cat([p_all, _GatherWithGrad.apply(hf)], 0)
-        row_lse, _, positive, _ = _one_direction(qf.contiguous(), keys.contiguous(), scale, groups_all, world * b,
-                                                 rank * b, False, memory_budget)
-        per_row = row_lse - positive
+        per_row, _ = direction_losses(qf.contiguous(), keys.contiguous(), scale, groups_all, world * b, rank * b,
+                                      False, memory_budget)
         if symmetric:
             q_all = _GatherWithGrad.apply(qf)
-            col_lse, _, positive_c, _ = _one_direction(pf.contiguous(), q_all.contiguous(), scale, groups_all,
-                                                       world * b, rank * b, False, memory_budget)
-            per_row = 0.5 * (per_row + (col_lse - positive_c))
+            per_col, _ = direction_losses(pf.contiguous(), q_all.contiguous(), scale, groups_all, world * b, rank * b,
+                                          False, memory_budget)
+            per_row = 0.5 * (per_row + per_col)
 
     return _reduce(per_row, reduction).to(out_dtype)
 

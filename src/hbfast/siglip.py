@@ -162,7 +162,8 @@ def check_scalar(name: str, value, device: torch.device) -> None:
 def _as_scalar(value, dtype, device) -> Tensor:
     if isinstance(value, Tensor):
         return value.to(dtype).reshape(())
-    return torch.tensor(float(value), dtype=dtype, device=device)
+    # torch.full passes the number to a fill kernel: no host-to-device copy, so no wait on a GPU
+    return torch.full((), float(value), dtype=dtype, device=device)
 
 
 # ---- the public API -------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..losses import DEFAULT_MEMORY_BUDGET, _GatherWithGrad, _gather_info, _gather_plain, _one_direction
+from ..losses import DEFAULT_MEMORY_BUDGET, _GatherWithGrad, _gather_info, _gather_plain, direction_losses
 from ..siglip import _check_features, _as_scalar, check_scalar, siglip_loss
 
 __all__ = ["ClipLoss", "SigLipLoss"]
@@ -70,14 +70,14 @@ class ClipLoss(torch.nn.Module):
 
     def _rows(self, rows: Tensor, keys: Tensor, scale: Tensor, row_offset: int) -> Tensor:
         """Per-row loss of rows (batch rows row_offset..) against keys: logsumexp - positive."""
-        row_lse, _, positive, _ = _one_direction(rows.contiguous(), keys.contiguous(), scale, None, keys.shape[0],
-                                                 row_offset, False, self.memory_budget)
-        return row_lse - positive
+        per_row, _ = direction_losses(rows.contiguous(), keys.contiguous(), scale, None, keys.shape[0], row_offset,
+                                      False, self.memory_budget)
+        return per_row
 
     def _symmetric(self, image: Tensor, text: Tensor, scale: Tensor) -> Tensor:
-        row_lse, col_lse, positive, _ = _one_direction(image.contiguous(), text.contiguous(), scale, None,
-                                                       image.shape[0], 0, True, self.memory_budget)
-        return 0.5 * ((row_lse - positive).mean() + (col_lse - positive).mean())
+        per_row, per_col = direction_losses(image.contiguous(), text.contiguous(), scale, None, image.shape[0], 0,
+                                            True, self.memory_budget)
+        return 0.5 * (per_row.mean() + per_col.mean())
 
     def _gathered(self, image: Tensor, text: Tensor) -> Tuple[Tensor, Tensor]:
         if self.gather_with_grad:
