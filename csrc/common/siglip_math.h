@@ -1,6 +1,9 @@
 // Per-element math of the fused pairwise sigmoid (SigLIP) loss, shared by the CPU epilogue (where
 // GCC auto-vectorises loops over these functions) and the CUDA kernels, so CPU tests exercise the
-// arithmetic the GPU runs. A pair (i, j) with logit z = scale * x_ij + bias and label y (+1 on the
+// arithmetic the GPU runs: both devices take every pair, the positive included, through
+// siglip_pair_loss / siglip_pair_grad below (never a positive as a negative corrected afterwards:
+// softplus(z) - z cancels catastrophically once z is large, where training converges).
+// A pair (i, j) with logit z = scale * x_ij + bias and label y (+1 on the
 // diagonal, -1 elsewhere) costs -log sigmoid(y z) = softplus(-y z); its derivative by z is
 // -y sigmoid(-y z). Templates on the compute type T: float (plain arithmetic, no libm calls, no
 // branches that block vectorisation) and double (the CPU's float64 path, with libm's exp/log1p).
@@ -40,14 +43,14 @@ template <class T>
 HBFAST_HOST_DEVICE T abs_plain(T z) { return z < T(0) ? -z : z; }
 
 // softplus(z) = log(1 + exp(z)) = max(z, 0) + log(1 + exp(-|z|)): no overflow for any z. The loss
-// of a negative pair with logit z; a positive pair's is softplus(-z) = softplus(z) - z.
+// of a negative pair with logit z; a positive pair's is softplus(-z).
 template <class T>
 HBFAST_HOST_DEVICE T softplus_stable(T z) {
   return fmax_plain(z, T(0)) + log1p_unit(fast_exp(-abs_plain(z)));
 }
 
 // sigmoid(z) = 1 / (1 + exp(-z)) through exp(-|z|) <= 1: no overflow for any z. The derivative of
-// a negative pair's loss by its logit; a positive pair's is sigmoid(z) - 1 = -sigmoid(-z).
+// a negative pair's loss by its logit; a positive pair's is -sigmoid(-z).
 template <class T>
 HBFAST_HOST_DEVICE T sigmoid_stable(T z) {
   T e = fast_exp(-abs_plain(z));
