@@ -55,9 +55,12 @@ def _pairs(B: int, D: int, cosine, seed: int, hard: int = 0):
 # ---- PyTorch in a given dtype, in row chunks (the oracle in float64, the baseline in float32) ------
 
 def _torch_contrastive(q, p, h, log_scale, groups, symmetric, dtype, weights=None, chunk=1024):
-    """(sum_i w_i l_i, grad q, grad p, grad h, grad log_scale) of reference.contrastive_loss's arithmetic
-    (cross_entropy on score row i; on score column i for the symmetric half) in `dtype`; w = 1/B
-    (the mean) by default. Only rows with w_i != 0 are computed: each costs one row (and one column)."""
+    """(sum_i w_i l_i, grad q, grad p, grad h, grad log_scale) of the loss of score row i (of score
+    column i for the symmetric half), w = 1/B (the mean) by default, with PyTorch's autograd: in float32
+    reference.contrastive_loss's arithmetic (cross_entropy), in float64 the oracle
+    softplus(lse_negatives - positive), whose gradient has no 1 - softmax on the diagonal (which float64
+    too rounds away once the positive dominates by 37 nats). Only rows with w_i != 0 are computed:
+    each costs one row (and one column)."""
     q, p, h = (t.to(dtype).detach() for t in (q, p, h))
     log_scale = torch.tensor(log_scale, dtype=dtype)
     B = q.shape[0]
@@ -82,7 +85,13 @@ def _torch_contrastive(q, p, h, log_scale, groups, symmetric, dtype, weights=Non
                 s = s.masked_fill(same, float("-inf"))
             if with_hard and h.shape[0]:
                 s = torch.cat([s, scale * (rows @ hard.T)], 1)
-            per_row = F.cross_entropy(s, idx, reduction="none")
+            if dtype == torch.float64:  # the oracle: softplus(lse_negatives - positive), exact in float64
+                diagonal = s[torch.arange(idx.numel()), idx]
+                negatives = s.clone()
+                negatives[torch.arange(idx.numel()), idx] = float("-inf")
+                per_row = F.softplus(torch.logsumexp(negatives, 1) - diagonal, threshold=50.0)
+            else:  # PyTorch's own float32 arithmetic
+                per_row = F.cross_entropy(s, idx, reduction="none")
             loss = (per_row * weights[idx]).sum() * half
             loss.backward()
             total += loss.detach()
