@@ -221,6 +221,8 @@ def topk_with_params(q: torch.Tensor, corpus, k: int, metric: str, selector, imp
     nq = q32.shape[0]
     if q.device.type == "cuda":
         require_cuda("topk")
+        if k + CUDA_CORPUS_TILE >= 2**31:
+            raise ValueError(f"the CUDA topk supports k below {2**31 - CUDA_CORPUS_TILE}, got {k}")
         with _search_cuda.on_gpu(q.device):
             zero_row = torch.full((), _search_cuda.NO_ROW, dtype=torch.int64, device=q.device)
             walk = tiles(chunks, q32.shape[1], q.device, metric, CUDA_CORPUS_TILE, zero_row)
