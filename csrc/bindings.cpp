@@ -259,6 +259,11 @@ void topk_tile_scores_cpu(uintptr_t tile, int64_t q0, int64_t rows, int64_t cols
   hbfast::topk_tile_scores_cpu(ptr<float>(tile), q0, rows, cols, ld, id0, params);
 }
 
+void sq_norms_cpu(uintptr_t x, int64_t rows, int64_t dim, uintptr_t out) {
+  py::gil_scoped_release release;
+  hbfast::sq_norms_cpu(ptr<const float>(x), rows, dim, ptr<float>(out));
+}
+
 #ifdef HBFAST_WITH_CUDA
 void range_collect_cuda(uintptr_t tile, int64_t rows, int64_t cols, int64_t ld, int64_t q0, int64_t id0, double threshold,
                         const hbfast::TileParams& params, uintptr_t out_q, uintptr_t out_ids, uintptr_t out_values,
@@ -541,6 +546,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("range_finish_cpu", &range_finish_cpu);
   m.def("topk_search_params_cpu", &topk_search_params_cpu);
   m.def("topk_tile_scores_cpu", &topk_tile_scores_cpu);
+  m.def("sq_norms_cpu", &sq_norms_cpu);
 #ifdef HBFAST_WITH_CUDA
   m.def("range_collect_cuda", &range_collect_cuda);
   m.def("topk_tile_scores_cuda", &topk_tile_scores_cuda);

@@ -137,4 +137,23 @@ void topk_tile_scores_cpu(float* tile, int64_t q0, int64_t rows, int64_t cols, i
   });
 }
 
+HBFAST_SIMD_CLONES
+static void sq_norms_rows(const float* x, int64_t rows, int64_t dim, float* out) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* row = x + i * dim;
+    float acc[16] = {0.0f};  // 16 running sums: one vector register, no chain of dependent adds
+    int64_t t = 0;
+    for (; t + 16 <= dim; t += 16)
+      for (int u = 0; u < 16; ++u) acc[u] += row[t + u] * row[t + u];
+    for (; t < dim; ++t) acc[0] += row[t] * row[t];
+    float s = 0.0f;
+    for (int u = 0; u < 16; ++u) s += acc[u];
+    out[i] = s;
+  }
+}
+
+void sq_norms_cpu(const float* x, int64_t rows, int64_t dim, float* out) {
+  parallel_for(rows, 1024, [&](int64_t begin, int64_t end) { sq_norms_rows(x + begin * dim, end - begin, dim, out + begin); });
+}
+
 }  // namespace hbfast

@@ -46,4 +46,7 @@ void topk_tile_scores_serial(float* tile, int64_t q0, int64_t rows, int64_t cols
 void topk_tile_scores_cpu(float* tile, int64_t q0, int64_t rows, int64_t cols, int64_t ld, int64_t id0,
                           const TileParams& params);
 
+// out[i] = |x_i|^2 of the rows of x [rows, dim], in float32 (L2's norms; over hbfast's threads).
+void sq_norms_cpu(const float* x, int64_t rows, int64_t dim, float* out);
+
 }  // namespace hbfast

@@ -22,7 +22,7 @@ import torch
 
 from . import _C, _gemm, _search_cpu, _search_cuda, reference
 from ._ext import check_impl, require_cuda
-from ._search_inputs import (METRICS, as_tensor, between_fused_tiles, check_chunk, check_queries, corpus_chunks,
+from ._search_inputs import (METRICS, as_tensor, check_chunk, check_queries, corpus_chunks,
                              output, prepare, tiles)
 from .selectors import TileFilter, check_selector
 
@@ -57,8 +57,13 @@ def _whole_corpus(chunks, q: torch.Tensor) -> torch.Tensor:
 
 
 def _sq_norms(t: torch.Tensor) -> torch.Tensor:
-    """|row|^2 in float32 [n] (faiss's fvec_norms_L2sqr)."""
-    return (t * t).sum(1)
+    """|row|^2 in float32 [n] (faiss's fvec_norms_L2sqr) of a contiguous float32 [n, D]; on the CPU by _C
+    (one pass, no temporary: torch's (t * t).sum(1) took 5x longer per tile)."""
+    if t.device.type != "cpu":
+        return (t * t).sum(1)
+    out = torch.empty(t.shape[0], dtype=torch.float32)
+    _C.sq_norms_cpu(t.data_ptr(), t.shape[0], t.shape[1], out.data_ptr())
+    return out
 
 
 def _narrowed(walk, f: TileFilter, min_width: Optional[int] = None):
@@ -83,8 +88,7 @@ class _TileParams:
 
     def __call__(self, first_id: int, ct: torch.Tensor):
         if self.l2:
-            with between_fused_tiles(ct.device):
-                self.alive = _sq_norms(ct)
+            self.alive = _sq_norms(ct)
         return self.f.params(self.l2, self.q_norms, self.alive)
 
 
