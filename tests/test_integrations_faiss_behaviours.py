@@ -97,6 +97,16 @@ def test_search_params_with_selectors(kind, name):
                       threshold)
 
 
+def test_selector_assigned_after_the_parameters_are_made():
+    xb, xq = data()
+    ours, theirs = pair("IndexFlatL2", xb)
+    params = faiss.SearchParameters(sel=faiss.IDSelectorRange(0, 100))
+    params.sel = faiss.IDSelectorNot(faiss.IDSelectorRange(0, 500))
+    D, I = ours.search(xq, 5, params=params)
+    np.testing.assert_array_equal(I, theirs.search(xq, 5, params=params)[1])
+    assert (I >= 500).all()
+
+
 def test_translated_selectors_select_what_faiss_does():
     n = 600
     for name, sel in selectors(n).items():

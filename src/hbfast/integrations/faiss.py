@@ -80,8 +80,10 @@ else:
     def _params_selector(params, ntotal: int):
         if params is None:
             return None
-        # faiss's wrapper keeps the Python selector object (its C++ field reads back as the base class)
-        sel = getattr(params, "_sp_field_refs", {}).get("sel", params.sel)
+        sel = params.sel  # reads back as the base class IDSelector; faiss's wrapper keeps the object given
+        kept = (getattr(params, "_sp_field_refs", None) or {}).get("sel")
+        if sel is not None and kept is not None and int(kept.this) == int(sel.this):
+            sel = kept
         return hbfast_selector(sel, ntotal)
 
     def _finite(x: np.ndarray) -> bool:
