@@ -58,7 +58,7 @@ def topk(queries, corpus: Corpus, k: int, *, metric: str = "ip", impl: str = "au
     Returns (scores float32 [nq, k] best first, ids int64 [nq, k]); ties rank the lower id first.
     """
     impl = check_impl(impl)
-    metric = "l2" if metric == "l2" else _check_metric(metric)
+    metric = radius.check_metric(metric)  # "ip", "cosine" or "l2"
     selector = check_selector(selector)
     q, as_numpy = _check_queries(queries, metric)
     chunks, total = _corpus_chunks(corpus)
