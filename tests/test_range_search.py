@@ -191,3 +191,14 @@ def test_bad_input():
         hbfast.topk(q, c, 41, selector=hbfast.IDSelectorRange(0, 3))
     with pytest.raises(ValueError, match="metric"):
         hbfast.relevant_ranks(q, c, torch.zeros(3, 1, dtype=torch.int64), metric="l2")  # l2: topk / range only
+
+
+def test_flat_index_range_search_and_selector():
+    g = torch.Generator().manual_seed(4)
+    q, c = torch.randn(6, 8, generator=g), torch.randn(120, 8, generator=g)
+    index = hbfast.FlatIndex(c, metric="cosine")
+    for got, want in zip(index.range_search(q, 0.5), hbfast.range_search(q, c, 0.5, metric="cosine")):
+        assert torch.equal(got, want)
+    sel = hbfast.IDSelectorRange(10, 40)
+    for got, want in zip(index.search(q, 5, selector=sel), hbfast.topk(q, c, 5, metric="cosine", selector=sel)):
+        assert torch.equal(got, want)

@@ -367,10 +367,15 @@ class FlatIndex:
         q = _prepare(q, self.metric, "queries")
         return (q.numpy() if as_numpy else q), as_numpy
 
-    def search(self, queries, k: int, *, impl: str = "auto"):
-        """(scores [nq, k], ids [nq, k]) as ``topk``."""
+    def search(self, queries, k: int, *, impl: str = "auto", selector=None):
+        """(scores [nq, k], ids [nq, k]) as ``topk`` (selector: an hbfast IDSelector, as ``topk``'s)."""
         q, _ = self._queries(queries)
-        return topk(q, self.corpus, k, metric=self._search_metric, impl=impl)
+        return topk(q, self.corpus, k, metric=self._search_metric, impl=impl, selector=selector)
+
+    def range_search(self, queries, threshold: float, *, impl: str = "auto", selector=None):
+        """(lims, values, ids) of every item scoring above ``threshold``, as ``hbfast.range_search``."""
+        q, _ = self._queries(queries)
+        return radius.range_search(q, self.corpus, threshold, metric=self._search_metric, impl=impl, selector=selector)
 
     def ranks(self, queries, relevant, *, impl: str = "auto"):
         """int64 [nq, r] as ``relevant_ranks``."""
