@@ -224,7 +224,7 @@ hbfast::TileParams make_tile_params(int l2, uintptr_t q_norms, uintptr_t c_norms
   p.filter.bits = ptr<const uint8_t>(bits);
   p.filter.n_bits = n_bits;
   p.filter.invert = invert ? 1 : 0;
-  if (p.l2 && (!q_norms || !c_norms)) throw std::invalid_argument("TileParams: L2 needs query and corpus norms");
+  if (p.l2 && !q_norms) throw std::invalid_argument("TileParams: L2 needs query norms");
   return p;
 }
 
@@ -253,8 +253,13 @@ bool topk_search_params_cpu(hbfast::TopkStateCpu& state, int backend, uintptr_t 
   return state.search(gemm, ptr<const float>(queries), dim, ptr<const float>(corpus), cols, id0, &params);
 }
 
+static void require_corpus_norms(const hbfast::TileParams& params, const char* what) {
+  if (params.l2 && params.c_norms == nullptr) throw std::invalid_argument(std::string(what) + ": L2 needs corpus norms");
+}
+
 void topk_tile_scores_cpu(uintptr_t tile, int64_t q0, int64_t rows, int64_t cols, int64_t ld, int64_t id0,
                           const hbfast::TileParams& params) {
+  require_corpus_norms(params, "topk_tile_scores_cpu");
   py::gil_scoped_release release;
   hbfast::topk_tile_scores_cpu(ptr<float>(tile), q0, rows, cols, ld, id0, params);
 }
@@ -268,6 +273,7 @@ void sq_norms_cpu(uintptr_t x, int64_t rows, int64_t dim, uintptr_t out) {
 void range_collect_cuda(uintptr_t tile, int64_t rows, int64_t cols, int64_t ld, int64_t q0, int64_t id0, double threshold,
                         const hbfast::TileParams& params, uintptr_t out_q, uintptr_t out_ids, uintptr_t out_values,
                         int64_t capacity, uintptr_t counter, uintptr_t bad, uintptr_t stream) {
+  require_corpus_norms(params, "range_collect_cuda");
   py::gil_scoped_release release;
   hbfast::range_collect_cuda(ptr<const float>(tile), rows, cols, ld, q0, id0, float(threshold), params, ptr<int64_t>(out_q),
                              ptr<int64_t>(out_ids), ptr<float>(out_values), capacity, ptr<unsigned long long>(counter),
@@ -276,6 +282,7 @@ void range_collect_cuda(uintptr_t tile, int64_t rows, int64_t cols, int64_t ld, 
 
 void topk_tile_scores_cuda(uintptr_t tile, int64_t q0, int64_t rows, int64_t cols, int64_t ld, int64_t id0,
                            const hbfast::TileParams& params, uintptr_t stream) {
+  require_corpus_norms(params, "topk_tile_scores_cuda");
   py::gil_scoped_release release;
   hbfast::topk_tile_scores_cuda(ptr<float>(tile), q0, rows, cols, ld, id0, params, stream);
 }

@@ -66,6 +66,23 @@ def test_range_search_is_exact(backend, metric, thresholds, sel):
             assert selector.mask(260)[ids.numpy()].all()
 
 
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_range_search_fewer_queries_than_threads(backend, metric):
+    """Fewer queries than threads: the fused kernel splits the columns between threads instead."""
+    threads = hbfast.get_num_threads()
+    hbfast.set_num_threads(4)
+    try:
+        for nq in (1, 2, 3, 5):
+            q, c = integer_data(nq, 300, 6, seed=nq)
+            for sel in (None, "range", "bitmap"):
+                selector = selectors(300)[sel]
+                got = hbfast.range_search(q, c, 3 if metric == "ip" else 9, metric=metric, selector=selector)
+                assert_same(got, hbfast.range_search(q, c, 3 if metric == "ip" else 9, metric=metric, selector=selector,
+                                                     impl="reference"))
+    finally:
+        hbfast.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("k", [1, 5, HEAP_MAX_K + 1, 150])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 @pytest.mark.parametrize("sel", [None, "range", "array", "bitmap", "not", "few"])
@@ -129,8 +146,9 @@ def test_range_search_kernel_merge_matches_search():
         outs = []
         for fused in (True, False):
             state = _C.RangeStateCpu(9, 5.0, l2)
-            if fused:
-                assert _C.range_search_cpu(state, 0, q.data_ptr(), 4, c.data_ptr(), 70, 0, p)
+            if fused:  # (the fused product may compute L2's corpus norms itself)
+                p_fused = f.params(l2, qn, None) if l2 else p
+                assert _C.range_search_cpu(state, 0, q.data_ptr(), 4, c.data_ptr(), 70, 0, p_fused)
             else:
                 tile = (q @ c.T).contiguous()
                 assert _C.range_merge_cpu(state, tile.data_ptr(), 0, 9, 70, 70, 0, p)

@@ -63,16 +63,27 @@ bool RangeStateCpu::collect_rows(const float* tile, int64_t q0, int64_t rows, in
   return true;
 }
 
-static void check_params(const TileParams& params, bool l2) {
+static void check_params(const TileParams& params, bool l2, bool need_c_norms) {
   if (bool(params.l2) != l2) throw std::invalid_argument("RangeStateCpu: params.l2 differs from the state's metric");
-  if (l2 && (params.q_norms == nullptr || params.c_norms == nullptr))
+  if (l2 && (params.q_norms == nullptr || (need_c_norms && params.c_norms == nullptr)))
     throw std::invalid_argument("RangeStateCpu: L2 needs query and corpus norms");
+}
+
+TileParams block_params(const TileParams& params, const float* c, int64_t dim, int64_t j0, int64_t width, float* scratch) {
+  TileParams sub = params;
+  if (sub.c_norms != nullptr) {
+    sub.c_norms += j0;
+  } else if (sub.l2) {
+    sq_norms_serial(c + j0 * dim, width, dim, scratch);
+    sub.c_norms = scratch;
+  }
+  return sub;
 }
 
 bool RangeStateCpu::merge(const float* tile, int64_t q0, int64_t rows, int64_t cols, int64_t ld, int64_t id0,
                           const TileParams& params) {
   if (q0 < 0 || rows < 0 || q0 + rows > n_queries_) throw std::invalid_argument("RangeStateCpu.merge: query rows out of range");
-  check_params(params, l2_);
+  check_params(params, l2_, true);
   if (cols <= 0 || rows == 0) return true;
   std::atomic<bool> finite{true};
   parallel_for(rows, 8, [&](int64_t begin, int64_t end) {
@@ -81,22 +92,58 @@ bool RangeStateCpu::merge(const float* tile, int64_t q0, int64_t rows, int64_t c
   return finite.load();
 }
 
+// Fewer queries than threads (a single query, say): the threads split the columns instead, each into
+// its own per-query lists, appended afterwards in column order (so ids stay in increasing order).
+bool RangeStateCpu::search_by_columns(GemmBackend backend, const float* q, int64_t dim, const float* c, int64_t cols,
+                                      int64_t id0, const TileParams& params) {
+  constexpr int64_t kMinChunk = 64;
+  const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(get_num_threads(), cols / kMinChunk));
+  const int64_t chunk = (cols + n_chunks - 1) / n_chunks, block_cols = fused_block_cols(chunk);
+  std::vector<std::vector<std::vector<float>>> values(n_chunks, std::vector<std::vector<float>>(n_queries_));
+  std::vector<std::vector<std::vector<int64_t>>> ids(n_chunks, std::vector<std::vector<int64_t>>(n_queries_));
+  std::atomic<bool> finite{true};
+  parallel_for(n_chunks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<float> tile(size_t(n_queries_ * block_cols));  // [n_queries, width]
+    std::vector<float> norms(static_cast<size_t>(block_cols));  // [width]
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t end = std::min(cols, (b + 1) * chunk);
+      for (int64_t j0 = b * chunk; j0 < end; j0 += block_cols) {
+        const int64_t width = std::min(block_cols, end - j0);
+        sgemm_serial(backend, false, true, n_queries_, width, dim, 1.0f, q, dim, c + j0 * dim, dim, 0.0f, tile.data(), width);
+        const TileParams sub = block_params(params, c, dim, j0, width, norms.data());
+        for (int64_t r = 0; r < n_queries_; ++r) {
+          const float* row = tile.data() + r * width;
+          if (!all_finite_cpu(row, width)) finite = false;
+          collect_row(row, r, width, id0 + j0, sub, threshold_, values[b][r], ids[b][r]);
+        }
+      }
+    }
+  });
+  for (int64_t r = 0; r < n_queries_; ++r)
+    for (int64_t b = 0; b < n_chunks; ++b) {
+      values_[r].insert(values_[r].end(), values[b][r].begin(), values[b][r].end());
+      ids_[r].insert(ids_[r].end(), ids[b][r].begin(), ids[b][r].end());
+    }
+  return finite.load();
+}
+
 bool RangeStateCpu::search(GemmBackend backend, const float* q, int64_t dim, const float* c, int64_t cols, int64_t id0,
                            const TileParams& params) {
-  check_params(params, l2_);
+  check_params(params, l2_, false);
   if (cols <= 0 || n_queries_ == 0) return true;
+  if (n_queries_ < get_num_threads() && cols >= 2 * 64) return search_by_columns(backend, q, dim, c, cols, id0, params);
   std::atomic<bool> finite{true};
   const int64_t block_rows = fused_block_rows(n_queries_), block_cols = fused_block_cols(cols);
   const size_t tile_size = size_t(block_rows * block_cols);
   scratch_.resize(std::max(scratch_.size(), tile_size * parallel_workers(n_queries_, block_rows)));
   parallel_blocks(n_queries_, block_rows, [&](int64_t begin, int64_t end, int64_t worker) {
     float* tile = scratch_.data() + worker * tile_size;  // [rows, width], this worker's own
+    std::vector<float> norms(params.l2 && params.c_norms == nullptr ? block_cols : 0);  // [width]
     for (int64_t j0 = 0; j0 < cols; j0 += block_cols) {  // ids in increasing order for these queries
       const int64_t width = std::min(block_cols, cols - j0);
       sgemm_serial(backend, false, true, end - begin, width, dim, 1.0f, q + begin * dim, dim, c + j0 * dim, dim, 0.0f, tile,
                    width);
-      TileParams sub = params;  // norms of this block's columns
-      if (sub.c_norms != nullptr) sub.c_norms += j0;
+      const TileParams sub = block_params(params, c, dim, j0, width, norms.data());  // norms of this block's columns
       if (!collect_rows(tile, begin, end - begin, width, width, id0 + j0, sub)) finite = false;
     }
   });
@@ -138,7 +185,7 @@ void topk_tile_scores_cpu(float* tile, int64_t q0, int64_t rows, int64_t cols, i
 }
 
 HBFAST_SIMD_CLONES
-static void sq_norms_rows(const float* x, int64_t rows, int64_t dim, float* out) {
+void sq_norms_serial(const float* x, int64_t rows, int64_t dim, float* out) {
   for (int64_t i = 0; i < rows; ++i) {
     const float* row = x + i * dim;
     float acc[16] = {0.0f};  // 16 running sums: one vector register, no chain of dependent adds
@@ -153,7 +200,7 @@ static void sq_norms_rows(const float* x, int64_t rows, int64_t dim, float* out)
 }
 
 void sq_norms_cpu(const float* x, int64_t rows, int64_t dim, float* out) {
-  parallel_for(rows, 1024, [&](int64_t begin, int64_t end) { sq_norms_rows(x + begin * dim, end - begin, dim, out + begin); });
+  parallel_for(rows, 1024, [&](int64_t begin, int64_t end) { sq_norms_serial(x + begin * dim, end - begin, dim, out + begin); });
 }
 
 }  // namespace hbfast

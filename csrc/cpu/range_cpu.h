@@ -19,7 +19,8 @@ class RangeStateCpu {
   // [id0, id0 + cols); params.c_norms by column of this tile. False when a product is not finite.
   bool merge(const float* tile, int64_t q0, int64_t rows, int64_t cols, int64_t ld, int64_t id0, const TileParams& params);
   // The product and the selection in one pass (gemm_cpu.h), every query q [n_queries, dim] against
-  // corpus rows c [cols, dim] with ids [id0, id0 + cols).
+  // corpus rows c [cols, dim] with ids [id0, id0 + cols). For L2, params.c_norms may be null: each
+  // block's norms are then computed from the block the product just read (no separate pass).
   bool search(GemmBackend backend, const float* q, int64_t dim, const float* c, int64_t cols, int64_t id0,
               const TileParams& params);
 
@@ -28,6 +29,8 @@ class RangeStateCpu {
   void finish(int64_t* lims, float* values, int64_t* ids) const;
 
  private:
+  bool search_by_columns(GemmBackend backend, const float* q, int64_t dim, const float* c, int64_t cols, int64_t id0,
+                         const TileParams& params);
   bool collect_rows(const float* tile, int64_t q0, int64_t rows, int64_t cols, int64_t ld, int64_t id0,
                     const TileParams& params);
   int64_t n_queries_;
@@ -46,7 +49,13 @@ void topk_tile_scores_serial(float* tile, int64_t q0, int64_t rows, int64_t cols
 void topk_tile_scores_cpu(float* tile, int64_t q0, int64_t rows, int64_t cols, int64_t ld, int64_t id0,
                           const TileParams& params);
 
-// out[i] = |x_i|^2 of the rows of x [rows, dim], in float32 (L2's norms; over hbfast's threads).
+// out[i] = |x_i|^2 of the rows of x [rows, dim], in float32 (L2's norms): _serial in the calling
+// thread, _cpu over hbfast's threads.
+void sq_norms_serial(const float* x, int64_t rows, int64_t dim, float* out);
 void sq_norms_cpu(const float* x, int64_t rows, int64_t dim, float* out);
+
+// params for the columns [j0, j0 + width) of c [cols, dim]: params.c_norms moved to j0, or (null, L2)
+// the block's norms computed into scratch [width].
+TileParams block_params(const TileParams& params, const float* c, int64_t dim, int64_t j0, int64_t width, float* scratch);
 
 }  // namespace hbfast

@@ -27,7 +27,8 @@ class TopkStateCpu {
   // against corpus rows c [cols, dim] with ids [id0, id0 + cols). Each thread takes blocks of
   // queries, multiplies a block into its own small tile and merges it while it is in cache.
   // Same contract as merge. With params (range_math.h), each tile first becomes topk_tile_score's values
-  // (an id filter, or minus the squared L2 distance; params->c_norms by column of c).
+  // (an id filter, or minus the squared L2 distance; params->c_norms by column of c, or null: each
+  // block's norms computed from the block the product just read).
   bool search(GemmBackend backend, const float* q, int64_t dim, const float* c, int64_t cols, int64_t id0,
               const TileParams* params = nullptr);
 

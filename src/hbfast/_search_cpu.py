@@ -33,9 +33,9 @@ def product(buffer: list, size: int, qt: torch.Tensor, ct: torch.Tensor) -> torc
 
 def topk(q32: torch.Tensor, tiles, k: int, total: Optional[int], tile_q: int, corpus_tile: int, bar, params=None):
     """q32 [nq, D] on the CPU; tiles yields (first id, corpus tile [<= corpus_tile, D]).
-    Returns (scores [nq, k], ids [nq, k]) best first. params: None, or params(first_id, tile) -> the
+    Returns (scores [nq, k], ids [nq, k]) best first. params: None, or params(first_id, tile, fused) -> the
     tile's _C.TileParams (an id filter, L2 values: range_math.h), which must stay alive until the
-    next call."""
+    next call (fused: the product is fused, which computes L2's corpus norms itself)."""
     nq, dim = q32.shape
     # Buffer mode (k > TOPK_HEAP_MAX_K): room for k kept + 2k new candidates (8-byte keys) before a
     # partial selection: fewer selections than with k new ones, each on cheap integer keys; for huge k,
@@ -49,7 +49,7 @@ def topk(q32: torch.Tensor, tiles, k: int, total: Optional[int], tile_q: int, co
     def merge(state, backend, first_id, ct):  # one corpus tile [width, D] into state
         width = ct.shape[0]
         fused = _gemm.fused_id(backend)
-        p = None if params is None else params(first_id, ct)
+        p = None if params is None else params(first_id, ct, fused is not None)
         if fused is not None:  # product and selection in one pass over small tiles
             if p is None:
                 ok = _C.topk_search_cpu(state, fused, q32.data_ptr(), dim, ct.data_ptr(), width, first_id)

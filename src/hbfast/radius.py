@@ -80,15 +80,15 @@ def _narrowed(walk, f: TileFilter, min_width: Optional[int] = None):
 
 
 class _TileParams:
-    """params(first_id, tile) for the walks: the filter and, for L2, the norms of the tile's rows (kept
-    alive until the next tile, as the kernels read them)."""
+    """params(first_id, tile, fused) for the walks: the filter and, for L2, the norms of the tile's rows
+    (kept alive until the next tile, as the kernels read them); a fused CPU product computes them itself
+    from each block it reads (fused=True: none passed)."""
 
     def __init__(self, f: TileFilter, l2: bool, q_norms: Optional[torch.Tensor]):
         self.f, self.l2, self.q_norms, self.alive = f, l2, q_norms, None
 
-    def __call__(self, first_id: int, ct: torch.Tensor):
-        if self.l2:
-            self.alive = _sq_norms(ct)
+    def __call__(self, first_id: int, ct: torch.Tensor, fused: bool = False):
+        self.alive = _sq_norms(ct) if self.l2 and not fused else None
         return self.f.params(self.l2, self.q_norms, self.alive)
 
 
@@ -138,9 +138,10 @@ def _range_cpu(q32: torch.Tensor, walk, threshold: float, params: _TileParams):
     state = _C.RangeStateCpu(nq, threshold, params.l2)
     buffer, backend = [], None  # torch's product tile (made on first use); the product chosen
 
-    def merge(state, backend, first_id, ct, p):
+    def merge(state, backend, first_id, ct):
         width = ct.shape[0]
         fused = _gemm.fused_id(backend)
+        p = params(first_id, ct, fused is not None)
         if fused is not None:  # product and selection in one pass over small tiles
             ok = _C.range_search_cpu(state, fused, q32.data_ptr(), dim, ct.data_ptr(), width, first_id, p)
         else:
@@ -154,11 +155,10 @@ def _range_cpu(q32: torch.Tensor, walk, threshold: float, params: _TileParams):
 
     key = _gemm.shape_class("range_search", nq, CPU_CORPUS_TILE, dim)
     for first_id, ct in walk:
-        p = params(first_id, ct)
         if backend is None:  # measured on this tile into scratch states (once per machine and class)
-            scratch = lambda b: merge(_C.RangeStateCpu(nq, threshold, params.l2), b, first_id, ct, p)  # noqa: E731
+            scratch = lambda b: merge(_C.RangeStateCpu(nq, threshold, params.l2), b, first_id, ct)  # noqa: E731
             backend = _gemm.chooser.decide(key, scratch)
-        merge(state, backend, first_id, ct, p)
+        merge(state, backend, first_id, ct)
     n = state.total()
     lims = torch.empty(nq + 1, dtype=torch.int64)
     values = torch.empty(n, dtype=torch.float32)
