@@ -21,6 +21,7 @@ def backend(request, monkeypatch):
         monkeypatch.setattr(_gemm, "TORCH_MKL", False)
     monkeypatch.setattr(radius, "CPU_CORPUS_TILE", 64)
     monkeypatch.setattr(radius, "CPU_QUERY_TILE", 8)
+    monkeypatch.setattr(radius, "CPU_FEW_QUERIES_TILE_FACTOR", 1)
     _C.set_fused_blocks(5, 7)
     yield request.param
     _C.set_fused_blocks(0, 0)

@@ -98,7 +98,9 @@ bool RangeStateCpu::search_by_columns(GemmBackend backend, const float* q, int64
                                       int64_t id0, const TileParams& params) {
   constexpr int64_t kMinChunk = 64;
   const int64_t n_chunks = std::max<int64_t>(1, std::min<int64_t>(get_num_threads(), cols / kMinChunk));
-  const int64_t chunk = (cols + n_chunks - 1) / n_chunks, block_cols = fused_block_cols(chunk);
+  // blocks of at most 512 rows (256 KiB at dim 128): few queries make the product a pass over the
+  // corpus, and the L2 norms then read the block again while it is still in the core's cache
+  const int64_t chunk = (cols + n_chunks - 1) / n_chunks, block_cols = std::min<int64_t>(fused_block_cols(chunk), 512);
   std::vector<std::vector<std::vector<float>>> values(n_chunks, std::vector<std::vector<float>>(n_queries_));
   std::vector<std::vector<std::vector<int64_t>>> ids(n_chunks, std::vector<std::vector<int64_t>>(n_queries_));
   std::atomic<bool> finite{true};

@@ -30,6 +30,9 @@ __all__ = ["RANGE_METRICS", "range_search", "topk_with_params"]
 
 RANGE_METRICS = METRICS + ("l2",)
 CPU_QUERY_TILE = CPU_CORPUS_TILE = 4096  # as hbfast.search's tiles
+# Few queries: corpus tiles up to this many times longer (each tile is one call into _C, and with one
+# query a 4096-row tile is a few microseconds of work: the calls' own cost showed in the time).
+CPU_FEW_QUERIES_TILE_FACTOR = 16
 CUDA_QUERY_TILE, CUDA_CORPUS_TILE = 16384, 8192
 CUDA_FIRST_CAPACITY = 1 << 20  # items the GPU walk has room for before it grows its buffers
 
@@ -64,6 +67,12 @@ def _sq_norms(t: torch.Tensor) -> torch.Tensor:
     out = torch.empty(t.shape[0], dtype=torch.float32)
     _C.sq_norms_cpu(t.data_ptr(), t.shape[0], t.shape[1], out.data_ptr())
     return out
+
+
+def cpu_corpus_tile(nq: int) -> int:
+    """Corpus rows per CPU tile: CPU_CORPUS_TILE, up to CPU_FEW_QUERIES_TILE_FACTOR times more for few queries
+    (the unfused product's buffer, min(nq, CPU_QUERY_TILE) x tile floats, stays within 4096 x CPU_CORPUS_TILE)."""
+    return CPU_CORPUS_TILE * max(1, min(CPU_FEW_QUERIES_TILE_FACTOR, 256 // max(nq, 1)))
 
 
 def _narrowed(walk, f: TileFilter, min_width: Optional[int] = None):
@@ -128,7 +137,7 @@ def range_search(queries, corpus, threshold, *, metric: str = "ip", selector=Non
             walk = _narrowed(tiles(chunks, q32.shape[1], q.device, metric, CUDA_CORPUS_TILE, zero_row), f)
             out = _range_cuda(q32, walk, threshold, params, zero_row)
     else:
-        walk = _narrowed(tiles(chunks, q32.shape[1], q.device, metric, CPU_CORPUS_TILE), f)
+        walk = _narrowed(tiles(chunks, q32.shape[1], q.device, metric, cpu_corpus_tile(q32.shape[0])), f)
         out = _range_cpu(q32, walk, threshold, params)
     return tuple(output(x, as_numpy) for x in out)
 
@@ -148,7 +157,7 @@ def _range_cpu(q32: torch.Tensor, walk, threshold: float, params: _TileParams):
             ok = True
             for i0 in range(0, nq, CPU_QUERY_TILE):
                 qt = q32[i0 : i0 + CPU_QUERY_TILE]
-                tile = _search_cpu.product(buffer, min(nq, CPU_QUERY_TILE) * CPU_CORPUS_TILE, qt, ct)
+                tile = _search_cpu.product(buffer, min(nq, CPU_QUERY_TILE) * cpu_corpus_tile(nq), qt, ct)
                 ok &= _C.range_merge_cpu(state, tile.data_ptr(), i0, qt.shape[0], width, width, first_id, p)
         if not ok:
             raise _search_cpu.non_finite(first_id, width)
@@ -233,12 +242,13 @@ def topk_with_params(q: torch.Tensor, corpus, k: int, metric: str, selector, imp
             scores, ids = _search_cuda.topk(q32, walk, k, min(nq, CUDA_QUERY_TILE), CUDA_CORPUS_TILE, zero_row,
                                             _NoBar(), params)
     else:
-        walk = tiles(chunks, q32.shape[1], q.device, metric, CPU_CORPUS_TILE)
+        walk = tiles(chunks, q32.shape[1], q.device, metric, cpu_corpus_tile(nq))
         if selector is not None and f.bits is None and not f.invert and total is not None:
             inside = max(0, min(f.hi, total) - max(f.lo, 0))
             if inside >= k:  # a range holding k ids or more: only its tiles are multiplied
                 walk = _narrowed(walk, f)
-        scores, ids = _search_cpu.topk(q32, walk, k, total, min(nq, CPU_QUERY_TILE), CPU_CORPUS_TILE, _NoBar(), params)
+        scores, ids = _search_cpu.topk(q32, walk, k, total, min(nq, CPU_QUERY_TILE), cpu_corpus_tile(nq), _NoBar(),
+                                       params)
     valid = (ids >= 0) & f.contains(ids)  # excluded ids ranked last with kExcludedScore: padding
     if l2:
         scores = scores.neg()
