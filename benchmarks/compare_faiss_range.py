@@ -57,6 +57,7 @@ def main(argv=None):
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--per-query", type=int, default=50, help="items a range search finds per query (about)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--few", default="1,10", help="also time range_search and a filtered search with these few queries")
     parser.add_argument("--quick", action="store_true")
     a = parser.parse_args(argv)
     if a.quick:
@@ -108,6 +109,16 @@ def main(argv=None):
                 check(got, want)
             t_faiss, t_ours = best_of([lambda: call(theirs), lambda: call(ours)], a.repeats)
             print(f"| {kind} | {name} | {t_faiss:.3f} | {t_ours:.3f} | {t_ours / t_faiss:.2f}x |", flush=True)
+        # Few queries: calls of a few ms, best of 10x more, and each side's calls in a row (not alternating:
+        # faiss's OpenMP threads keep spinning for a while after each call, on the cores hbfast's next call needs)
+        for nq in [int(v) for v in a.few.split(",") if v]:
+            few = xq[:nq]
+            params = faiss.SearchParameters(sel=sels["IDSelectorRange (50%)"])
+            for name, call in ((f"range_search, {nq} queries", lambda idx: idx.range_search(few, threshold)),
+                               (f"search, IDSelectorRange (50%), {nq} queries",
+                                lambda idx: idx.search(few, a.k, params=params))):
+                (t_faiss,), (t_ours,) = (best_of([lambda: call(idx)], 10 * a.repeats) for idx in (theirs, ours))
+                print(f"| {kind} | {name} | {t_faiss:.4f} | {t_ours:.4f} | {t_ours / t_faiss:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":
