@@ -46,6 +46,29 @@ void collect_row(const float* row, int64_t q, int64_t cols, int64_t id0, const T
   for (; j < cols; ++j) take(j);
 }
 
+// tile [nq, width] = q [nq, dim] . c [width, dim]^T for a handful of queries: each corpus row is read once
+// for all of them (a library sgemm packs the corpus block first, one more pass over it; with one query
+// the product is a pass over the corpus, memory-bound, and that pass showed).
+HBFAST_SIMD_CLONES
+void few_queries_product(const float* q, int64_t nq, int64_t dim, const float* c, int64_t width, float* tile) {
+  for (int64_t j = 0; j < width; ++j) {
+    const float* row = c + j * dim;
+    for (int64_t r = 0; r < nq; ++r) {
+      const float* x = q + r * dim;
+      float acc[16] = {0.0f};  // 16 running sums: one vector register
+      int64_t t = 0;
+      for (; t + 16 <= dim; t += 16)
+        for (int u = 0; u < 16; ++u) acc[u] += x[t + u] * row[t + u];
+      for (; t < dim; ++t) acc[0] += x[t] * row[t];
+      float sum = 0.0f;
+      for (int u = 0; u < 16; ++u) sum += acc[u];
+      tile[r * width + j] = sum;
+    }
+  }
+}
+
+constexpr int64_t kFewQueries = 4;  // up to this many queries, few_queries_product instead of the library's
+
 }  // namespace
 
 RangeStateCpu::RangeStateCpu(int64_t n_queries, float threshold, bool l2)
@@ -111,7 +134,10 @@ bool RangeStateCpu::search_by_columns(GemmBackend backend, const float* q, int64
       const int64_t end = std::min(cols, (b + 1) * chunk);
       for (int64_t j0 = b * chunk; j0 < end; j0 += block_cols) {
         const int64_t width = std::min(block_cols, end - j0);
-        sgemm_serial(backend, false, true, n_queries_, width, dim, 1.0f, q, dim, c + j0 * dim, dim, 0.0f, tile.data(), width);
+        if (n_queries_ <= kFewQueries)
+          few_queries_product(q, n_queries_, dim, c + j0 * dim, width, tile.data());
+        else
+          sgemm_serial(backend, false, true, n_queries_, width, dim, 1.0f, q, dim, c + j0 * dim, dim, 0.0f, tile.data(), width);
         const TileParams sub = block_params(params, c, dim, j0, width, norms.data());
         for (int64_t r = 0; r < n_queries_; ++r) {
           const float* row = tile.data() + r * width;
