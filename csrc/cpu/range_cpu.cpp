@@ -1,6 +1,7 @@
 // Exact range search on the CPU (see range_cpu.h). Each row of a tile is tested 16 values at a time
 // ("does any value pass?", a loop the compiler vectorises); only blocks with a hit are walked one by
-// one, where the id filter is also read.
+// one, where the id filter is also read. Threads take blocks of queries, or, with fewer queries than
+// threads, slices of the corpus (search_by_columns).
 #include "cpu/range_cpu.h"
 
 #include <algorithm>
