@@ -221,3 +221,21 @@ def test_flat_index_range_search_and_selector():
     sel = hbfast.IDSelectorRange(10, 40)
     for got, want in zip(index.search(q, 5, selector=sel), hbfast.topk(q, c, 5, metric="cosine", selector=sel)):
         assert torch.equal(got, want)
+
+
+def test_topk_with_selector_walks_queries_in_blocks_within_the_state_budget(monkeypatch):
+    from hbfast import search
+
+    q, c = integer_data(23, 300, 5, seed=9)
+    sel = hbfast.IDSelectorNot(hbfast.IDSelectorRange(50, 100))
+    want = hbfast.topk(q, c, 80, metric="l2", selector=sel, impl="reference")
+    monkeypatch.setattr(search, "TOPK_STATE_BYTES", 80 * 24 * 5)  # 5 queries per walk
+    assert_same(hbfast.topk(q, c, 80, metric="l2", selector=sel), want)
+
+
+def test_progress_bars(capsys):
+    q, c = integer_data(3, 50, 4, seed=1)
+    assert_same(hbfast.range_search(q, c, 2.0, progress=True), hbfast.range_search(q, c, 2.0))
+    assert_same(hbfast.topk(q, c, 4, metric="l2", progress=True), hbfast.topk(q, c, 4, metric="l2"))
+    err = capsys.readouterr().err
+    assert "range_search" in err and "topk" in err

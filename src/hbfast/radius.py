@@ -88,6 +88,19 @@ def _narrowed(walk, f: TileFilter, min_width: Optional[int] = None):
         yield first_id, ct
 
 
+def _with_progress(walk, total: Optional[int], enabled: bool, what: str):
+    """The tiles of `walk`, counted on a tqdm bar (shown only when enabled)."""
+    if not enabled:
+        yield from walk
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, unit="item", desc=what) as bar:
+        for first_id, ct in walk:
+            yield first_id, ct
+            bar.update(ct.shape[0])
+
+
 class _TileParams:
     """params(first_id, tile, fused) for the walks: the filter and, for L2, the norms of the tile's rows
     (kept alive until the next tile, as the kernels read them); a fused CPU product computes them itself
@@ -135,10 +148,11 @@ def range_search(queries, corpus, threshold, *, metric: str = "ip", selector=Non
         with _search_cuda.on_gpu(q.device):
             zero_row = torch.full((), _search_cuda.NO_ROW, dtype=torch.int64, device=q.device)
             walk = _narrowed(tiles(chunks, q32.shape[1], q.device, metric, CUDA_CORPUS_TILE, zero_row), f)
+            walk = _with_progress(walk, total, progress, "range_search")
             out = _range_cuda(q32, walk, threshold, params, zero_row)
     else:
         walk = _narrowed(tiles(chunks, q32.shape[1], q.device, metric, cpu_corpus_tile(q32.shape[0])), f)
-        out = _range_cpu(q32, walk, threshold, params)
+        out = _range_cpu(q32, _with_progress(walk, total, progress, "range_search"), threshold, params)
     return tuple(output(x, as_numpy) for x in out)
 
 
@@ -216,9 +230,15 @@ def _range_cuda(q32: torch.Tensor, walk, threshold: float, params: _TileParams, 
 
 
 # ----------------------------------------------------------------------------------------------
-def topk_with_params(q: torch.Tensor, corpus, k: int, metric: str, selector, impl: str, progress: bool):
+def topk_with_params(q: torch.Tensor, corpus, k: int, metric: str, selector, impl: str, progress: bool,
+                     query_block: Optional[int] = None):
     """hbfast.topk's walk for a selector or the L2 metric, and its reference (q and k checked by topk).
-    Returns (scores [nq, k], ids [nq, k]) as tensors on q's device."""
+    Returns (scores [nq, k], ids [nq, k]) as tensors on q's device. query_block: queries per walk over
+    a re-iterable corpus (hbfast.topk's bound on the top-k state's memory), None: all at once."""
+    if impl != "reference" and query_block is not None and query_block < q.shape[0]:
+        parts = [topk_with_params(q[i0 : i0 + query_block], corpus, k, metric, selector, impl, progress)
+                 for i0 in range(0, q.shape[0], query_block)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     chunks, total = corpus_chunks(corpus)
     l2 = metric == "l2"
     if impl == "reference":
@@ -238,7 +258,8 @@ def topk_with_params(q: torch.Tensor, corpus, k: int, metric: str, selector, imp
             raise ValueError(f"the CUDA topk supports k below {2**31 - CUDA_CORPUS_TILE}, got {k}")
         with _search_cuda.on_gpu(q.device):
             zero_row = torch.full((), _search_cuda.NO_ROW, dtype=torch.int64, device=q.device)
-            walk = tiles(chunks, q32.shape[1], q.device, metric, CUDA_CORPUS_TILE, zero_row)
+            walk = _with_progress(tiles(chunks, q32.shape[1], q.device, metric, CUDA_CORPUS_TILE, zero_row), total,
+                                  progress, "topk")
             scores, ids = _search_cuda.topk(q32, walk, k, min(nq, CUDA_QUERY_TILE), CUDA_CORPUS_TILE, zero_row,
                                             _NoBar(), params)
     else:
@@ -247,6 +268,7 @@ def topk_with_params(q: torch.Tensor, corpus, k: int, metric: str, selector, imp
             inside = max(0, min(f.hi, total) - max(f.lo, 0))
             if inside >= k:  # a range holding k ids or more: only its tiles are multiplied
                 walk = _narrowed(walk, f)
+        walk = _with_progress(walk, total, progress, "topk")
         scores, ids = _search_cpu.topk(q32, walk, k, total, min(nq, CPU_QUERY_TILE), cpu_corpus_tile(nq), _NoBar(),
                                        params)
     valid = (ids >= 0) & f.contains(ids)  # excluded ids ranked last with kExcludedScore: padding

@@ -64,7 +64,10 @@ def topk(queries, corpus: Corpus, k: int, *, metric: str = "ip", impl: str = "au
     chunks, total = _corpus_chunks(corpus)
     k = _check_k(k, total)
     if impl == "reference" or metric == "l2" or selector is not None:  # (the tile-parameter walk: radius.py)
-        scores, ids = radius.topk_with_params(q, corpus, k, metric, selector, impl, progress)
+        step = max(1, TOPK_STATE_BYTES // (k * _STATE_BYTES_PER_KEPT[q.device.type]))
+        reiterable = isinstance(corpus, (torch.Tensor, np.ndarray, list, tuple))
+        scores, ids = radius.topk_with_params(q, corpus, k, metric, selector, impl, progress,
+                                              step if reiterable else None)
         return _output(scores, as_numpy), _output(ids, as_numpy)
     cuda = q.device.type == "cuda"
     if cuda:
