@@ -210,6 +210,18 @@ def test_python_search_runs_hbfast_and_cxx_callers_run_faiss(monkeypatch):
     assert len(calls) == 1
 
 
+def test_numeric_type():
+    xb, xq = data(n=100, nq=4)
+    ours, theirs = pair("IndexFlatL2", xb)
+    D, I = ours.search(xq, 3, numeric_type=faiss.Float32)
+    D_f, I_f = theirs.search(xq, 3, numeric_type=faiss.Float32)
+    np.testing.assert_array_equal(I, I_f)
+    np.testing.assert_allclose(D, D_f, rtol=1e-5, atol=1e-4)
+    for index in (ours, theirs):  # float16 queries: faiss's own code, which refuses them on a flat index
+        with pytest.raises(RuntimeError, match="unsupported numeric type"):
+            index.search(xq, 3, numeric_type=faiss.Float16)
+
+
 @pytest.mark.parametrize("metric", ["METRIC_L1", "METRIC_Linf"])
 def test_other_metrics_run_faiss(metric):
     xb, xq = data(n=200, nq=5)
