@@ -16,12 +16,14 @@
 #include "cpu/gemm_cpu.h"
 #include "cpu/simd_clones.h"
 #include "cpu/metrics_cpu.h"
+#include "cpu/range_cpu.h"
 #include "cpu/ranks_cpu.h"
 #include "cpu/sampler_cpu.h"
 #include "cpu/siglip_cpu.h"
 #include "cpu/topk_cpu.h"
 #ifdef HBFAST_WITH_CUDA
 #include "cuda/contrastive_cuda.h"
+#include "cuda/range_cuda.h"
 #include "cuda/ranks_cuda.h"
 #include "cuda/runtime_cuda.h"
 #include "cuda/siglip_cuda.h"
@@ -208,6 +210,84 @@ void count_beating_cuda(uintptr_t tile, int64_t rows, int64_t cols, int64_t ld, 
                              ptr<int32_t>(bad), stream);
 }
 #endif
+
+// ---- range search and filtered / L2 top-k (range_cpu.h, range_cuda.h) ----
+// TileParams carry raw pointers (norms, filter bitmap) that Python keeps alive for the call.
+hbfast::TileParams make_tile_params(int l2, uintptr_t q_norms, uintptr_t c_norms, int64_t lo, int64_t hi, uintptr_t bits,
+                                    int64_t n_bits, bool invert) {
+  hbfast::TileParams p;
+  p.l2 = l2 ? 1 : 0;
+  p.q_norms = ptr<const float>(q_norms);
+  p.c_norms = ptr<const float>(c_norms);
+  p.filter.lo = lo;
+  p.filter.hi = hi;
+  p.filter.bits = ptr<const uint8_t>(bits);
+  p.filter.n_bits = n_bits;
+  p.filter.invert = invert ? 1 : 0;
+  if (p.l2 && !q_norms) throw std::invalid_argument("TileParams: L2 needs query norms");
+  return p;
+}
+
+bool range_merge_cpu(hbfast::RangeStateCpu& state, uintptr_t tile, int64_t q0, int64_t rows, int64_t cols, int64_t ld,
+                     int64_t id0, const hbfast::TileParams& params) {
+  py::gil_scoped_release release;
+  return state.merge(ptr<const float>(tile), q0, rows, cols, ld, id0, params);
+}
+
+bool range_search_cpu(hbfast::RangeStateCpu& state, int backend, uintptr_t queries, int64_t dim, uintptr_t corpus,
+                      int64_t cols, int64_t id0, const hbfast::TileParams& params) {
+  auto gemm = hbfast::checked_backend(backend);
+  py::gil_scoped_release release;
+  return state.search(gemm, ptr<const float>(queries), dim, ptr<const float>(corpus), cols, id0, params);
+}
+
+void range_finish_cpu(const hbfast::RangeStateCpu& state, uintptr_t lims, uintptr_t values, uintptr_t ids) {
+  py::gil_scoped_release release;
+  state.finish(ptr<int64_t>(lims), ptr<float>(values), ptr<int64_t>(ids));
+}
+
+bool topk_search_params_cpu(hbfast::TopkStateCpu& state, int backend, uintptr_t queries, int64_t dim, uintptr_t corpus,
+                            int64_t cols, int64_t id0, const hbfast::TileParams& params) {
+  auto gemm = hbfast::checked_backend(backend);
+  py::gil_scoped_release release;
+  return state.search(gemm, ptr<const float>(queries), dim, ptr<const float>(corpus), cols, id0, &params);
+}
+
+static void require_corpus_norms(const hbfast::TileParams& params, const char* what) {
+  if (params.l2 && params.c_norms == nullptr) throw std::invalid_argument(std::string(what) + ": L2 needs corpus norms");
+}
+
+void topk_tile_scores_cpu(uintptr_t tile, int64_t q0, int64_t rows, int64_t cols, int64_t ld, int64_t id0,
+                          const hbfast::TileParams& params) {
+  require_corpus_norms(params, "topk_tile_scores_cpu");
+  py::gil_scoped_release release;
+  hbfast::topk_tile_scores_cpu(ptr<float>(tile), q0, rows, cols, ld, id0, params);
+}
+
+void sq_norms_cpu(uintptr_t x, int64_t rows, int64_t dim, uintptr_t out) {
+  py::gil_scoped_release release;
+  hbfast::sq_norms_cpu(ptr<const float>(x), rows, dim, ptr<float>(out));
+}
+
+#ifdef HBFAST_WITH_CUDA
+void range_collect_cuda(uintptr_t tile, int64_t rows, int64_t cols, int64_t ld, int64_t q0, int64_t id0, double threshold,
+                        const hbfast::TileParams& params, uintptr_t out_q, uintptr_t out_ids, uintptr_t out_values,
+                        int64_t capacity, uintptr_t counter, uintptr_t bad, uintptr_t stream) {
+  require_corpus_norms(params, "range_collect_cuda");
+  py::gil_scoped_release release;
+  hbfast::range_collect_cuda(ptr<const float>(tile), rows, cols, ld, q0, id0, float(threshold), params, ptr<int64_t>(out_q),
+                             ptr<int64_t>(out_ids), ptr<float>(out_values), capacity, ptr<unsigned long long>(counter),
+                             ptr<int32_t>(bad), stream);
+}
+
+void topk_tile_scores_cuda(uintptr_t tile, int64_t q0, int64_t rows, int64_t cols, int64_t ld, int64_t id0,
+                           const hbfast::TileParams& params, uintptr_t stream) {
+  require_corpus_norms(params, "topk_tile_scores_cuda");
+  py::gil_scoped_release release;
+  hbfast::topk_tile_scores_cuda(ptr<float>(tile), q0, rows, cols, ld, id0, params, stream);
+}
+#endif
+// ---- end of range search ----
 
 py::dict build_info() {
   py::dict info;
@@ -459,5 +539,23 @@ PYBIND11_MODULE(_C, m) {
   m.def("topk_decode_cuda", &topk_decode_cuda);
   m.def("topk_keys_cuda", &topk_keys_cuda);
   m.def("count_beating_cuda", &count_beating_cuda);
+#endif
+
+  // ---- range search and filtered / L2 top-k ----
+  py::class_<hbfast::TileParams>(m, "TileParams")
+      .def(py::init(&make_tile_params), py::arg("l2"), py::arg("q_norms"), py::arg("c_norms"), py::arg("lo"), py::arg("hi"),
+           py::arg("bits"), py::arg("n_bits"), py::arg("invert"));
+  py::class_<hbfast::RangeStateCpu>(m, "RangeStateCpu")
+      .def(py::init<int64_t, float, bool>(), py::arg("n_queries"), py::arg("threshold"), py::arg("l2"))
+      .def("total", &hbfast::RangeStateCpu::total);
+  m.def("range_merge_cpu", &range_merge_cpu);
+  m.def("range_search_cpu", &range_search_cpu);
+  m.def("range_finish_cpu", &range_finish_cpu);
+  m.def("topk_search_params_cpu", &topk_search_params_cpu);
+  m.def("topk_tile_scores_cpu", &topk_tile_scores_cpu);
+  m.def("sq_norms_cpu", &sq_norms_cpu);
+#ifdef HBFAST_WITH_CUDA
+  m.def("range_collect_cuda", &range_collect_cuda);
+  m.def("topk_tile_scores_cuda", &topk_tile_scores_cuda);
 #endif
 }

@@ -16,6 +16,7 @@
 #include "common/select.h"
 #include "cpu/finite_cpu.h"
 #include "cpu/gemm_cpu.h"
+#include "cpu/range_cpu.h"
 #include "cpu/simd_clones.h"
 
 namespace hbfast {
@@ -220,7 +221,8 @@ bool TopkStateCpu::merge(const float* tile, int64_t q0, int64_t rows, int64_t co
   return finite.load();
 }
 
-bool TopkStateCpu::search(GemmBackend backend, const float* q, int64_t dim, const float* c, int64_t cols, int64_t id0) {
+bool TopkStateCpu::search(GemmBackend backend, const float* q, int64_t dim, const float* c, int64_t cols, int64_t id0,
+                          const TileParams* params) {
   if (cols <= 0 || n_queries_ == 0) return true;
   check_ids(id0, cols);
   std::atomic<bool> finite{true};
@@ -229,10 +231,16 @@ bool TopkStateCpu::search(GemmBackend backend, const float* q, int64_t dim, cons
   scratch_.resize(std::max(scratch_.size(), tile_size * parallel_workers(n_queries_, block_rows)));
   parallel_blocks(n_queries_, block_rows, [&](int64_t begin, int64_t end, int64_t worker) {
     float* tile = scratch_.data() + worker * tile_size;  // [rows, width], this worker's own
+    std::vector<float> norms;  // [width]: L2 norms of the block's columns, when params has none
     for (int64_t j0 = 0; j0 < cols; j0 += block_cols) {  // ids in increasing order for these queries
       int64_t width = std::min(block_cols, cols - j0);
       sgemm_serial(backend, false, true, end - begin, width, dim, 1.0f, q + begin * dim, dim, c + j0 * dim, dim, 0.0f, tile,
                    width);
+      if (params != nullptr) {  // filter / L2 distance, on the tile while it is in cache
+        norms.resize(params->l2 && params->c_norms == nullptr ? block_cols : 0);
+        const TileParams sub = block_params(*params, c, dim, j0, width, norms.data());
+        topk_tile_scores_serial(tile, begin, end - begin, width, width, id0 + j0, sub);
+      }
       if (!merge_rows(tile, begin, end - begin, width, width, id0 + j0)) finite = false;
     }
   });

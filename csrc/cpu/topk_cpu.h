@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/range_math.h"
 #include "cpu/gemm_cpu.h"
 
 namespace hbfast {
@@ -25,8 +26,11 @@ class TopkStateCpu {
   // The product and the merge in one pass (gemm_cpu.h): scores of every query, q [n_queries, dim],
   // against corpus rows c [cols, dim] with ids [id0, id0 + cols). Each thread takes blocks of
   // queries, multiplies a block into its own small tile and merges it while it is in cache.
-  // Same contract as merge.
-  bool search(GemmBackend backend, const float* q, int64_t dim, const float* c, int64_t cols, int64_t id0);
+  // Same contract as merge. With params (range_math.h), each tile first becomes topk_tile_score's values
+  // (an id filter, or minus the squared L2 distance; params->c_norms by column of c, or null: each
+  // block's norms computed from the block the product just read).
+  bool search(GemmBackend backend, const float* q, int64_t dim, const float* c, int64_t cols, int64_t id0,
+              const TileParams* params = nullptr);
 
   // Write the k best of every query, best first: out_scores [n_queries, k], out_ids [n_queries, k].
   // Valid once at least k candidates were merged for every query.

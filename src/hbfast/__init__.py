@@ -6,6 +6,8 @@ from .sampling import BatchPlan, HybridBatchSampler, hybrid_batches
 from .losses import ContrastiveLoss, contrastive_loss
 from .siglip import siglip_loss
 from .search import FlatIndex, relevant_ranks, topk
+from .radius import range_search
+from .selectors import IDSelectorArray, IDSelectorBatch, IDSelectorBitmap, IDSelectorNot, IDSelectorRange
 from . import metrics, reference
 
 __version__ = build_info()["version"]
@@ -25,11 +27,17 @@ __all__ = [
     "ContrastiveLoss",
     "FlatIndex",
     "HybridBatchSampler",
+    "IDSelectorArray",
+    "IDSelectorBatch",
+    "IDSelectorBitmap",
+    "IDSelectorNot",
+    "IDSelectorRange",
     "build_info",
     "contrastive_loss",
     "get_num_threads",
     "hybrid_batches",
     "metrics",
+    "range_search",
     "reference",
     "relevant_ranks",
     "set_num_threads",

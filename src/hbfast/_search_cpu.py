@@ -31,9 +31,11 @@ def product(buffer: list, size: int, qt: torch.Tensor, ct: torch.Tensor) -> torc
     return tile
 
 
-def topk(q32: torch.Tensor, tiles, k: int, total: Optional[int], tile_q: int, corpus_tile: int, bar):
+def topk(q32: torch.Tensor, tiles, k: int, total: Optional[int], tile_q: int, corpus_tile: int, bar, params=None):
     """q32 [nq, D] on the CPU; tiles yields (first id, corpus tile [<= corpus_tile, D]).
-    Returns (scores [nq, k], ids [nq, k]) best first."""
+    Returns (scores [nq, k], ids [nq, k]) best first. params: None, or params(first_id, tile, fused) -> the
+    tile's _C.TileParams (an id filter, L2 values: range_math.h), which must stay alive until the
+    next call (fused: the product is fused, which computes L2's corpus norms itself)."""
     nq, dim = q32.shape
     # Buffer mode (k > TOPK_HEAP_MAX_K): room for k kept + 2k new candidates (8-byte keys) before a
     # partial selection: fewer selections than with k new ones, each on cheap integer keys; for huge k,
@@ -47,13 +49,20 @@ def topk(q32: torch.Tensor, tiles, k: int, total: Optional[int], tile_q: int, co
     def merge(state, backend, first_id, ct):  # one corpus tile [width, D] into state
         width = ct.shape[0]
         fused = _gemm.fused_id(backend)
+        p = None if params is None else params(first_id, ct, fused is not None)
         if fused is not None:  # product and selection in one pass over small tiles
-            if not _C.topk_search_cpu(state, fused, q32.data_ptr(), dim, ct.data_ptr(), width, first_id):
+            if p is None:
+                ok = _C.topk_search_cpu(state, fused, q32.data_ptr(), dim, ct.data_ptr(), width, first_id)
+            else:
+                ok = _C.topk_search_params_cpu(state, fused, q32.data_ptr(), dim, ct.data_ptr(), width, first_id, p)
+            if not ok:
                 raise non_finite(first_id, width)
             return
         for i0 in range(0, nq, tile_q):
             qt = q32[i0 : i0 + tile_q]  # [tq, D]
             tile = product(buffer, tile_q * corpus_tile, qt, ct)  # [tq, tc]
+            if p is not None:
+                _C.topk_tile_scores_cpu(tile.data_ptr(), i0, qt.shape[0], width, width, first_id, p)
             if not _C.topk_merge_cpu(state, tile.data_ptr(), i0, qt.shape[0], width, width, first_id):
                 raise non_finite(first_id, width)
 

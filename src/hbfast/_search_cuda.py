@@ -42,9 +42,9 @@ def device_checks(bad: torch.Tensor, zero_row: torch.Tensor) -> None:
         raise ValueError("non-finite scores: the corpus holds NaN or infinite values, or the products overflow float32")
 
 
-def topk(q32: torch.Tensor, tiles, k: int, tile_q: int, corpus_tile: int, zero_row: torch.Tensor, bar):
+def topk(q32: torch.Tensor, tiles, k: int, tile_q: int, corpus_tile: int, zero_row: torch.Tensor, bar, params=None):
     """q32 [nq, D] on the current GPU; tiles yields (first id, corpus tile [<= corpus_tile, D]).
-    Returns (scores [nq, k], ids [nq, k]) best first."""
+    Returns (scores [nq, k], ids [nq, k]) best first. params: as _search_cpu.topk's (device pointers)."""
     nq = q32.shape[0]
     device = q32.device
     # Per query tile, two key buffers: the merge reads one and writes the other.
@@ -58,10 +58,13 @@ def topk(q32: torch.Tensor, tiles, k: int, tile_q: int, corpus_tile: int, zero_r
         width = ct.shape[0]
         if first_id + width > MAX_IDS:
             raise ValueError(f"the CUDA topk supports corpora below {MAX_IDS} items")
+        p = None if params is None else params(first_id, ct)
         for t, i0 in enumerate(range(0, nq, tile_q)):
             qt = q32[i0 : i0 + tile_q]  # [tq, D]
             tile = buffer[: qt.shape[0] * width].view(qt.shape[0], width)  # [tq, tc]
             torch.matmul(qt, ct.T, out=tile)
+            if p is not None:  # id filter / L2 values, in place (range_math.h)
+                _C.topk_tile_scores_cuda(tile.data_ptr(), i0, qt.shape[0], width, width, first_id, p, stream)
             src, dst = keys[current[t]], keys[1 - current[t]]
             _C.topk_merge_cuda(tile.data_ptr(), qt.shape[0], width, width, first_id,
                                src[i0].data_ptr(), dst[i0].data_ptr(), k, bad.data_ptr(), stream)

@@ -167,3 +167,15 @@ def _tiles(chunks: Iterator, dim: int, device: torch.device, metric: str, tile: 
         base += c.shape[0]
     if base == 0:
         raise ValueError("corpus is empty")
+
+
+# ---- public names for the other search modules (radius.py: range search, filtered / L2 top-k) ----
+check_queries = _check_queries
+check_chunk = _check_chunk
+check_k = _check_k
+corpus_chunks = _corpus_chunks
+as_tensor = _as_tensor
+prepare = _prepare
+output = _output
+tiles = _tiles
+between_fused_tiles = _between_fused_tiles

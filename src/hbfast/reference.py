@@ -236,14 +236,53 @@ def _scores(queries, corpus, metric):
     return q @ c.T  # [nq, N]
 
 
-def topk(queries, corpus, k, *, metric="ip"):
-    """Twin of ``hbfast.topk`` on tensors: (scores float32 [nq, k], ids int64 [nq, k])."""
+def _l2_distances(queries, corpus):
+    """Squared L2 distances [nq, N] as the kernels compute them (csrc/common/range_math.h):
+    max(0, (|x|^2 + |y|^2) - 2 x.y) in float32."""
     import torch
 
-    scores = _scores(queries, corpus, metric)
+    q, c = queries.to(torch.float32), corpus.to(torch.float32)
+    d = ((q * q).sum(1)[:, None] + (c * c).sum(1)[None, :]) - 2.0 * (q @ c.T)
+    return d.clamp_(min=0.0)
+
+
+def topk(queries, corpus, k, *, metric="ip", selected=None):
+    """Twin of ``hbfast.topk`` on tensors: (scores float32 [nq, k], ids int64 [nq, k]).
+    metric "l2": squared distances, smallest first. selected: bool [N], the ids a selector keeps;
+    rows with fewer than k of them are padded with id -1 and score -inf (+inf for "l2")."""
+    import torch
+
+    scores = -_l2_distances(queries, corpus) if metric == "l2" else _scores(queries, corpus, metric)
+    if selected is not None:
+        scores = scores.masked_fill(~selected[None, :], float("-inf"))
     # A stable descending sort keeps equal scores in id order: lower id first.
     sorted_scores, order = torch.sort(scores, dim=1, descending=True, stable=True)
-    return sorted_scores[:, :k].contiguous(), order[:, :k].contiguous()
+    sorted_scores, order = sorted_scores[:, :k].contiguous(), order[:, :k].contiguous()
+    if selected is not None:
+        valid = selected[order]
+        sorted_scores = sorted_scores.masked_fill(~valid, float("-inf"))
+        order = order.masked_fill(~valid, -1)
+    return (sorted_scores.neg() if metric == "l2" else sorted_scores), order
+
+
+def range_search(queries, corpus, threshold, *, metric="ip", selected=None):
+    """Twin of ``hbfast.range_search`` on tensors: (lims int64 [nq + 1], values float32, ids int64), each
+    query's items in id order. faiss's rules: score > threshold ("ip", "cosine"), squared L2 distance <
+    threshold ("l2"); selected: bool [N], the ids a selector keeps."""
+    import torch
+
+    if metric == "l2":
+        values = _l2_distances(queries, corpus)
+        keep = values < threshold
+    else:
+        values = _scores(queries, corpus, metric)
+        keep = values > threshold
+    if selected is not None:
+        keep &= selected[None, :]
+    rows, ids = keep.nonzero(as_tuple=True)  # row-major: by query, then id
+    lims = torch.zeros(len(values) + 1, dtype=torch.int64, device=values.device)
+    lims[1:] = torch.cumsum(keep.sum(1), 0)
+    return lims, values[rows, ids].contiguous(), ids.contiguous()
 
 
 def relevant_ranks(queries, corpus, relevant, *, metric="ip"):

@@ -22,8 +22,9 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from . import _C, _gemm, _search_cpu, _search_cuda, reference
+from . import _C, _gemm, _search_cpu, _search_cuda, radius, reference
 from ._ext import check_impl, require_cuda
+from .selectors import check_selector
 from ._search_cuda import device_checks as _device_checks, on_gpu as _on_gpu, zero_norm_error as _zero_norm_error
 from ._search_inputs import (METRICS, Corpus, Matrix, _as_tensor, _between_fused_tiles, _check_chunk,  # noqa: F401
                              _check_finite, _check_k, _check_metric, _check_queries, _corpus_chunks, _output,
@@ -43,24 +44,30 @@ _STATE_BYTES_PER_KEPT = {"cpu": 24, "cuda": 48}  # CPU: 3k 8-byte keys; CUDA: 2 
 
 
 # ----------------------------------------------------------------------------------------------
-def topk(queries, corpus: Corpus, k: int, *, metric: str = "ip", impl: str = "auto", progress: bool = False):
+def topk(queries, corpus: Corpus, k: int, *, metric: str = "ip", impl: str = "auto", progress: bool = False,
+         selector=None):
     """The exact k best corpus items of every query.
 
     queries: [nq, D]; corpus: [N, D], or an iterable of [n_i, D] chunks whose rows get the global
     ids 0..N-1 in order (so a corpus larger than memory can be streamed, e.g. memmap slices).
-    metric: "ip" (inner product) or "cosine". k: 1..N (any size).
+    metric: "ip" (inner product), "cosine", or "l2" (squared Euclidean distance: the k nearest, smallest
+    distance first, as faiss's IndexFlatL2). k: 1..N (any size).
+    selector: an ``hbfast.selectors`` IDSelector (range, array, bitmap, not); only the ids it selects
+    are ranked (tested inside the product tiles); where it selects fewer than k, the rest of each row
+    is padding: id -1, score -inf (+inf for "l2").
     Returns (scores float32 [nq, k] best first, ids int64 [nq, k]); ties rank the lower id first.
     """
     impl = check_impl(impl)
-    metric = _check_metric(metric)
+    metric = radius.check_metric(metric)  # "ip", "cosine" or "l2"
+    selector = check_selector(selector)
     q, as_numpy = _check_queries(queries, metric)
     chunks, total = _corpus_chunks(corpus)
     k = _check_k(k, total)
-    if impl == "reference":
-        c = torch.cat([_as_tensor("corpus", _check_chunk("corpus", ch, q.shape[1], q.device)).to(q.device) for ch in chunks])
-        if len(c) < k:
-            raise ValueError(f"k = {k} is larger than the corpus ({len(c)} items)")
-        scores, ids = reference.topk(q, c, k, metric=metric)
+    if impl == "reference" or metric == "l2" or selector is not None:  # (the tile-parameter walk: radius.py)
+        step = max(1, TOPK_STATE_BYTES // (k * _STATE_BYTES_PER_KEPT[q.device.type]))
+        reiterable = isinstance(corpus, (torch.Tensor, np.ndarray, list, tuple))
+        scores, ids = radius.topk_with_params(q, corpus, k, metric, selector, impl, progress,
+                                              step if reiterable else None)
         return _output(scores, as_numpy), _output(ids, as_numpy)
     cuda = q.device.type == "cuda"
     if cuda:
@@ -363,10 +370,15 @@ class FlatIndex:
         q = _prepare(q, self.metric, "queries")
         return (q.numpy() if as_numpy else q), as_numpy
 
-    def search(self, queries, k: int, *, impl: str = "auto"):
-        """(scores [nq, k], ids [nq, k]) as ``topk``."""
+    def search(self, queries, k: int, *, impl: str = "auto", selector=None):
+        """(scores [nq, k], ids [nq, k]) as ``topk`` (selector: an hbfast IDSelector, as ``topk``'s)."""
         q, _ = self._queries(queries)
-        return topk(q, self.corpus, k, metric=self._search_metric, impl=impl)
+        return topk(q, self.corpus, k, metric=self._search_metric, impl=impl, selector=selector)
+
+    def range_search(self, queries, threshold: float, *, impl: str = "auto", selector=None):
+        """(lims, values, ids) of every item scoring above ``threshold``, as ``hbfast.range_search``."""
+        q, _ = self._queries(queries)
+        return radius.range_search(q, self.corpus, threshold, metric=self._search_metric, impl=impl, selector=selector)
 
     def ranks(self, queries, relevant, *, impl: str = "auto"):
         """int64 [nq, r] as ``relevant_ranks``."""

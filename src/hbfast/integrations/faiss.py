@@ -1,192 +1,172 @@
-"""faiss drop-ins: ``IndexFlatIP`` and ``IndexFlatL2`` with faiss's interface, searched by :func:`hbfast.topk`.
+"""faiss drop-ins: ``IndexFlat``, ``IndexFlatIP`` and ``IndexFlatL2`` whose ``search`` and ``range_search``
+run hbfast's kernels (:func:`hbfast.topk`, :func:`hbfast.range_search`).
 
-    import hbfast.integrations.faiss as faiss
+    import hbfast.integrations.faiss as faiss   # was: import faiss
     index = faiss.IndexFlatIP(384)
-    index.add(xb)                    # float32 [n, d]
-    D, I = index.search(xq, 10)      # float32 [nq, k], int64 [nq, k]
+    index.add(xb)
+    D, I = index.search(xq, 10)
+    lims, D, I = index.range_search(xq, 0.5)
 
-faiss itself is not needed. Results are faiss's: ``IndexFlatL2`` returns squared distances, nearest
-first; ``k > ntotal`` pads ``I`` with -1 and ``D`` with -FLT_MAX (IP) / +FLT_MAX (L2);
-``remove_ids`` shifts the later ids down like faiss's flat index.
+With faiss installed, the three classes subclass faiss's own: the vectors live in faiss's storage, so
+everything else is faiss's code and works where faiss takes an index (``write_index`` /
+``serialize_index`` / ``clone_index``, ``IndexIDMap(index)``, ``Clustering.train(x, index)``,
+``ProductQuantizer``'s ``assign_index``, ``reconstruct_batch``, ``remove_ids(IDSelectorRange(...))``,
+``add_with_ids``' RuntimeError...). Only the Python-level ``search`` and ``range_search`` are replaced:
+they read the stored vectors in place (no copy) and return what faiss returns (same dtypes, the same
+padding with -1 and -/+FLT_MAX, AssertionError for k <= 0 or a wrong dimension, IP ties listed higher
+id first, range results in id order). ``params=faiss.SearchParameters(sel=...)`` is honoured inside
+hbfast's tiles: IDSelectorRange, IDSelectorArray and IDSelectorBitmap directly, any other selector
+(Batch, Not, And, Or, ...) by letting faiss evaluate it once over the ids into a bitmap.
 
-Ties (equal scores), as faiss-cpu 1.x behaves: L2 lists equal distances lower id first; IP lists
-equal scores higher id first. Where a group of equal scores straddles the k-th place, the kept
-members are the lowest ids (hbfast's rule; faiss's L2 keeps the same ones, faiss's IP keeps the
-ones its heap happens to hold).
+faiss's own code runs instead (the results are then faiss's by construction) for: METRIC_L1, METRIC_Linf
+and the other metrics hbfast has no kernel for; queries holding NaN or inf, or stored vectors that do;
+``numeric_type`` other than float32; an empty index. Where faiss's C++ calls the index itself (e.g.
+``IndexIDMap.search``, ``search_and_reconstruct``, ``Clustering``), it reaches faiss's C++ search, not
+this Python one: those give faiss's results at faiss's speed. ``clone_index`` / ``read_index`` return
+faiss's own classes.
 
-L2 search runs on the inner-product kernel: the index stores rows [y, -|y|^2 / 2], queries become
-[x, 1], so the best inner product is the nearest row, and D = |x|^2 - 2 * score (clamped at 0, as
-faiss clamps its BLAS path's round-off). Distances agree with faiss to float32 round-off.
+Without faiss, the module serves hbfast.integrations.faiss_standalone's classes (the same search, in
+hbfast's own storage) and nothing else of faiss's. Any other name (``faiss.write_index``,
+``faiss.IndexIDMap``, ...) is faiss's own, so the module replaces ``import faiss`` as a whole.
 """
 from __future__ import annotations
 
-from numbers import Integral
-
 import numpy as np
-import torch
 
-from ..search import topk
+try:
+    import faiss as _faiss
+except ImportError:  # no faiss: hbfast's own storage and search
+    _faiss = None
 
-__all__ = ["IndexFlat", "IndexFlatIP", "IndexFlatL2", "METRIC_INNER_PRODUCT", "METRIC_L2", "normalize_L2"]
+if _faiss is None:
+    from .faiss_standalone import (METRIC_INNER_PRODUCT, METRIC_L2, IndexFlat, IndexFlatIP,  # noqa: F401
+                                   IndexFlatL2, normalize_L2)
 
-METRIC_INNER_PRODUCT = 0
-METRIC_L2 = 1
-_FLT_MAX = float(np.finfo(np.float32).max)
+    __all__ = ["IndexFlat", "IndexFlatIP", "IndexFlatL2", "METRIC_INNER_PRODUCT", "METRIC_L2", "normalize_L2"]
+else:
+    import torch
 
+    from .. import radius, search, selectors
 
-class IndexOutOfRange(IndexError, RuntimeError):
-    """An id outside [0, ntotal) (a RuntimeError too, as faiss raises one)."""
+    __all__ = ["IndexFlat", "IndexFlatIP", "IndexFlatL2", "hbfast_selector"]
+    FAISS_VERSION = _faiss.__version__
+    _FLT_MAX = float(np.finfo(np.float32).max)
+    _METRICS = {_faiss.METRIC_INNER_PRODUCT: "ip", _faiss.METRIC_L2: "l2"}
 
+    def __getattr__(name):  # everything else is faiss's
+        return getattr(_faiss, name)
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+    def _members(sel, n: int) -> np.ndarray:
+        """The ids in [0, n) faiss's selector `sel` selects, evaluated by faiss itself (one range
+        search of n zero vectors with sel as its filter: any selector, in C++)."""
+        probe = _faiss.IndexFlatL2(1)
+        probe.add(np.zeros((n, 1), np.float32))
+        _, _, ids = _faiss.IndexFlatL2.range_search(probe, np.zeros((1, 1), np.float32), 1.0,
+                                                    params=_faiss.SearchParameters(sel=sel))
+        return ids
 
+    def hbfast_selector(sel, ntotal: int):
+        """hbfast's selector for faiss's selector `sel` over ids [0, ntotal) (None: every id)."""
+        if sel is None or isinstance(sel, _faiss.IDSelectorAll):
+            return None
+        if isinstance(sel, _faiss.IDSelectorRange):
+            return selectors.IDSelectorRange(int(sel.imin), int(sel.imax))
+        if isinstance(sel, _faiss.IDSelectorArray):
+            return selectors.IDSelectorArray(_faiss.rev_swig_ptr(sel.ids, sel.n).copy() if sel.n else np.zeros(0, np.int64))
+        if isinstance(sel, _faiss.IDSelectorBitmap):
+            return selectors.IDSelectorBitmap(_faiss.rev_swig_ptr(sel.bitmap, sel.n).copy() if sel.n else np.zeros(0, np.uint8))
+        return selectors.IDSelectorArray(_members(sel, ntotal))
 
-def _as_rows(name: str, x, d: int) -> torch.Tensor:
-    """A float32 [n, d] CPU tensor from a numpy array (or tensor), with a clear error otherwise."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array [n, {d}], got {type(x).__name__}")
-    if x.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must hold numbers, got dtype {x.dtype}")
-    if x.ndim != 2 or x.shape[1] != d:
-        raise ValueError(f"{name} must have shape [n, {d}] (the index has d={d}), got {x.shape}")
-    t = torch.from_numpy(np.array(x, dtype=np.float32, order="C"))  # a copy: the index never aliases the caller's array
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return t
+    def _params_selector(params, ntotal: int):
+        if params is None:
+            return None
+        sel = params.sel  # reads back as the base class IDSelector; faiss's wrapper keeps the object given
+        kept = (getattr(params, "_sp_field_refs", None) or {}).get("sel")
+        if sel is not None and kept is not None and int(kept.this) == int(sel.this):
+            sel = kept
+        return hbfast_selector(sel, ntotal)
 
+    def _finite(x: np.ndarray) -> bool:
+        return x.size == 0 or bool(np.isfinite(x.min())) and bool(np.isfinite(x.max()))
 
-class IndexFlat:
-    """faiss.IndexFlat: exact search, ``metric`` METRIC_L2 (default, as faiss) or METRIC_INNER_PRODUCT."""
+    def _non_finite_scores(error: ValueError) -> bool:
+        return "non-finite" in str(error)
 
-    def __init__(self, d: int, metric: int = METRIC_L2):
-        self.d = _check_int("d", d, 1)
-        if metric not in (METRIC_INNER_PRODUCT, METRIC_L2):
-            raise ValueError(f"metric must be METRIC_INNER_PRODUCT (0) or METRIC_L2 (1), got {metric!r}")
-        self.metric_type = metric
-        self.reset()
+    class _HbfastFlatSearch:
+        """search / range_search on hbfast's kernels, over the faiss storage of the class it is mixed into."""
 
-    # [ntotal, d] for IP; [ntotal, d + 1] = [y, -|y|^2 / 2] for L2
-    def reset(self) -> None:
-        """Removes every vector."""
-        self._rows = torch.empty(0, self.d + (self.metric_type == METRIC_L2), dtype=torch.float32)
+        def _hbfast_metric(self):
+            return _METRICS.get(self.metric_type)
 
-    @property
-    def ntotal(self) -> int:
-        return int(self._rows.shape[0])
+        def _stored(self) -> torch.Tensor:
+            """The stored vectors [ntotal, d], viewed in place in faiss's storage."""
+            n, d = self.ntotal, self.d
+            return torch.from_numpy(_faiss.rev_swig_ptr(self.get_xb(), n * d).reshape(n, d))
 
-    @property
-    def is_trained(self) -> bool:
-        return True
-
-    def train(self, x) -> None:
-        """Nothing to train (faiss's flat indexes ignore it too); checks x's shape."""
-        _as_rows("x", x, self.d)
-
-    def add(self, x) -> None:
-        """Appends the rows of x [n, d]; they get ids ntotal, ..., ntotal + n - 1."""
-        x = _as_rows("x", x, self.d)
-        if self.metric_type == METRIC_L2:
-            x = torch.cat([x, -0.5 * (x.double() ** 2).sum(1, keepdim=True).float()], 1)  # [n, d + 1]
-        self._rows = torch.cat([self._rows, x])
-
-    def search(self, x, k: int, *, params=None, D=None, I=None):  # noqa: E741 - faiss's names
-        """(D float32 [nq, k], I int64 [nq, k]) of the k best rows per query row of x [nq, d]."""
-        if params is not None:
-            raise ValueError("search params are not supported by hbfast's flat index")
-        k = _check_int("k", k, 1)
-        queries = _as_rows("x", x, self.d)
-        nq = queries.shape[0]
-        out_d = np.full((nq, k), -_FLT_MAX if self.metric_type == METRIC_INNER_PRODUCT else _FLT_MAX, dtype=np.float32)
-        out_i = np.full((nq, k), -1, dtype=np.int64)
-        found = min(k, self.ntotal)
-        if nq and found:
-            if self.metric_type == METRIC_INNER_PRODUCT:
-                scores, ids = topk(queries, self._rows, found, metric="ip")  # best first, ties lower id first
-                scores, ids = scores.numpy(), ids.numpy()
-                order = np.lexsort((-ids, -scores), axis=1)  # faiss lists equal scores higher id first
-                out_d[:, :found] = np.take_along_axis(scores, order, 1)
-                out_i[:, :found] = np.take_along_axis(ids, order, 1)
+        def search(self, x, k, *, params=None, D=None, I=None, numeric_type=None):  # noqa: E741 - faiss's names
+            """faiss's search, computed by hbfast.topk (see the module's docstring for when faiss's runs)."""
+            metric = self._hbfast_metric()
+            if metric is None or (numeric_type is not None and numeric_type != _faiss.Float32):
+                extra = {} if numeric_type is None else {"numeric_type": numeric_type}
+                return super().search(x, k, params=params, D=D, I=I, **extra)
+            n, d = x.shape
+            x = np.ascontiguousarray(x, dtype="float32")
+            assert d == self.d
+            assert k > 0
+            if D is None:
+                D = np.empty((n, k), dtype=np.float32)
             else:
-                q1 = torch.cat([queries, torch.ones(nq, 1)], 1)  # [nq, d + 1]
-                scores, ids = topk(q1, self._rows, found, metric="ip")  # x.y - |y|^2 / 2, nearest first
-                sq_norms = (queries.double() ** 2).sum(1, keepdim=True)  # [nq, 1]
-                out_d[:, :found] = (sq_norms - 2.0 * scores.double()).clamp_(min=0).float().numpy()
-                out_i[:, :found] = ids.numpy()
-        if D is not None or I is not None:
-            for name, given, got in (("D", D, out_d), ("I", I, out_i)):
-                if given is None or not isinstance(given, np.ndarray) or given.shape != got.shape or given.dtype != got.dtype:
-                    raise ValueError(f"{name} must be a numpy {got.dtype} array of shape {got.shape} (give D and I together)")
-                given[...] = got
+                assert D.shape == (n, k)
+            if I is None:
+                I = np.empty((n, k), dtype=np.int64)  # noqa: E741
+            else:
+                assert I.shape == (n, k)
+            if n == 0 or self.ntotal == 0 or not _finite(x):
+                return super().search(x, k, params=params, D=D, I=I)
+            found = min(int(k), self.ntotal)
+            try:
+                scores, ids = search.topk(x, self._stored(), found, metric=metric,
+                                          selector=_params_selector(params, self.ntotal))
+            except ValueError as error:  # NaN / inf stored: faiss's own results
+                if not _non_finite_scores(error):
+                    raise
+                return super().search(x, k, params=params, D=D, I=I)
+            if metric == "ip":  # faiss lists equal scores higher id first (padding, -inf, stays last)
+                order = np.lexsort((-ids, -scores), axis=1)
+                scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+            pad = -_FLT_MAX if metric == "ip" else _FLT_MAX
+            D[:, :found] = np.where(ids >= 0, scores, pad)
+            I[:, :found] = ids
+            D[:, found:] = pad
+            I[:, found:] = -1
             return D, I
-        return out_d, out_i
 
-    def reconstruct(self, key: int, x=None) -> np.ndarray:
-        """The stored vector of id ``key`` (float32 [d])."""
-        key = _check_int("key", key, 0) if not isinstance(key, np.integer) else int(key)
-        if not 0 <= key < self.ntotal:
-            raise IndexOutOfRange(f"id {key} is out of range: the index holds ids 0..{self.ntotal - 1}")
-        row = self._rows[key, : self.d].numpy().copy()
-        if x is not None:
-            x[...] = row
-            return x
-        return row
+        def range_search(self, x, thresh, *, params=None):
+            """faiss's range_search, computed by hbfast.range_search: (lims uint64 [n + 1], D float32, I int64);
+            IP keeps score > thresh, L2 keeps squared distance < thresh; each query's items in id order."""
+            metric = self._hbfast_metric()
+            if metric is None:
+                return super().range_search(x, thresh, params=params)
+            n, d = x.shape
+            assert d == self.d
+            x = np.ascontiguousarray(x, dtype="float32")
+            thresh = float(thresh)
+            if n == 0 or self.ntotal == 0 or not _finite(x) or np.isnan(thresh):
+                return super().range_search(x, thresh, params=params)
+            try:
+                lims, values, ids = radius.range_search(x, self._stored(), thresh, metric=metric,
+                                                        selector=_params_selector(params, self.ntotal))
+            except ValueError as error:
+                if not _non_finite_scores(error):
+                    raise
+                return super().range_search(x, thresh, params=params)
+            return lims.astype(np.uint64), values, ids
 
-    def reconstruct_n(self, n0: int = 0, ni: int = -1, x=None) -> np.ndarray:
-        """The stored vectors of ids n0 .. n0 + ni - 1 (float32 [ni, d]); ni = -1: up to ntotal."""
-        n0 = int(n0)
-        ni = self.ntotal - n0 if ni == -1 else int(ni)
-        if n0 < 0 or ni < 0 or n0 + ni > self.ntotal:
-            raise IndexOutOfRange(f"ids {n0}..{n0 + ni - 1} are out of range: the index holds ids 0..{self.ntotal - 1}")
-        rows = self._rows[n0 : n0 + ni, : self.d].numpy().copy()
-        if x is not None:
-            x[...] = rows
-            return x
-        return rows
+    class IndexFlat(_HbfastFlatSearch, _faiss.IndexFlat):
+        """faiss.IndexFlat (METRIC_L2 by default, or METRIC_INNER_PRODUCT) searched by hbfast."""
 
-    def remove_ids(self, ids) -> int:
-        """Removes the given ids (a 1-D integer array; ids not present are ignored) and returns how many
-        were removed; the remaining vectors keep their order and get ids 0..ntotal-1 again."""
-        ids = np.asarray(ids)
-        if ids.dtype.kind not in "iu" or ids.ndim != 1:
-            raise TypeError(f"remove_ids takes a 1-D integer array of ids, got dtype {ids.dtype} and shape {ids.shape}")
-        keep = ~np.isin(np.arange(self.ntotal), ids)
-        removed = int(self.ntotal - keep.sum())
-        if removed:
-            self._rows = self._rows[torch.from_numpy(keep)].contiguous()
-        return removed
+    class IndexFlatIP(_HbfastFlatSearch, _faiss.IndexFlatIP):
+        """faiss.IndexFlatIP searched by hbfast."""
 
-    def __len__(self) -> int:
-        return self.ntotal
-
-    def __repr__(self) -> str:
-        kind = "IP" if self.metric_type == METRIC_INNER_PRODUCT else "L2"
-        return f"hbfast.integrations.faiss.IndexFlat{kind}(d={self.d}, ntotal={self.ntotal})"
-
-
-class IndexFlatIP(IndexFlat):
-    """faiss.IndexFlatIP: exact maximum inner product search."""
-
-    def __init__(self, d: int):
-        super().__init__(d, METRIC_INNER_PRODUCT)
-
-
-class IndexFlatL2(IndexFlat):
-    """faiss.IndexFlatL2: exact nearest neighbours by squared Euclidean distance."""
-
-    def __init__(self, d: int):
-        super().__init__(d, METRIC_L2)
-
-
-def normalize_L2(x: np.ndarray) -> None:
-    """Scales every row of the float32 array x to unit L2 norm, in place (zero rows stay zero), as faiss."""
-    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2 or not x.flags.c_contiguous:
-        raise TypeError("normalize_L2 takes a C-contiguous float32 numpy array [n, d] (it works in place)")
-    norms = np.sqrt((x.astype(np.float64) ** 2).sum(1, keepdims=True))
-    np.divide(x, norms, out=x, where=norms > 0)
+    class IndexFlatL2(_HbfastFlatSearch, _faiss.IndexFlatL2):
+        """faiss.IndexFlatL2 searched by hbfast."""
