@@ -6,6 +6,8 @@ from .sampling import BatchPlan, HybridBatchSampler, hybrid_batches
 from .losses import ContrastiveLoss, contrastive_loss
 from .siglip import siglip_loss
 from .search import FlatIndex, relevant_ranks, topk
+from .shards import ShardError, open_shards, write_shards
+from .sharded import ShardedIndex
 from . import metrics, reference
 
 __version__ = build_info()["version"]
@@ -32,7 +34,11 @@ __all__ = [
     "metrics",
     "reference",
     "relevant_ranks",
+    "ShardError",
+    "ShardedIndex",
+    "open_shards",
     "set_num_threads",
     "siglip_loss",
     "topk",
+    "write_shards",
 ]
