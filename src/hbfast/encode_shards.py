@@ -203,5 +203,7 @@ def encode_to_shards(encoder: Callable, ids: Sequence[str], texts: Sequence[str]
                     "shards": [{"file": names[i], "rows": b - a, "first_id": a} for i, (a, b) in enumerate(spans)],
                     "ids": IDS_JSONL, "ids_bytes": len(ids_bytes)}
         atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
+        for leftover in out.glob(".shard-*.tmp*"):  # half-written shards of a run that was stopped
+            leftover.unlink(missing_ok=True)
     barrier()
     return out

@@ -114,6 +114,7 @@ class ShardedIndex:
         self.metric = metric
         self.memory_budget = parse_bytes(memory_budget)
         self.progress = progress
+        self.query_block: Optional[int] = None  # queries per walk over the shards in the last call
         self.rank, self.world = group()
         self.local = assign_shards(self.shards, self.rank, self.world)
         entries = [self.shards.shards[i] for i in self.local]
@@ -198,7 +199,8 @@ class ShardedIndex:
             need = fixed + held + per_query
             raise ValueError(f"memory_budget {self.memory_budget} bytes is too small for this search: it needs at least "
                              f"{need} ({tile}-row tiles of dim {self.dim}, {nq} queries' results)")
-        return max(1, min(nq, room // per_query))
+        self.query_block = max(1, min(nq, room // per_query))
+        return self.query_block
 
     # ---- the shards, tile by tile --------------------------------------------------------------
     def _raw_tiles(self, tile: int) -> Iterator[Tuple[int, int, int, np.ndarray]]:
@@ -218,25 +220,32 @@ class ShardedIndex:
                 yield (*job, rows)
 
     def _tiles(self, device: torch.device, bar=None) -> Iterator[Tuple[int, torch.Tensor]]:
-        """(global first id, fp32 tile [<= tile, D'] on device as the kernels take it) of this rank's shards."""
-        for si, j0, j1, rows in self._raw_tiles(self._tile_rows(device)):
-            shard = self.shards.shards[si]
+        """(global first id, fp32 tile [<= tile, D'] on device as the kernels take it) of this rank's
+        shards. The tile is one reused buffer, valid until the next one is asked for (fresh tiles would
+        leave the allocator's heap growing with every size it has seen)."""
+        tile_rows, dim = self._tile_rows(device), self.dim
+        buffer = torch.empty(tile_rows, dim + (self.metric == "l2"), dtype=torch.float32, device=device)
+        square = torch.empty(tile_rows, dim, dtype=torch.float32, device=device) if self.metric == "l2" else None
+        for si, j0, j1, rows in self._raw_tiles(tile_rows):
+            shard, n = self.shards.shards[si], j1 - j0
             with _one_torch_thread(device):
-                t = torch.from_numpy(rows).to(device=device, dtype=torch.float32, copy=True)
+                t = buffer[:n, :dim]
+                t.copy_(torch.from_numpy(rows))
                 if not all(math.isfinite(v) for v in torch.stack(torch.aminmax(t)).tolist()):
                     raise ValueError(f"shard {shard.file}: NaN or infinite values in rows [{j0}, {j1}) "
                                      f"(ids [{shard.first_id + j0}, {shard.first_id + j1}))")
-                if self.metric == "cosine":  # as hbfast.topk normalises a corpus tile
+                if self.metric == "cosine":  # as hbfast.topk normalises a corpus tile (t / norms)
                     norms = torch.linalg.vector_norm(t, dim=1, keepdim=True)
                     zero = (norms == 0).flatten().nonzero()
                     if len(zero):
                         raise ValueError(f"shard {shard.file}: row {j0 + int(zero[0])} (id "
                                          f"{shard.first_id + j0 + int(zero[0])}) has zero norm (cosine similarity is undefined)")
-                    t = t / norms
-                elif self.metric == "l2":
-                    t = torch.cat([t, (t * t).sum(1, keepdim=True).mul_(-0.5)], 1)
+                    t.div_(norms)
+                elif self.metric == "l2":  # [y, -|y|^2 / 2]
+                    torch.sum(torch.mul(t, t, out=square[:n]), 1, keepdim=True, out=buffer[:n, dim:]).mul_(-0.5)
+                    t = buffer[:n]
             if bar is not None:
-                bar.update(j1 - j0)
+                bar.update(n)
             yield shard.first_id + j0, t
 
     def _bar(self, what: str, passes: int):
