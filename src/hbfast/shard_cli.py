@@ -167,7 +167,12 @@ def run_encode(args) -> int:
     try:
         ids, texts = load_texts(args.corpus)
         args.device = args.device or str(device)  # under torchrun: this rank's GPU, if any
-        encoder = _encoder(args, query=False, model=args.model)
+        loaded = []
+
+        def encoder(texts):  # the model is loaded when a shard is left to encode
+            if not loaded:
+                loaded.append(_encoder(args, query=False, model=args.model))
+            return loaded[0](texts)
         plan_extra = {"corpus": str(args.corpus), "max_length": args.max_length, "backend": args.backend,
                       "pooling": args.pooling, "prefixes": args.prefixes, "metric": args.metric}
         out = encode_to_shards(encoder, ids, texts, args.out, rows_per_shard=args.rows_per_shard, dtype=args.dtype,
