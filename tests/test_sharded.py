@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 import hbfast
 from hbfast.sharded import merge_candidates, parse_bytes
 
-from testing import subprocess_env
+from testing import requires_cuda, subprocess_env
 
 N, DIM, NQ, K = 700, 12, 40, 25
 
@@ -239,3 +239,19 @@ def test_corpus_larger_than_the_budget_stays_under_it(tmp_path):
     assert run.returncode == 0, run.stderr
     peak, block = map(int, run.stdout.split())
     assert 0 < peak < budget, f"peak {peak / 2**20:.1f} MiB over the {budget >> 20} MiB budget (corpus {size >> 20} MiB)"
+
+
+# ---- GPU -------------------------------------------------------------------------------------------
+@requires_cuda
+@pytest.mark.parametrize("metric", ["ip", "cosine", "l2"])
+def test_cuda_queries_give_the_cpu_answer(tmp_path, metric):
+    x, q, rel = _tied_corpus()
+    index = hbfast.ShardedIndex(_write(tmp_path, x), metric=metric)
+    qc = torch.from_numpy(q).cuda()
+    scores, ids = index.search(qc, K)
+    assert ids.device.type == "cuda"
+    want_scores, want_ids = index.search(q, K)
+    np.testing.assert_array_equal(ids.cpu().numpy(), want_ids)
+    np.testing.assert_array_equal(scores.cpu().numpy(), want_scores)
+    ranks = index.relevant_ranks(qc, torch.from_numpy(rel).cuda())
+    np.testing.assert_array_equal(ranks.cpu().numpy(), index.relevant_ranks(q, rel))
