@@ -69,6 +69,22 @@ def test_equals_topk_and_relevant_ranks(tmp_path, metric):
     np.testing.assert_array_equal(full, hbfast.topk(q, x, N, metric=metric)[1])
 
 
+def test_float_corpus_gives_the_same_scores(tmp_path):
+    """Real-valued data: shards of a multiple of the CPU tile (4096 rows) are cut into the tiles
+    hbfast.topk cuts the whole corpus into, so every score, id and rank is the same."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3 * 4096 + 500, 32)).astype(np.float32)
+    q = rng.standard_normal((30, 32)).astype(np.float32)
+    rel = rng.integers(0, len(x), size=(30, 4))
+    hbfast.write_shards(x, tmp_path / "s", rows_per_shard=4096)
+    for metric in ("ip", "cosine"):
+        index = hbfast.ShardedIndex(tmp_path / "s", metric=metric)
+        got, want = index.search(q, 50), hbfast.topk(q, x, 50, metric=metric)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(index.relevant_ranks(q, rel), hbfast.relevant_ranks(q, x, rel, metric=metric))
+
+
 def test_l2_matches_faiss(tmp_path):
     faiss = pytest.importorskip("faiss")
     x, q, _ = _tied_corpus(1)

@@ -161,3 +161,20 @@ def test_search_command_reports_a_bad_shard(shard_dir, tmp_path, capsys):
                  "--out", str(tmp_path / "run.trec"), "--no-progress"]) == 2
     assert "shard shard-00001.npy: truncated" in capsys.readouterr().err
     assert not (tmp_path / "run.trec").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--index", "IDX", "--queries", "Q"], "needs --qrels FILE"),
+    (["eval", "--index", "IDX", "--qrels", "Q"], "needs --queries"),
+    (["eval", "--dataset", "xquad-r", "--metric", "l2"], "--metric l2 is for --index"),
+    (["search", "--index", "IDX", "--queries", "Q.npy", "--out", "R", "--memory-budget", "lots"], "memory_budget: cannot read"),
+    (["search", "--index", "IDX", "--queries", "Q.npy", "--out", "R", "--k", "301"], "k must be in [1, 300]"),
+])
+def test_command_errors_are_clear(shard_dir, tmp_path, argv, message, capsys):
+    from hbfast.cli import main
+
+    np.save(tmp_path / "q.npy", _corpus(4))
+    argv = [str(shard_dir) if a == "IDX" else str(tmp_path / "q.npy") if a in ("Q", "Q.npy") else
+            str(tmp_path / "run") if a == "R" else a for a in argv]
+    assert main([*argv, "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
