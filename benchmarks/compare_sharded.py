@@ -1,13 +1,14 @@
 """hbfast.ShardedIndex out of core against faiss in memory, 2 processes against 1, and time against
 corpus size, in one run (issue 19). Prints the ratios; deletes the generated data at the end.
 
-    python benchmarks/compare_sharded.py                          # 1M, 2M, 5M x 384 float16, 100 queries
+    python benchmarks/compare_sharded.py                          # 1M, 2M, 5M x 384 float16, 1000 queries
     python benchmarks/compare_sharded.py --sizes 100000,200000 --queries 20   # a smoke test
 
 - out of core: ``ShardedIndex(dir, memory_budget=1GiB).search`` over the largest corpus, read from its
   float16 shards tile by tile, against faiss ``IndexFlatIP`` holding the same vectors (float32) in RAM;
   search time (faiss's load from the shards reported apart) and peak memory of each, in a fresh process:
-  the peak RSS (VmHWM, reset before the work) minus the RSS before it.
+  the peak RSS (VmHWM, reset before the work) minus the RSS before it; and hbfast.topk over the same
+  float16 vectors held in RAM (what reading from disk tile by tile costs).
 - processes: the same search on 2 gloo processes (torch.distributed.run, 1 thread each) against 1
   process with 2 threads, on the middle size.
 - growth: hbfast's time at every size, and its ratio to the smallest size's time per row.
@@ -139,6 +140,24 @@ def probe_faiss(index_dir: str, nq: int, k: int, out: str) -> None:
                                      "threads": faiss.omp_get_max_threads()}))
 
 
+def probe_topk(index_dir: str, nq: int, k: int, out: str) -> None:
+    """hbfast.topk over the same float16 vectors held in RAM (one array): the in-memory cost of the search."""
+    import hbfast
+
+    shards = hbfast.open_shards(index_dir)
+    q = _queries(nq, shards.dim)
+    hbfast.topk(q, q[:8].copy(), 4)
+    base = _reset_peak()
+    t0 = time.perf_counter()
+    corpus = np.concatenate([np.asarray(a) for a in shards.arrays()])
+    load = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _, ids = hbfast.topk(q, corpus, k)
+    seconds = time.perf_counter() - t0
+    np.save(out + ".ids.npy", ids)
+    Path(out).write_text(json.dumps({"seconds": seconds, "load": load, "peak": _status("VmHWM") - base}))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -167,12 +186,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="1000000,2000000,5000000")
     p.add_argument("--dim", type=int, default=384)
-    p.add_argument("--queries", type=int, default=100)
+    p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--budget", default="1GiB")
     p.add_argument("--dir", default="/tmp/hbfast-compare-sharded")
     p.add_argument("--keep", action="store_true", help="keep the generated shards")
-    p.add_argument("--probe", choices=("hbfast", "faiss"), help=argparse.SUPPRESS)
+    p.add_argument("--probe", choices=("hbfast", "faiss", "topk"), help=argparse.SUPPRESS)
     p.add_argument("--index", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -180,6 +199,8 @@ def main() -> None:
         return probe_hbfast(args.index, args.queries, args.k, args.budget, args.out)
     if args.probe == "faiss":
         return probe_faiss(args.index, args.queries, args.k, args.out)
+    if args.probe == "topk":
+        return probe_topk(args.index, args.queries, args.k, args.out)
 
     import hbfast
 
@@ -206,6 +227,12 @@ def main() -> None:
               f"with faiss's load {ours['seconds'] / (theirs['seconds'] + theirs['load']):.2f}x; "
               f"peak memory {ours['peak'] / theirs['peak']:.4f}x (vs its resident corpus "
               f"{ours['peak'] / theirs['resident']:.4f}x); same top-{args.k} sets for {agree:.1%} of queries")
+
+        in_ram = run_probe("topk", dirs[largest], args, root)
+        print(f"   hbfast.topk on the same float16 array in RAM: search {in_ram['seconds']:.2f} s (+ {in_ram['load']:.1f} s "
+              f"to read it), peak +{gib(in_ram['peak']):.3f} GiB; out of core / in RAM: time "
+              f"{ours['seconds'] / in_ram['seconds']:.2f}x, peak memory {ours['peak'] / in_ram['peak']:.4f}x; "
+              f"identical ids: {bool((in_ram['ids'] == ours['ids']).all())}")
 
         print(f"\n2. processes, {middle:,} rows: 2 gloo processes x 1 thread vs 1 process x 2 threads")
         one = run_probe("hbfast", dirs[middle], args, root, world=1, threads=2)
