@@ -196,9 +196,8 @@ def run_search(args) -> int:
         index = _index(args, not args.no_progress)
         qids, q = _load_queries(args, args.queries, index.shards, rank)
         scores, ids = index.search(torch.from_numpy(q).to(device), args.k)
-        if rank == 0:
-            write_run(args.out, qids, index.doc_ids(ids), _run_scores(index, scores.cpu().numpy()), args.tag)
-        distributed.barrier()
+        run_scores = _run_scores(index, scores.cpu().numpy())
+        index.agree(lambda: write_run(args.out, qids, index.doc_ids(ids), run_scores, args.tag) if rank == 0 else None)
     finally:
         distributed.cleanup()
     if rank == 0:
@@ -213,7 +212,7 @@ def run_index_eval(args) -> int:
 
     from . import metrics
     from .train import distributed
-    from .trec import read_qrels, write_qrels, write_run
+    from .trec import read_qrels
 
     if args.qrels is None and args.data_dir is None:
         raise ValueError("eval --index needs --qrels FILE (or --data-dir of a BEIR set)")
@@ -243,18 +242,26 @@ def run_index_eval(args) -> int:
             rel[i, : len(present)] = present
         ranks = index.relevant_ranks(queries, torch.from_numpy(rel).to(device)).cpu().numpy()
         values["map_full_ranking"] = float(metrics.average_precision(ranks, np.array([len(p) for p in positive])).mean())
-        if rank == 0:
-            out = Path(args.out)
-            run_path = Path(args.run_path) if args.run_path else out / "run.trec"
-            write_run(run_path, qids, docs, run_scores, args.tag)
-            write_qrels(out / "qrels.trec", used)
-            result = {"index": str(index.shards.directory), "metric": index.metric, "k": int(ids.shape[1]),
-                      "queries": len(qids), "documents": len(index), "processes": world, "metrics": values}
-            (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-            print(f"{index.shards.directory.name}: {len(qids)} queries, {len(index)} documents, {world} process(es)")
-            print("  ".join(f"{k} {v:.4f}" for k, v in values.items()))
-            print(f"wrote {run_path}, {out / 'qrels.trec'}, {out / 'metrics.json'}")
-        distributed.barrier()
+        index.agree(lambda: _write_eval(args, index, qids, docs, run_scores, used, values, int(ids.shape[1]))
+                    if rank == 0 else None)
     finally:
         distributed.cleanup()
     return 0
+
+
+def _write_eval(args, index, qids, docs, run_scores, used, values, k: int) -> None:
+    """Rank 0's files of ``eval --index``: the run, the qrels it was scored with, and metrics.json."""
+    from .shards import atomic_write_bytes
+    from .trec import write_qrels, write_run
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run_path = Path(args.run_path) if args.run_path else out / "run.trec"
+    write_run(run_path, qids, docs, run_scores, args.tag)
+    write_qrels(out / "qrels.trec", used)
+    result = {"index": str(index.shards.directory), "metric": index.metric, "k": k, "queries": len(qids),
+              "documents": len(index), "processes": index.world, "metrics": values}
+    atomic_write_bytes(out / "metrics.json", (json.dumps(result, indent=2) + "\n").encode("utf-8"))
+    print(f"{index.shards.directory.name}: {len(qids)} queries, {len(index)} documents, {index.world} process(es)")
+    print("  ".join(f"{name} {v:.4f}" for name, v in values.items()))
+    print(f"wrote {run_path}, {out / 'qrels.trec'}, {out / 'metrics.json'}")

@@ -255,9 +255,10 @@ class ShardedIndex:
                     disable=not self.progress or self.rank != 0)
 
     # ---- agreement between ranks ---------------------------------------------------------------
-    def _agree(self, fn):
-        """fn() on every rank; when it raised on some rank, every rank raises (no rank is left waiting in
-        a collective): the rank's own error, or a RuntimeError naming the failing rank."""
+    def agree(self, fn):
+        """fn() on every rank of the index's group; when it raised on some rank, every rank raises (no
+        rank is left waiting in a collective): its own error, or a RuntimeError naming the failing rank.
+        (hbfast search uses it for rank 0's file writes.)"""
         error, result = None, None
         try:
             result = fn()
@@ -311,7 +312,7 @@ class ShardedIndex:
                         scores[b0 : b0 + block, :local_k], ids[b0 : b0 + block, :local_k] = s, i + self.local_first
             return scores, ids
 
-        scores, ids = self._agree(local)
+        scores, ids = self.agree(local)
         if self.world > 1:
             device = self._comm_device(scores)
             parts_s = [torch.empty(nq, k, dtype=torch.float32, device=device) for _ in range(self.world)]
@@ -344,13 +345,13 @@ class ShardedIndex:
     def _count_block(self, q: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
         """Counts [nq, r] of the corpus rows that beat each relevant row, summed over the ranks."""
         owned = (rel >= self.local_first) & (rel < self.local_first + self.local_rows)  # [nq, r]
-        rel_scores = self._all_reduce(self._agree(lambda: self._owned_scores(q, rel, owned)))
+        rel_scores = self._all_reduce(self.agree(lambda: self._owned_scores(q, rel, owned)))
         tile_q = min(q.shape[0], CUDA_QUERY_TILE if q.device.type == "cuda" else CPU_QUERY_TILE)
         starts = list(range(0, q.shape[0], tile_q))
         counts = torch.zeros_like(rel)
         own = rel_scores.clone()  # each item's score as its own tile computes it (set by the owning rank)
         products = {}
-        self._agree(lambda: self._count_pass(q, rel, rel_scores, counts, own, starts, tile_q, products))
+        self.agree(lambda: self._count_pass(q, rel, rel_scores, counts, own, starts, tile_q, products))
         # The owner's batched product may round an item's score differently from its tile (by an ulp):
         # where it did, count again with the tile's score, on every rank (as hbfast.relevant_ranks does).
         own = self._all_reduce(torch.where(owned, own, torch.zeros_like(own)))
@@ -360,7 +361,7 @@ class ShardedIndex:
             for i0 in redo:
                 counts[i0 : i0 + tile_q] = 0
             own_again = own.clone()
-            self._agree(lambda: self._count_pass(q, rel, own, counts, own_again, redo, tile_q, products))
+            self.agree(lambda: self._count_pass(q, rel, own, counts, own_again, redo, tile_q, products))
         return self._all_reduce(counts)
 
     def _owned_scores(self, q: torch.Tensor, rel: torch.Tensor, owned: torch.Tensor) -> torch.Tensor:
