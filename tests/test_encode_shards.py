@@ -60,13 +60,14 @@ def test_killed_encode_resumes_to_the_same_files(tmp_path, capsys):
     assert not list(out.glob(".*tmp*"))
     shards = hbfast.open_shards(out)
     assert shards.count == 60 and shards.dim == 384 and shards.dtype == "float16" and shards.doc_ids[5] == "p5"
-    # Searching the shards with the model's own query embedding finds the passage first.
-    from hbfast.encoders import load_text_encoders
-
-    query, _ = load_text_encoders(None, progress=False)
+    # `hbfast search` with text queries (encoded by the index's model): a passage's own text finds it first.
     ids, texts = load_texts(str(corpus))
-    scores, rows = hbfast.ShardedIndex(out, metric="cosine").search(query(texts[17:18]).numpy(), 3)
-    assert rows[0, 0] == 17 and scores[0, 0] > 0.99
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "text": texts[i]}) + "\n" for i in (17, 40)))
+    assert main(["search", "--index", str(out), "--queries", str(tmp_path / "q.jsonl"), "--k", "3",
+                 "--out", str(tmp_path / "run.trec"), "--no-progress"]) == 0
+    lines = [line.split() for line in (tmp_path / "run.trec").read_text().splitlines()]
+    assert [(f[0], f[2], f[3]) for f in lines if f[3] == "1"] == [("q17", "p17", "1"), ("q40", "p40", "1")]
+    assert len(lines) == 6 and float(lines[0][4]) > 0.99
 
 
 def test_load_texts_kinds(tmp_path):

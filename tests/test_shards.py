@@ -178,3 +178,22 @@ def test_command_errors_are_clear(shard_dir, tmp_path, argv, message, capsys):
             str(tmp_path / "run") if a == "R" else a for a in argv]
     assert main([*argv, "--no-progress"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_trec_files_round_trip(tmp_path):
+    from hbfast.trec import read_qrels, read_run, write_qrels, write_run
+
+    write_run(tmp_path / "run", ["q1", "q2"], [["d1", "d2"], ["d3", ""]], np.array([[1.5, 0.1], [np.float32(1 / 3), 0]]), "t")
+    assert (tmp_path / "run").read_text().splitlines()[2] == "q2 Q0 d3 1 0.333333343 t"
+    run = read_run(tmp_path / "run")  # 9 significant digits: the float32 scores come back exactly
+    assert {q: {d: np.float32(v) for d, v in docs.items()} for q, docs in run.items()} == \
+        {"q1": {"d1": np.float32(1.5), "d2": np.float32(0.1)}, "q2": {"d3": np.float32(1 / 3)}}
+    (tmp_path / "beir.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t2\nq1\td9\t0\n")
+    assert read_qrels(tmp_path / "beir.tsv") == {"q1": {"d1": 2, "d9": 0}}
+    write_qrels(tmp_path / "qrels", {"q1": {"d1": 2}})
+    assert (tmp_path / "qrels").read_text() == "q1 0 d1 2\n" and read_qrels(tmp_path / "qrels") == {"q1": {"d1": 2}}
+    with pytest.raises(ValueError, match="holds whitespace"):
+        write_run(tmp_path / "bad", ["q 1"], [["d"]], np.zeros((1, 1)))
+    (tmp_path / "broken").write_text("q1 0 d1\n")
+    with pytest.raises(ValueError, match="broken:1"):
+        read_qrels(tmp_path / "broken")
