@@ -194,6 +194,6 @@ def test_trec_files_round_trip(tmp_path):
     assert (tmp_path / "qrels").read_text() == "q1 0 d1 2\n" and read_qrels(tmp_path / "qrels") == {"q1": {"d1": 2}}
     with pytest.raises(ValueError, match="holds whitespace"):
         write_run(tmp_path / "bad", ["q 1"], [["d"]], np.zeros((1, 1)))
-    (tmp_path / "broken").write_text("q1 0 d1\n")
-    with pytest.raises(ValueError, match="broken:1"):
+    (tmp_path / "broken").write_text("q1 0 d1 1\nq2 0 d2\n")
+    with pytest.raises(ValueError, match="broken:2"):
         read_qrels(tmp_path / "broken")
