@@ -8,6 +8,8 @@ from .siglip import siglip_loss
 from .search import FlatIndex, relevant_ranks, topk
 from .radius import range_search
 from .selectors import IDSelectorArray, IDSelectorBatch, IDSelectorBitmap, IDSelectorNot, IDSelectorRange
+from .shards import ShardError, open_shards, write_shards
+from .sharded import ShardedIndex
 from . import metrics, reference
 
 __version__ = build_info()["version"]
@@ -32,15 +34,19 @@ __all__ = [
     "IDSelectorBitmap",
     "IDSelectorNot",
     "IDSelectorRange",
+    "ShardedIndex",
+    "ShardError",
     "build_info",
     "contrastive_loss",
     "get_num_threads",
     "hybrid_batches",
     "metrics",
     "range_search",
+    "open_shards",
     "reference",
     "relevant_ranks",
     "set_num_threads",
     "siglip_loss",
     "topk",
+    "write_shards",
 ]

@@ -34,17 +34,27 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--prefixes", action="store_true", help='prepend "Query: " / "Passage: "')
     ev.add_argument("--pretrained", default=None, help="open_clip backend: pretrained tag")
     ev.add_argument("--image-model", default=None, help="XTD: a separate image model (sentence-transformers CLIP)")
-    ev.add_argument("--metric", default="cosine", choices=("cosine", "cos", "ip"),
-                    help="similarity: cosine (alias cos) or ip (inner product)")
+    ev.add_argument("--metric", default=None, choices=("cosine", "cos", "ip", "l2"),
+                    help="similarity: cosine (alias cos) or ip (inner product); l2 with --index "
+                         "(default: cosine; with --index the manifest's)")
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     ev.add_argument("--split", default="test", help="BEIR: qrels split")
     ev.add_argument("--no-progress", action="store_true")
+    ev.add_argument("--index", default=None,
+                    help="a shard directory (hbfast encode) to search instead of encoding a dataset; torchrun-ready")
+    ev.add_argument("--queries", default=None, help="--index: a .npy of query embeddings or a text table")
+    ev.add_argument("--qrels", default=None, help="--index: TREC qrels (or a BEIR qrels .tsv)")
+    ev.add_argument("--run", dest="run_path", default=None, help="--index: the run file to write (default OUT/run.trec)")
+    from .shard_cli import add_index_options, add_shard_commands
+
+    add_index_options(ev)
     from .train.cli import add_commands
     from .clip.cli import add_clip_commands
 
     add_commands(commands)
     add_clip_commands(commands)
+    add_shard_commands(commands)
     return parser
 
 
@@ -73,6 +83,13 @@ def _xtd_encoders(args, progress: bool):
 def run_eval(args) -> int:
     from . import data, encoders, eval as protocols
 
+    if args.index is not None:
+        from .shard_cli import run_index_eval
+
+        return run_index_eval(args)
+    args.metric = args.metric or "cosine"
+    if args.metric == "l2":
+        raise ValueError("--metric l2 is for --index (a shard directory)")
     progress = not args.no_progress
     model = _model_name(args.model)
     if args.dataset == "xtd":
