@@ -18,49 +18,12 @@ import torch.nn.functional as F
 
 import hbfast
 from hbfast import _C, _ext, _losses_cuda, losses, search
-from testing import assert_fails_on_the_device, requires_cuda
+from testing import (assert_close_to_reference, assert_fails_on_the_device, integer_data, loss_and_grads,  # noqa: F401
+                     requires_cuda, unit_data)
 
 REPO = Path(__file__).resolve().parents[1]
 requires_two_gpus = pytest.mark.skipif(not (hbfast.build_info()["cuda"] and torch.cuda.device_count() >= 2),
                                        reason="needs two CUDA GPUs")
-
-
-@pytest.fixture
-def small_tiles(monkeypatch):
-    """Tiles and blocks small enough that tests of a few hundred rows cross their boundaries."""
-    monkeypatch.setattr(search, "CUDA_QUERY_TILE", 16)
-    monkeypatch.setattr(search, "CUDA_CORPUS_TILE", 64)
-    monkeypatch.setattr(losses, "BLOCK_ROWS", 16)  # block_rows() keeps at least 16 rows
-    monkeypatch.setattr(_losses_cuda, "COLUMN_CHUNK_ROWS", 5)  # 16-row blocks: chunks of 5, 5, 5, 1
-
-
-def integer_data(nq, n, dim, seed, low=-2, high=3):
-    """Small integers: every product is exact in float32 (on any BLAS), and scores tie often."""
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randint(low, high, (nq, dim), generator=g).float(),
-            torch.randint(low, high, (n, dim), generator=g).float())
-
-
-def unit_data(B, D, M=0, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [F.normalize(torch.randn(n, D, generator=g, dtype=torch.float64), dim=1) for n in (B, B, M)]
-
-
-def loss_and_grads(impl, q, p, h=None, logit_scale=None, **kw):
-    leaves = [t.detach().clone().requires_grad_() for t in (q, p) + ((h,) if h is not None else ())]
-    if logit_scale is not None:
-        leaves.append(logit_scale.detach().clone().requires_grad_())
-    loss = hbfast.contrastive_loss(leaves[0], leaves[1], hard_negatives=leaves[2] if h is not None else None,
-                                   logit_scale=leaves[-1] if logit_scale is not None else None, impl=impl, **kw)
-    upstream = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype, device=loss.device).reshape(loss.shape)
-    return [loss.detach()] + list(torch.autograd.grad(loss, leaves, upstream))
-
-
-def assert_close_to_reference(got, ref, rtol):
-    for name, a, b in zip(["loss", "grad_q", "grad_p", "grad_3", "grad_4"], got, ref):
-        a, b = a.detach().double().cpu(), b.detach().double().cpu()
-        err = ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
-        assert err < rtol, (name, err)
 
 
 # ---- runs everywhere: the compiled device code and the error paths ------------------------------

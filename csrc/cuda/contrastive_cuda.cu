@@ -12,7 +12,7 @@
 namespace hbfast {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = HBFAST_BLOCK_THREADS;
 
 __device__ __forceinline__ void warp_merge(float& m, float& s) {
   for (int offset = 16; offset > 0; offset >>= 1) {
@@ -154,16 +154,16 @@ void contrastive_forward_block_cuda(const float* x, int64_t ld, int64_t rows, in
                                     int64_t chunk_rows, float* partial_max, float* partial_sum, float* row_lse,
                                     float* diag, float* col_max, float* col_sum, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  row_lse_kernel<<<static_cast<unsigned>(rows), kThreads, 0, s>>>(x, ld, row_begin, n_cols, n_batch, scale, groups,
+  HBFAST_LAUNCH(row_lse_kernel, static_cast<unsigned>(rows), kThreads, 0, s)(x, ld, row_begin, n_cols, n_batch, scale, groups,
                                                                   row_lse, diag);
   check_cuda_launch("contrastive row_lse_kernel");
   if (with_columns) {
     const unsigned col_blocks = static_cast<unsigned>((n_batch + kThreads - 1) / kThreads);
     const int64_t chunks = contrastive_column_chunks(rows, chunk_rows);
-    column_lse_partial_kernel<<<dim3(col_blocks, static_cast<unsigned>(chunks)), kThreads, 0, s>>>(
+    HBFAST_LAUNCH(column_lse_partial_kernel, dim3(col_blocks, static_cast<unsigned>(chunks)), kThreads, 0, s)(
         x, ld, rows, row_begin, n_batch, chunk_rows, scale, groups, partial_max, partial_sum);
     check_cuda_launch("contrastive column_lse_partial_kernel");
-    column_lse_merge_kernel<<<col_blocks, kThreads, 0, s>>>(n_batch, chunks, partial_max, partial_sum, col_max,
+    HBFAST_LAUNCH(column_lse_merge_kernel, col_blocks, kThreads, 0, s)(n_batch, chunks, partial_max, partial_sum, col_max,
                                                             col_sum);
     check_cuda_launch("contrastive column_lse_merge_kernel");
   }
@@ -175,7 +175,7 @@ void contrastive_backward_block_cuda(const float* x, int64_t ld, int64_t rows, i
                                      const float* diag_coef, float* g, int64_t ldg, double* dscale_sum, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   dim3 grid(static_cast<unsigned>((n_cols + kThreads - 1) / kThreads), static_cast<unsigned>(rows));
-  gradient_tile_kernel<<<grid, kThreads, 0, s>>>(x, ld, row_begin, n_cols, n_batch, scale, groups, row_lse, col_lse,
+  HBFAST_LAUNCH(gradient_tile_kernel, grid, kThreads, 0, s)(x, ld, row_begin, n_cols, n_batch, scale, groups, row_lse, col_lse,
                                                  row_coef, col_coef, diag_coef, g, ldg, dscale_sum);
   check_cuda_launch("contrastive gradient_tile_kernel");
 }
@@ -183,7 +183,7 @@ void contrastive_backward_block_cuda(const float* x, int64_t ld, int64_t rows, i
 void contrastive_device_math_cuda(const float* x, const float* y, int64_t n, float* out, void* stream) {
   if (n <= 0) return;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  device_math_kernel<<<static_cast<unsigned>((n + kThreads - 1) / kThreads), kThreads, 0, s>>>(x, y, n, out);
+  HBFAST_LAUNCH(device_math_kernel, static_cast<unsigned>((n + kThreads - 1) / kThreads), kThreads, 0, s)(x, y, n, out);
   check_cuda_launch("contrastive device_math_kernel");
 }
 

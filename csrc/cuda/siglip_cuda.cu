@@ -10,7 +10,7 @@
 namespace hbfast {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = HBFAST_BLOCK_THREADS;
 
 template <class T>
 __device__ __forceinline__ T block_sum(T v) {
@@ -69,7 +69,7 @@ __global__ void siglip_gradient_tile_kernel(const float* __restrict__ x, int64_t
 void siglip_forward_block_cuda(const float* x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
                                const float* scale_bias, float* row_loss, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  siglip_row_loss_kernel<<<static_cast<unsigned>(rows), kThreads, 0, s>>>(x, ld, row_begin, n_cols, scale_bias,
+  HBFAST_LAUNCH(siglip_row_loss_kernel, static_cast<unsigned>(rows), kThreads, 0, s)(x, ld, row_begin, n_cols, scale_bias,
                                                                           row_loss);
   check_cuda_launch("siglip_row_loss_kernel");
 }
@@ -79,7 +79,7 @@ void siglip_backward_block_cuda(const float* x, int64_t ld, int64_t rows, int64_
                                 void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   dim3 grid(static_cast<unsigned>((n_cols + kThreads - 1) / kThreads), static_cast<unsigned>(rows));
-  siglip_gradient_tile_kernel<<<grid, kThreads, 0, s>>>(x, ld, row_begin, n_cols, scale_bias, row_coef, g, ldg,
+  HBFAST_LAUNCH(siglip_gradient_tile_kernel, grid, kThreads, 0, s)(x, ld, row_begin, n_cols, scale_bias, row_coef, g, ldg,
                                                         sums);
   check_cuda_launch("siglip_gradient_tile_kernel");
 }

@@ -1,7 +1,7 @@
 """hbfast: hybrid batch training and evaluation of multilingual retrievers, with fused kernels."""
 import importlib
 
-from ._ext import build_info, get_num_threads, set_num_threads
+from ._ext import UnsupportedGPUError, build_info, get_num_threads, set_num_threads
 from .sampling import BatchPlan, HybridBatchSampler, hybrid_batches
 from .losses import ContrastiveLoss, contrastive_loss
 from .siglip import siglip_loss
@@ -25,6 +25,7 @@ __all__ = [
     "ContrastiveLoss",
     "FlatIndex",
     "HybridBatchSampler",
+    "UnsupportedGPUError",
     "build_info",
     "contrastive_loss",
     "get_num_threads",

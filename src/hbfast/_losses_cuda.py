@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from . import _C, _block_walk
-from ._ext import exact_fp32_matmul
+from ._ext import current_stream, on_gpu
 from ._gemm import _torch_mm
 
 # Rows per chunk of the column log-sum-exp: a row block of R rows runs ceil(R / this) chunks per
@@ -54,7 +54,7 @@ def forward(q: Tensor, keys: Tensor, scale: Tensor, codes: Optional[Tensor], n_b
     col_max = torch.full((n_batch if with_columns else 0,), -math.inf, **like)
     col_sum = torch.zeros(n_batch if with_columns else 0, **like)
     partial_max, partial_sum, chunk_rows = _column_scratch(blocks, n_batch if with_columns else 0, q)
-    stream = torch.cuda.current_stream(q.device).cuda_stream
+    stream = current_stream(q.device)
 
     def epilogue(x, lo, hi):
         _C.contrastive_forward_block_cuda(
@@ -64,7 +64,7 @@ def forward(q: Tensor, keys: Tensor, scale: Tensor, codes: Optional[Tensor], n_b
             _ptr(col_sum) if with_columns else 0, stream,
         )
 
-    with torch.cuda.device(q.device), exact_fp32_matmul():
+    with on_gpu(q.device):
         cache = _block_walk.forward(q, keys, n_cached, blocks, _torch_mm, epilogue)
     col_lse = col_max + col_sum.log()
     assert_on_device(torch.isfinite(row_lse.sum() + col_lse.sum() + positive.sum()),
@@ -83,7 +83,7 @@ def backward(grad_row_lse: Tensor, grad_col_lse: Optional[Tensor], grad_positive
     row_coef = (grad_row_lse * scale32).contiguous()
     col_coef = None if grad_col_lse is None else (grad_col_lse * scale32).contiguous()
     diag_coef = (grad_positive * scale32).contiguous()  # positive_i = S_ii
-    stream = torch.cuda.current_stream(q.device).cuda_stream
+    stream = current_stream(q.device)
 
     def epilogue(x, g, lo, hi):
         _C.contrastive_backward_block_cuda(
@@ -92,6 +92,6 @@ def backward(grad_row_lse: Tensor, grad_col_lse: Optional[Tensor], grad_positive
             _ptr(col_coef), diag_coef[lo:].data_ptr(), g.data_ptr(), N, dscale.data_ptr(), stream,
         )
 
-    with torch.cuda.device(q.device), exact_fp32_matmul():
+    with on_gpu(q.device):
         grad_q, grad_keys = _block_walk.backward(q, keys, cache, blocks, _torch_mm, need_q, need_keys, epilogue)
     return grad_q, grad_keys, (dscale / scale).to(scale.dtype)  # sum(scale * G * X) / scale

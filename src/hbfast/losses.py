@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _C, _block_walk, _gemm, _losses_cuda
+from . import _C, _block_walk, _ext, _gemm, _losses_cuda
 from ._ext import check_impl, require_cuda
 
 DEFAULT_MEMORY_BUDGET = 768 << 20  # bytes of score blocks kept from forward to backward
@@ -93,8 +93,8 @@ def _forward_op(
     """q [R, D] rows row_offset.. of the batch; keys [N, D] (first n_batch: the batch's positives),
     both float32, or both float64 on the CPU. Returns, in that dtype, row_lse [R], col_lse [n_batch]
     (empty without columns), the positive scores [R] and the kept blocks [n_cached, N]."""
-    if q.device.type == "cuda":
-        require_cuda("hbfast.contrastive_loss")
+    if _ext.runs_cuda_kernels(q.device):
+        require_cuda("hbfast.contrastive_loss", q.device)
         blocks = _blocks(q.shape[0], keys.shape[0], n_cached, q.element_size())
         return _losses_cuda.forward(q, keys, scale, _group_codes(groups), n_batch, row_offset, with_columns,
                                     n_cached, blocks)
@@ -142,7 +142,7 @@ def _backward_op(
     row_offset: int, need_q: bool, need_keys: bool,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Gradients of (row_lse, col_lse, positive scores) -> (grad_q, grad_keys, dL/dscale)."""
-    if q.device.type == "cuda":
+    if _ext.runs_cuda_kernels(q.device):
         blocks = _blocks(q.shape[0], keys.shape[0], cache.shape[0], q.element_size())
         return _losses_cuda.backward(grad_row_lse, grad_col_lse, grad_positive, q, keys, scale, _group_codes(groups),
                                      row_lse, col_lse, cache, n_batch, row_offset, need_q, need_keys, blocks)
@@ -392,7 +392,7 @@ def contrastive_loss(
                                           symmetric=symmetric, group_ids=group_ids, hard_negatives=hard_negatives,
                                           reduction=reduction, normalize=normalize)
     if q.device.type == "cuda":
-        require_cuda("hbfast.contrastive_loss")
+        require_cuda("hbfast.contrastive_loss", q.device)
     elif q.device.type != "cpu":
         raise ValueError(f"contrastive_loss runs on cpu or cuda tensors, got device {q.device}")
 
