@@ -19,7 +19,8 @@ import torch.nn.functional as F
 import cuda_emulation
 import hbfast
 from hbfast import _C, _ext, losses, search
-from testing import assert_close_to_reference, integer_data, loss_and_grads, unit_data
+from testing import (assert_close_to_reference, integer_data, loss_and_grads, relative_errors, siglip_and_grads, sign_data,
+                     unit_data)
 
 
 @pytest.fixture(scope="session")
@@ -98,12 +99,6 @@ def test_every_breach_of_the_cuda_model_fails_the_launch(emulation, case, messag
 
 
 # ---- top-k and ranks --------------------------------------------------------------------------------
-
-def sign_data(nq, n, dim=16, seed=0):
-    """Entries +-1 with dim 16: norm 4, so cosine rows are exact (+-0.25) and so are their products."""
-    q, c = integer_data(nq, n, dim, seed, low=0, high=2)
-    return q * 2 - 1, c * 2 - 1
-
 
 @pytest.mark.parametrize("metric, k", [("ip", 1), ("ip", 65), ("ip", 300), ("cosine", 7), ("cosine", 64)])
 def test_topk_over_several_corpus_tiles(emulation, small_tiles, k, metric):
@@ -267,13 +262,6 @@ def test_device_math(emulation):
 
 # ---- SigLIP -------------------------------------------------------------------------------------------
 
-def siglip_and_grads(impl, image, text, scale, bias, **kw):
-    leaves = [t.detach().clone().requires_grad_() for t in (image, text, scale, bias)]
-    loss = hbfast.siglip_loss(*leaves, impl=impl, reduction="none", **kw)
-    upstream = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype)
-    return [loss.detach()] + list(torch.autograd.grad(loss, leaves, upstream))
-
-
 @pytest.mark.parametrize("memory_budget", [losses.DEFAULT_MEMORY_BUDGET, 0, 30 * 100 * 4],
                          ids=["cached", "recompute", "half-cached"])
 def test_siglip_over_several_row_blocks(emulation, small_tiles, memory_budget):
@@ -287,7 +275,4 @@ def test_siglip_over_several_row_blocks(emulation, small_tiles, memory_budget):
     with emulation.cuda():
         got = siglip_and_grads("kernel", image.float(), text.float(), scale.float(), bias.float(),
                                memory_budget=memory_budget)
-    for name, a, b, c in zip(["loss", "image", "text", "scale", "bias"], got, ref, cpu):
-        for expected, rtol in ((b, 1e-5), (c, 1e-5)):
-            err = ((a.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
-            assert err < rtol, (name, err)
+    assert max(relative_errors(got, ref)) < 1e-5 and max(relative_errors(got, cpu)) < 1e-5

@@ -51,6 +51,13 @@ def integer_data(nq, n, dim, seed, low=-2, high=3):
             torch.randint(low, high, (n, dim), generator=g).float())
 
 
+def sign_data(nq, n, dim=16, seed=0):
+    """Entries +-1 with dim 16: norm 4, so cosine rows are exact (+-0.25) and so are their products:
+    cosine scores (and their many ties) equal on every device and BLAS."""
+    q, c = integer_data(nq, n, dim, seed, low=0, high=2)
+    return q * 2 - 1, c * 2 - 1
+
+
 def unit_data(B, D, M=0, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [F.normalize(torch.randn(n, D, generator=g, dtype=torch.float64), dim=1) for n in (B, B, M)]
@@ -71,3 +78,20 @@ def assert_close_to_reference(got, ref, rtol):
         a, b = a.detach().double().cpu(), b.detach().double().cpu()
         err = ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
         assert err < rtol, (name, err)
+
+
+def siglip_and_grads(impl, image, text, scale, bias, **kw):
+    """Per-row SigLIP losses and the gradients of all four inputs (scale and bias as tensors)."""
+    leaves = [t.detach().clone().requires_grad_() for t in (image, text, scale, bias)]
+    loss = hbfast.siglip_loss(*leaves, impl=impl, reduction="none", **kw)
+    upstream = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype, device=loss.device)
+    return [loss.detach()] + list(torch.autograd.grad(loss, leaves, upstream))
+
+
+def relative_errors(got, expected):
+    """max |got - expected| / max |expected| of each pair, in float64 on the CPU."""
+    out = []
+    for a, b in zip(got, expected):
+        a, b = a.detach().double().cpu(), b.detach().double().cpu()
+        out.append(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item())
+    return out

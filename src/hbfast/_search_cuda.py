@@ -3,14 +3,14 @@ deferred checks every GPU walk shares.
 
 A GPU walk never waits for the device tile by tile: non-finite scores set a device flag in the
 kernels, zero-norm cosine rows are tracked on the device (search._prepare), and both are read
-once at the end (device_checks). Products run on the inputs' device in full float32 (on_gpu).
+once at the end (device_checks). Products run on the inputs' device in full float32 (_ext.on_gpu).
 """
 from __future__ import annotations
 
 import torch
 
 from . import _C
-from ._ext import current_stream, on_gpu  # noqa: F401 (on_gpu: the context of every GPU walk)
+from ._ext import current_stream
 
 MAX_IDS = 2**32 - 1  # the keys hold the id in 32 bits (select.h)
 NO_ROW = 2**62  # "no zero-norm row seen" in the zero-norm tracker
