@@ -19,8 +19,8 @@ import torch.nn.functional as F
 import cuda_emulation
 import hbfast
 from hbfast import _C, _ext, losses, search
-from testing import (assert_close_to_reference, integer_data, loss_and_grads, relative_errors, siglip_and_grads, sign_data,
-                     unit_data)
+from testing import (assert_close_to_reference, integer_data, loss_and_grads, relative_errors, siglip_and_grads,
+                     sign_data, unit_data)
 
 
 @pytest.fixture(scope="session")

@@ -154,8 +154,8 @@ void contrastive_forward_block_cuda(const float* x, int64_t ld, int64_t rows, in
                                     int64_t chunk_rows, float* partial_max, float* partial_sum, float* row_lse,
                                     float* diag, float* col_max, float* col_sum, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  HBFAST_LAUNCH(row_lse_kernel, static_cast<unsigned>(rows), kThreads, 0, s)(x, ld, row_begin, n_cols, n_batch, scale, groups,
-                                                                  row_lse, diag);
+  HBFAST_LAUNCH(row_lse_kernel, static_cast<unsigned>(rows), kThreads, 0, s)(x, ld, row_begin, n_cols, n_batch, scale,
+                                                                             groups, row_lse, diag);
   check_cuda_launch("contrastive row_lse_kernel");
   if (with_columns) {
     const unsigned col_blocks = static_cast<unsigned>((n_batch + kThreads - 1) / kThreads);
@@ -163,8 +163,8 @@ void contrastive_forward_block_cuda(const float* x, int64_t ld, int64_t rows, in
     HBFAST_LAUNCH(column_lse_partial_kernel, dim3(col_blocks, static_cast<unsigned>(chunks)), kThreads, 0, s)(
         x, ld, rows, row_begin, n_batch, chunk_rows, scale, groups, partial_max, partial_sum);
     check_cuda_launch("contrastive column_lse_partial_kernel");
-    HBFAST_LAUNCH(column_lse_merge_kernel, col_blocks, kThreads, 0, s)(n_batch, chunks, partial_max, partial_sum, col_max,
-                                                            col_sum);
+    HBFAST_LAUNCH(column_lse_merge_kernel, col_blocks, kThreads, 0, s)(n_batch, chunks, partial_max, partial_sum,
+                                                                       col_max, col_sum);
     check_cuda_launch("contrastive column_lse_merge_kernel");
   }
 }
@@ -175,15 +175,16 @@ void contrastive_backward_block_cuda(const float* x, int64_t ld, int64_t rows, i
                                      const float* diag_coef, float* g, int64_t ldg, double* dscale_sum, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   dim3 grid(static_cast<unsigned>((n_cols + kThreads - 1) / kThreads), static_cast<unsigned>(rows));
-  HBFAST_LAUNCH(gradient_tile_kernel, grid, kThreads, 0, s)(x, ld, row_begin, n_cols, n_batch, scale, groups, row_lse, col_lse,
-                                                 row_coef, col_coef, diag_coef, g, ldg, dscale_sum);
+  HBFAST_LAUNCH(gradient_tile_kernel, grid, kThreads, 0, s)(x, ld, row_begin, n_cols, n_batch, scale, groups, row_lse,
+                                                            col_lse, row_coef, col_coef, diag_coef, g, ldg, dscale_sum);
   check_cuda_launch("contrastive gradient_tile_kernel");
 }
 
 void contrastive_device_math_cuda(const float* x, const float* y, int64_t n, float* out, void* stream) {
   if (n <= 0) return;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  HBFAST_LAUNCH(device_math_kernel, static_cast<unsigned>((n + kThreads - 1) / kThreads), kThreads, 0, s)(x, y, n, out);
+  const unsigned blocks = static_cast<unsigned>((n + kThreads - 1) / kThreads);
+  HBFAST_LAUNCH(device_math_kernel, blocks, kThreads, 0, s)(x, y, n, out);
   check_cuda_launch("contrastive device_math_kernel");
 }
 

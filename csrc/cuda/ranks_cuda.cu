@@ -51,7 +51,8 @@ void count_beating_cuda(const float* tile, int64_t rows, int64_t cols, int64_t l
                         uintptr_t stream) {
   if (rows <= 0) return;
   auto s = reinterpret_cast<cudaStream_t>(stream);
-  HBFAST_LAUNCH(count_beating_kernel, unsigned(rows), kThreads, 0, s)(tile, cols, ld, id0, rel_scores, rel_ids, r, counts, own_scores, bad);
+  HBFAST_LAUNCH(count_beating_kernel, unsigned(rows), kThreads, 0, s)(tile, cols, ld, id0, rel_scores, rel_ids, r,
+                                                                      counts, own_scores, bad);
   check_cuda_launch("count_beating_cuda");
 }
 

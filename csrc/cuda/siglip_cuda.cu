@@ -69,8 +69,8 @@ __global__ void siglip_gradient_tile_kernel(const float* __restrict__ x, int64_t
 void siglip_forward_block_cuda(const float* x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
                                const float* scale_bias, float* row_loss, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  HBFAST_LAUNCH(siglip_row_loss_kernel, static_cast<unsigned>(rows), kThreads, 0, s)(x, ld, row_begin, n_cols, scale_bias,
-                                                                          row_loss);
+  HBFAST_LAUNCH(siglip_row_loss_kernel, static_cast<unsigned>(rows), kThreads, 0, s)(x, ld, row_begin, n_cols,
+                                                                                     scale_bias, row_loss);
   check_cuda_launch("siglip_row_loss_kernel");
 }
 
@@ -79,8 +79,8 @@ void siglip_backward_block_cuda(const float* x, int64_t ld, int64_t rows, int64_
                                 void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   dim3 grid(static_cast<unsigned>((n_cols + kThreads - 1) / kThreads), static_cast<unsigned>(rows));
-  HBFAST_LAUNCH(siglip_gradient_tile_kernel, grid, kThreads, 0, s)(x, ld, row_begin, n_cols, scale_bias, row_coef, g, ldg,
-                                                        sums);
+  HBFAST_LAUNCH(siglip_gradient_tile_kernel, grid, kThreads, 0, s)(x, ld, row_begin, n_cols, scale_bias, row_coef, g,
+                                                                   ldg, sums);
   check_cuda_launch("siglip_gradient_tile_kernel");
 }
 

@@ -168,7 +168,12 @@ uint64_t warp_exchange(const char* op, unsigned line, unsigned mask, uint64_t bi
   return pick(&L.operand[parity][warp * 32], lane);  // (the next operation writes the other parity)
 }
 
-template <class T> uint64_t to_bits(T v) { static_assert(sizeof(T) <= 8, "8 bytes at most"); uint64_t b = 0; std::memcpy(&b, &v, sizeof v); return b; }
+template <class T> uint64_t to_bits(T v) {
+  static_assert(sizeof(T) <= 8, "8 bytes at most");
+  uint64_t b = 0;
+  std::memcpy(&b, &v, sizeof v);
+  return b;
+}
 template <class T> T from_bits(uint64_t b) { T v; std::memcpy(&v, &b, sizeof v); return v; }
 
 template <class T>
@@ -193,7 +198,9 @@ template <class T> struct SharedArray {
   T* data;
   size_t size;
   T& operator[](size_t i) const {
-    if (i >= size) fail("dynamic shared memory index " + std::to_string(i) + " out of bounds (" + std::to_string(size) + " elements)");
+    if (i >= size)
+      fail("dynamic shared memory index " + std::to_string(i) + " out of bounds (" + std::to_string(size) +
+           " elements)");
     return data[i];
   }
   operator T*() const { return data; }
@@ -240,7 +247,10 @@ class Pool {
 
 inline std::mutex& launch_mutex() { static std::mutex m; return m; }  // one launch at a time (one stream)
 inline Pool& pool() { static Pool* p = new Pool; return *p; }
-inline std::vector<std::pair<const void*, size_t>>& shared_opt_in() { static std::vector<std::pair<const void*, size_t>> v; return v; }
+inline std::vector<std::pair<const void*, size_t>>& shared_opt_in() {  // (kernel, bytes) of cudaFuncSetAttribute
+  static std::vector<std::pair<const void*, size_t>> v;
+  return v;
+}
 
 inline void check_config(const char* kernel, dim3 g, dim3 b, size_t shared_bytes, const void* fn) {
   auto bad = [&](const std::string& what) { throw Violation(std::string(kernel) + ": invalid launch: " + what); };
@@ -249,7 +259,8 @@ inline void check_config(const char* kernel, dim3 g, dim3 b, size_t shared_bytes
   if (g.x > 2147483647u || g.y > 65535 || g.z > 65535) bad("grid dimensions over (2^31 - 1, 65535, 65535)");
   size_t limit = kSharedBytes;
   for (auto& entry : shared_opt_in()) if (entry.first == fn) limit = entry.second;
-  if (shared_bytes > limit) bad(std::to_string(shared_bytes) + " bytes of dynamic shared memory, over " + std::to_string(limit));
+  if (shared_bytes > limit)
+    bad(std::to_string(shared_bytes) + " bytes of dynamic shared memory, over " + std::to_string(limit));
 }
 
 // kernel<<<grid, block, shared_bytes, stream>>>(args) on the host: returns when the grid has run.
@@ -314,16 +325,21 @@ inline void __syncwarp(unsigned mask = emu::kFullMask, unsigned line = __builtin
 }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 
+// (`line`: the caller's, by which the emulation tells the lanes' call sites apart)
 template <class T> T __shfl_sync(unsigned mask, T v, int src, int width = 32, unsigned line = __builtin_LINE()) {
-  return emu::shuffle("__shfl_sync", line, mask, v, width, [&](int lane) { return lane / width * width + (src % width + width) % width; });
+  return emu::shuffle("__shfl_sync", line, mask, v, width,
+                      [&](int lane) { return lane / width * width + (src % width + width) % width; });
 }
-template <class T> T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32, unsigned line = __builtin_LINE()) {
+template <class T>
+T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32, unsigned line = __builtin_LINE()) {
   return emu::shuffle("__shfl_up_sync", line, mask, v, width, [&](int lane) { return lane - int(delta); });
 }
-template <class T> T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32, unsigned line = __builtin_LINE()) {
+template <class T>
+T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32, unsigned line = __builtin_LINE()) {
   return emu::shuffle("__shfl_down_sync", line, mask, v, width, [&](int lane) { return lane + int(delta); });
 }
-template <class T> T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32, unsigned line = __builtin_LINE()) {
+template <class T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32, unsigned line = __builtin_LINE()) {
   return emu::shuffle("__shfl_xor_sync", line, mask, v, width, [&](int lane) { return lane ^ lane_mask; });
 }
 inline unsigned __ballot_sync(unsigned mask, int predicate, unsigned line = __builtin_LINE()) {
@@ -333,17 +349,26 @@ inline unsigned __ballot_sync(unsigned mask, int predicate, unsigned line = __bu
     return bits;
   }));
 }
-inline int __any_sync(unsigned mask, int predicate, unsigned line = __builtin_LINE()) { return __ballot_sync(mask, predicate, line) != 0; }
-inline int __all_sync(unsigned mask, int predicate, unsigned line = __builtin_LINE()) { return __ballot_sync(mask, predicate, line) == emu::kFullMask; }
+inline int __any_sync(unsigned mask, int predicate, unsigned line = __builtin_LINE()) {
+  return __ballot_sync(mask, predicate, line) != 0;
+}
+inline int __all_sync(unsigned mask, int predicate, unsigned line = __builtin_LINE()) {
+  return __ballot_sync(mask, predicate, line) == emu::kFullMask;
+}
 
 namespace emu { template <class T> struct same { using type = T; }; }  // (no deduction from the value)
-template <class T> T atomicAdd(T* p, typename emu::same<T>::type v) { return emu::atomic_update(p, [&](T old) { return T(old + v); }); }
-template <class T> T atomicSub(T* p, typename emu::same<T>::type v) { return emu::atomic_update(p, [&](T old) { return T(old - v); }); }
-template <class T> T atomicExch(T* p, typename emu::same<T>::type v) { return emu::atomic_update(p, [&](T) { return v; }); }
-template <class T> T atomicMax(T* p, typename emu::same<T>::type v) { return emu::atomic_update(p, [&](T old) { return old < v ? v : old; }); }
-template <class T> T atomicMin(T* p, typename emu::same<T>::type v) { return emu::atomic_update(p, [&](T old) { return v < old ? v : old; }); }
-template <class T> T atomicOr(T* p, typename emu::same<T>::type v) { return emu::atomic_update(p, [&](T old) { return T(old | v); }); }
-template <class T> T atomicAnd(T* p, typename emu::same<T>::type v) { return emu::atomic_update(p, [&](T old) { return T(old & v); }); }
+#define HBFAST_EMU_ATOMIC(name, update)                                   \
+  template <class T> T name(T* p, typename emu::same<T>::type v) {        \
+    return emu::atomic_update(p, [&](T old) { return T(update); });       \
+  }
+HBFAST_EMU_ATOMIC(atomicAdd, old + v)
+HBFAST_EMU_ATOMIC(atomicSub, old - v)
+HBFAST_EMU_ATOMIC(atomicExch, (void(old), v))
+HBFAST_EMU_ATOMIC(atomicMax, old < v ? v : old)
+HBFAST_EMU_ATOMIC(atomicMin, v < old ? v : old)
+HBFAST_EMU_ATOMIC(atomicOr, old | v)
+HBFAST_EMU_ATOMIC(atomicAnd, old & v)
+#undef HBFAST_EMU_ATOMIC
 template <class T> T atomicCAS(T* p, typename emu::same<T>::type compare, typename emu::same<T>::type v) {
   return emu::atomic_update(p, [&](T old) { return old == compare ? T(v) : old; });
 }

@@ -38,11 +38,12 @@ struct SourceLocation {  // the first member of every -fsanitize handler's data
 }
 }  // namespace
 
-#define HBFAST_HANDLER extern "C" __attribute__((visibility("hidden"))) void
-HBFAST_HANDLER __ubsan_handle_out_of_bounds(void* data, void*) { out_of_bounds(data, "index out of an array's bounds"); }
-HBFAST_HANDLER __ubsan_handle_out_of_bounds_abort(void* data, void*) { out_of_bounds(data, "index out of an array's bounds"); }
-HBFAST_HANDLER __ubsan_handle_type_mismatch_v1(void* data, void*) { out_of_bounds(data, "access out of an object's bounds"); }
-HBFAST_HANDLER __ubsan_handle_type_mismatch_v1_abort(void* data, void*) { out_of_bounds(data, "access out of an object's bounds"); }
+#define HBFAST_HANDLER(name, what) \
+  extern "C" __attribute__((visibility("hidden"))) void name(void* data, void*) { out_of_bounds(data, what); }
+HBFAST_HANDLER(__ubsan_handle_out_of_bounds, "index out of an array's bounds")
+HBFAST_HANDLER(__ubsan_handle_out_of_bounds_abort, "index out of an array's bounds")
+HBFAST_HANDLER(__ubsan_handle_type_mismatch_v1, "access out of an object's bounds")
+HBFAST_HANDLER(__ubsan_handle_type_mismatch_v1_abort, "access out of an object's bounds")
 
 PYBIND11_MODULE(_C_emu, m) {
   m.doc() = "hbfast's CUDA kernels emulated on the host, for the tests (private)";

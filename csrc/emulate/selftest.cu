@@ -97,7 +97,8 @@ void emulation_violation(const std::string& name) {
   std::vector<int> out(4096);
   int* o = out.data();
   if (name == "static_shared_out_of_bounds") HBFAST_LAUNCH(static_shared_out_of_bounds_kernel, 1, 64, 0, nullptr)(o);
-  else if (name == "dynamic_shared_out_of_bounds") HBFAST_LAUNCH(dynamic_shared_out_of_bounds_kernel, 1, 64, 63 * sizeof(int), nullptr)(o);
+  else if (name == "dynamic_shared_out_of_bounds")
+    HBFAST_LAUNCH(dynamic_shared_out_of_bounds_kernel, 1, 64, 63 * sizeof(int), nullptr)(o);
   else if (name == "early_exit_before_barrier") HBFAST_LAUNCH(early_exit_before_barrier_kernel, 1, 64, 0, nullptr)(o);
   else if (name == "two_barriers") HBFAST_LAUNCH(two_barriers_kernel, 1, 64, 0, nullptr)(o);
   else if (name == "partial_mask") HBFAST_LAUNCH(partial_mask_kernel, 1, 32, 0, nullptr)(o);
