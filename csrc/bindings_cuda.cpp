@@ -51,15 +51,17 @@ void count_beating_cuda(uintptr_t tile, int64_t rows, int64_t cols, int64_t ld, 
 // the device; partial_max / partial_sum are [column_chunks, n_batch] scratch for the column term.
 void contrastive_forward_block_cuda(uintptr_t x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
                                     int64_t n_batch, uintptr_t scale, uintptr_t groups, int64_t chunk_rows,
-                                    uintptr_t partial_max, uintptr_t partial_sum, uintptr_t row_lse, uintptr_t diag,
-                                    uintptr_t col_max, uintptr_t col_sum, uintptr_t stream) {
-  if (rows <= 0 || n_cols < n_batch || row_begin < 0 || row_begin + rows > n_batch || ld < n_cols || chunk_rows < 1)
+                                    uintptr_t partial_max, uintptr_t partial_sum, int64_t row_spans,
+                                    uintptr_t row_partial, uintptr_t row_lse, uintptr_t diag, uintptr_t col_max,
+                                    uintptr_t col_sum, uintptr_t stream) {
+  if (rows <= 0 || n_cols < n_batch || row_begin < 0 || row_begin + rows > n_batch || ld < n_cols || chunk_rows < 1 ||
+      row_spans < 1 || row_spans > n_cols || (row_spans > 1 && !row_partial))
     throw std::invalid_argument("contrastive_forward_block_cuda: inconsistent sizes");
   py::gil_scoped_release release;
   hbfast::contrastive_forward_block_cuda(as_ptr<const float>(x), ld, rows, row_begin, n_cols, n_batch,
                                          as_ptr<const float>(scale), as_ptr<const int32_t>(groups), col_max != 0,
                                          chunk_rows, as_ptr<float>(partial_max), as_ptr<float>(partial_sum),
-                                         as_ptr<float>(row_lse), as_ptr<float>(diag), as_ptr<float>(col_max),
+                                         row_spans, as_ptr<float>(row_partial), as_ptr<float>(row_lse), as_ptr<float>(diag), as_ptr<float>(col_max),
                                          as_ptr<float>(col_sum), reinterpret_cast<void*>(stream));
 }
 
@@ -87,13 +89,15 @@ void contrastive_device_math_cuda(uintptr_t x, uintptr_t y, int64_t n, uintptr_t
 // The CUDA epilogues (float32): scale_bias points to [scale, bias] on the device, and the backward adds
 // (sum(G * X), sum(G)) to sums (two float64 on the device), so nothing waits for the device.
 void siglip_forward_block_cuda(uintptr_t x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
-                               uintptr_t scale_bias, uintptr_t row_loss, uintptr_t stream) {
-  if (rows <= 0 || row_begin < 0 || row_begin + rows > n_cols || ld < n_cols)
+                               uintptr_t scale_bias, int64_t row_spans, uintptr_t row_partial, uintptr_t row_loss,
+                               uintptr_t stream) {
+  if (rows <= 0 || row_begin < 0 || row_begin + rows > n_cols || ld < n_cols || row_spans < 1 ||
+      row_spans > n_cols || (row_spans > 1 && !row_partial))
     throw std::invalid_argument("siglip_forward_block_cuda: inconsistent sizes");
   py::gil_scoped_release release;
   hbfast::siglip_forward_block_cuda(as_ptr<const float>(x), ld, rows, row_begin, n_cols,
-                                    as_ptr<const float>(scale_bias), as_ptr<float>(row_loss),
-                                    reinterpret_cast<void*>(stream));
+                                    as_ptr<const float>(scale_bias), row_spans, as_ptr<float>(row_partial),
+                                    as_ptr<float>(row_loss), reinterpret_cast<void*>(stream));
 }
 
 void siglip_backward_block_cuda(uintptr_t x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,

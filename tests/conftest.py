@@ -24,3 +24,4 @@ def small_tiles(monkeypatch):
     monkeypatch.setattr(search, "CUDA_CORPUS_TILE", 64)
     monkeypatch.setattr(losses, "BLOCK_ROWS", 16)  # block_rows() keeps at least 16 rows
     monkeypatch.setattr(_losses_cuda, "COLUMN_CHUNK_ROWS", 5)  # 16-row blocks: chunks of 5, 5, 5, 1
+    monkeypatch.setattr(_losses_cuda, "ROW_SPAN_COLUMNS", 32)  # 16 rows of 100 columns: 4 CTAs per row

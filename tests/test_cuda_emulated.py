@@ -34,11 +34,19 @@ def emulated_module(tmp_path_factory):
 
 
 class Emulation:
-    """``with emulation.cuda():`` CPU tensors take hbfast's CUDA path, into hbfast._C_emu."""
+    """``with emulation.cuda():`` CPU tensors take hbfast's CUDA path, into hbfast._C_emu; ``calls``
+    records each entry point's name and arguments."""
 
     def __init__(self, module):
         self.module = module
         self.entry_points = [n for n in dir(module) if n.endswith("_cuda") or n == "contrastive_column_chunks"]
+        self.calls = []
+
+    def _recorded(self, name):
+        def call(*args):
+            self.calls.append((name, args))
+            return getattr(self.module, name)(*args)
+        return call
 
     @contextlib.contextmanager
     def cuda(self):
@@ -47,7 +55,7 @@ class Emulation:
             patch.setattr(_ext, "runs_cuda_kernels", lambda device: device.type in ("cpu", "cuda"))
             patch.setattr(_C, "build_info", lambda: info)
             for name in self.entry_points:
-                patch.setattr(_C, name, getattr(self.module, name), raising=False)
+                patch.setattr(_C, name, self._recorded(name), raising=False)
             yield
 
 
@@ -216,6 +224,8 @@ def test_loss_over_several_row_blocks(emulation, small_tiles, memory_budget, sym
         got = loss_and_grads("kernel", q.float(), p.float(), h.float(), logit_scale=scale.float(), **kw)
     assert_close_to_reference(got, ref, rtol=1e-5)
     assert_close_to_reference(got, cpu, rtol=1e-5)
+    spans = {args[11] for name, args in emulation.calls if name == "contrastive_forward_block_cuda"}
+    assert spans == {4}  # each row of 107 columns in 4 CTAs (ROW_SPAN_COLUMNS = 32), merged after
 
 
 def test_loss_with_one_row_and_with_all_pairs_in_one_group(emulation, small_tiles):
@@ -229,6 +239,8 @@ def test_loss_with_one_row_and_with_all_pairs_in_one_group(emulation, small_tile
     with emulation.cuda():
         got = loss_and_grads("kernel", q[:1].float(), p[:1].float())
     assert_close_to_reference(got, ref, rtol=1e-5)
+    spans = [args[11] for name, args in emulation.calls if name == "contrastive_forward_block_cuda"]
+    assert 3 in spans and spans[-1] == 1  # 70 columns: 3 CTAs a row; 1 column: one
 
 
 def test_loss_checks_fail_with_their_message(emulation):
@@ -276,3 +288,4 @@ def test_siglip_over_several_row_blocks(emulation, small_tiles, memory_budget):
         got = siglip_and_grads("kernel", image.float(), text.float(), scale.float(), bias.float(),
                                memory_budget=memory_budget)
     assert max(relative_errors(got, ref)) < 1e-5 and max(relative_errors(got, cpu)) < 1e-5
+    assert {args[6] for name, args in emulation.calls if name == "siglip_forward_block_cuda"} == {4}  # 4 CTAs a row

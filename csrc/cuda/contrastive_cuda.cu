@@ -22,18 +22,21 @@ __device__ __forceinline__ void warp_merge(float& m, float& s) {
   }
 }
 
-// One block per row of the tile: online (max, sum) per thread, merged across the block.
+// One block per (span of `span` columns, row) of the tile: online (max, sum) per thread, merged across
+// the block; the row's lse when one span covers the row (gridDim.x == 1), else the span's (max, sum)
+// into row_partial [rows, spans, 2] for row_lse_merge_kernel.
 __global__ void row_lse_kernel(const float* __restrict__ x, int64_t ld, int64_t row_begin, int64_t n_cols,
                                int64_t n_batch, const float* __restrict__ scale_ptr,
-                               const int32_t* __restrict__ groups, float* __restrict__ row_lse,
-                               float* __restrict__ diag) {
+                               const int32_t* __restrict__ groups, int64_t span, float* __restrict__ row_partial,
+                               float* __restrict__ row_lse, float* __restrict__ diag) {
   const float scale = *scale_ptr;
-  const int64_t r = blockIdx.x;
+  const int64_t r = blockIdx.y;
   const int32_t i = static_cast<int32_t>(row_begin + r);
   const float* xr = x + r * ld;
   const int32_t group_row = groups ? groups[i] : 0;
+  const int64_t j_end = (blockIdx.x + 1) * span < n_cols ? (blockIdx.x + 1) * span : n_cols;
   float m = -INFINITY, s = 0.0f;
-  for (int64_t j = threadIdx.x; j < n_cols; j += blockDim.x) {
+  for (int64_t j = blockIdx.x * span + threadIdx.x; j < j_end; j += blockDim.x) {
     bool masked = groups && j < n_batch && pair_masked(group_row, groups[j], i, static_cast<int32_t>(j));
     if (!masked) lse_push(m, s, scale * xr[j]);
   }
@@ -47,10 +50,28 @@ __global__ void row_lse_kernel(const float* __restrict__ x, int64_t ld, int64_t 
     s = lane < kThreads / 32 ? shared_s[lane] : 0.0f;
     warp_merge(m, s);
     if (lane == 0) {
-      row_lse[r] = lse_value(m, s);
-      diag[r] = xr[i];
+      if (gridDim.x == 1) {
+        row_lse[r] = lse_value(m, s);
+      } else {
+        row_partial[(r * gridDim.x + blockIdx.x) * 2] = m;
+        row_partial[(r * gridDim.x + blockIdx.x) * 2 + 1] = s;
+      }
+      if (blockIdx.x == 0) diag[r] = xr[i];
     }
   }
+}
+
+// One thread per row: merges the row's spans, in order (deterministic), into its lse.
+__global__ void row_lse_merge_kernel(int64_t rows, int64_t spans, const float* __restrict__ row_partial,
+                                     float* __restrict__ row_lse) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r >= rows) return;
+  float m = -INFINITY, s = 0.0f;
+  for (int64_t c = 0; c < spans; ++c) {
+    const float* pair = row_partial + (r * spans + c) * 2;
+    lse_merge(m, s, pair[0], pair[1]);
+  }
+  row_lse[r] = lse_value(m, s);
 }
 
 // One thread per (batch column, chunk of rows): walks the chunk's rows (coalesced across the warp)
@@ -151,12 +172,19 @@ int64_t contrastive_column_chunks(int64_t rows, int64_t chunk_rows) { return (ro
 
 void contrastive_forward_block_cuda(const float* x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
                                     int64_t n_batch, const float* scale, const int32_t* groups, bool with_columns,
-                                    int64_t chunk_rows, float* partial_max, float* partial_sum, float* row_lse,
-                                    float* diag, float* col_max, float* col_sum, void* stream) {
+                                    int64_t chunk_rows, float* partial_max, float* partial_sum, int64_t row_spans,
+                                    float* row_partial, float* row_lse, float* diag, float* col_max, float* col_sum,
+                                    void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  HBFAST_LAUNCH(row_lse_kernel, static_cast<unsigned>(rows), kThreads, 0, s)(x, ld, row_begin, n_cols, n_batch, scale,
-                                                                             groups, row_lse, diag);
+  const int64_t span = (n_cols + row_spans - 1) / row_spans;
+  HBFAST_LAUNCH(row_lse_kernel, dim3(static_cast<unsigned>(row_spans), static_cast<unsigned>(rows)), kThreads, 0, s)(
+      x, ld, row_begin, n_cols, n_batch, scale, groups, span, row_partial, row_lse, diag);
   check_cuda_launch("contrastive row_lse_kernel");
+  if (row_spans > 1) {
+    HBFAST_LAUNCH(row_lse_merge_kernel, static_cast<unsigned>((rows + kThreads - 1) / kThreads), kThreads, 0, s)(
+        rows, row_spans, row_partial, row_lse);
+    check_cuda_launch("contrastive row_lse_merge_kernel");
+  }
   if (with_columns) {
     const unsigned col_blocks = static_cast<unsigned>((n_batch + kThreads - 1) / kThreads);
     const int64_t chunks = contrastive_column_chunks(rows, chunk_rows);

@@ -14,7 +14,7 @@ from torch import Tensor
 from . import _C, _block_walk
 from ._ext import current_stream, on_gpu
 from ._gemm import _torch_mm
-from ._losses_cuda import assert_on_device
+from ._losses_cuda import assert_on_device, row_scratch, row_spans
 
 
 def _scale_bias(scale: Tensor, bias: Tensor) -> Tensor:
@@ -31,10 +31,12 @@ def forward(image: Tensor, text: Tensor, scale: Tensor, bias: Tensor, row_offset
     scale_bias = _scale_bias(scale, bias)
     R, N = image.shape[0], text.shape[0]
     row_loss = torch.empty(R, dtype=image.dtype, device=image.device)
+    row_partial = row_scratch(blocks, N, 1, image)
     stream = current_stream(image.device)
 
     def epilogue(x, lo, hi):
         _C.siglip_forward_block_cuda(x.data_ptr(), N, hi - lo, row_offset + lo, N, scale_bias.data_ptr(),
+                                     row_spans(hi - lo, N), 0 if row_partial is None else row_partial.data_ptr(),
                                      row_loss[lo:].data_ptr(), stream)
 
     with on_gpu(image.device):
