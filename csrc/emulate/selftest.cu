@@ -1,6 +1,6 @@
 // Kernels that test the host emulation itself (csrc/emulate/cuda_runtime.h): one that uses every
 // emulated feature correctly, whose results the tests check, and one per breach of the CUDA model
-// that the emulation must turn into an error. Built into hbfast._C_emu only.
+// that the emulation must turn into an error. Built into hbfast._C_emu only (valid CUDA all the same).
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -34,8 +34,9 @@ __global__ void features_kernel(const int* in, long long* out, int* votes) {
     out[blockIdx.x] = total;
     votes[blockIdx.x] = any * 2 + all;
   }
-  if (lane == 0) atomicAdd(reinterpret_cast<unsigned long long*>(out + gridDim.x + blockIdx.x),
-                           static_cast<unsigned long long>(__builtin_popcount(odd)));
+  unsigned long long count = 0;
+  for (; odd; odd &= odd - 1) ++count;
+  if (lane == 0) atomicAdd(reinterpret_cast<unsigned long long*>(out + gridDim.x + blockIdx.x), count);
 }
 
 __global__ void static_shared_out_of_bounds_kernel(int* out) {
