@@ -96,18 +96,25 @@ inline std::string where(const Launch& L) {
          std::to_string(blockIdx.z) + ", thread " + std::to_string(tid) + ")";
 }
 
-// Records the first violation of the launch, wakes every waiting thread and leaves this one (its
-// frames are the kernel's, with nothing to destroy, so a longjmp is enough). Called without `mu`.
+// Records the first violation of the launch and wakes every waiting thread (which then leaves). Holds `mu`.
+inline void record(Launch& L, const std::string& what) {
+  if (!L.failed) L.failed = true, L.message = where(L) + ": " + what;
+  L.block_barrier.cv.notify_all();
+  for (auto& b : L.warp_barriers) b.cv.notify_all();
+}
+
+// Leaves the emulated thread: its frames are the kernel's, with nothing to destroy, so a longjmp to
+// the launcher is enough (an exception could not cross the sanitizers' nothrow handlers).
+[[noreturn]] inline void leave() { std::longjmp(*exit_point, 1); }
+
+// A violation in this thread: the launch fails. Called without `mu`.
 [[noreturn]] inline void fail(const std::string& what) {
   if (!current) throw Violation(what);  // (not inside a kernel)
-  Launch& L = *current;
   {
-    std::lock_guard<std::mutex> lock(L.mu);
-    if (!L.failed) L.failed = true, L.message = where(L) + ": " + what;
-    L.block_barrier.cv.notify_all();
-    for (auto& b : L.warp_barriers) b.cv.notify_all();
+    std::lock_guard<std::mutex> lock(current->mu);
+    record(*current, what);
   }
-  std::longjmp(*exit_point, 1);
+  leave();
 }
 
 inline std::string describe(const Launch& L, int first, int count) {
@@ -120,29 +127,34 @@ inline std::string describe(const Launch& L, int first, int count) {
 }
 
 // Waits until threads [first, first + count) all reach barrier b, and checks that they reached it
-// from the same call site. Returns with `lock` held. On a failure, leaves the thread (see fail).
+// from the same call site; when every thread of the block waits and no barrier can complete, that
+// is a deadlock. Returns with `lock` held; after a violation (here or in another thread), leaves.
 // `end_of_block`: the completing thread refills the dynamic shared memory for the next block.
 inline void arrive(std::unique_lock<std::mutex>& lock, Barrier& b, int first, int count, Site site,
                    bool end_of_block = false) {
   Launch& L = *current;
-  std::string error;
   L.site[tid] = site;
-  if (!L.failed && ++b.arrived == count) {
-    for (int i = first; i < first + count; ++i)
-      if (L.site[i].op != site.op || L.site[i].line != site.line)
-        error = "barrier divergence: the threads of one barrier came from different places" + describe(L, first, count);
-    if (end_of_block) std::memset(L.shared.data(), 0xff, L.shared.size());
-    b.arrived = 0, ++b.phase, L.running += count - 1;
-    b.cv.notify_all();
-  } else if (!L.failed) {
-    if (--L.running == 0)  // every thread of the block waits and this barrier is incomplete
-      error = "barrier divergence (deadlock): not every thread reached the barrier" + describe(L, 0, L.threads);
-    uint64_t phase = b.phase;
-    if (error.empty()) b.cv.wait(lock, [&] { return b.phase != phase || L.failed; });
+  if (!L.failed) {
+    if (++b.arrived == count) {
+      for (int i = first; i < first + count; ++i)
+        if (L.site[i].op != site.op || L.site[i].line != site.line) {
+          record(L, "barrier divergence: the threads of one barrier came from different places" +
+                        describe(L, first, count));
+          break;
+        }
+      if (end_of_block) std::memset(L.shared.data(), 0xff, L.shared.size());
+      b.arrived = 0, ++b.phase, L.running += count - 1;
+      b.cv.notify_all();
+    } else if (--L.running == 0) {
+      record(L, "barrier divergence (deadlock): not every thread reached the barrier" + describe(L, 0, L.threads));
+    } else {
+      const uint64_t phase = b.phase;
+      b.cv.wait(lock, [&] { return b.phase != phase || L.failed; });
+    }
   }
-  if (!error.empty() || L.failed) {
+  if (L.failed) {
     lock.unlock();
-    fail(error.empty() ? "stopped by a violation in another thread" : error);
+    leave();
   }
 }
 
