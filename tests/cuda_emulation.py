@@ -19,8 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 CSRC = REPO / "csrc"
 # Threads per block of the emulated kernels (HBFAST_BLOCK_THREADS; the GPU build has 256): one host
 # thread each, so fewer run faster, and small inputs cross the kernels' strided loops more often.
-# Keep in step with CMakeLists.txt's HBFAST_CUDA_EMULATE target.
-BLOCK_THREADS = 64
+# Keep in step with CMakeLists.txt's HBFAST_CUDA_EMULATE target. HBFAST_EMULATED_BLOCK_THREADS=256
+# runs the tests with the GPU's block size (about 3x slower; an installed hbfast._C_emu is then ignored).
+BLOCK_THREADS = int(os.environ.get("HBFAST_EMULATED_BLOCK_THREADS", "64"))
 FLAGS = ["-std=c++17", "-O1", "-fPIC", "-fvisibility=hidden", "-pthread", f"-DHBFAST_BLOCK_THREADS={BLOCK_THREADS}",
          f"-I{CSRC / 'emulate'}", f"-I{CSRC}"]  # csrc/emulate first: its cuda_runtime.h stands in for CUDA's
 # The kernels only: an index out of a __shared__ array fails the launch (module.cpp has the handlers).
@@ -71,7 +72,7 @@ def build(out_dir: Path) -> Path:
 
 def load(out_dir: Path):
     """The installed hbfast._C_emu, else one built into out_dir."""
-    if importlib.util.find_spec("hbfast._C_emu") is not None:
+    if "HBFAST_EMULATED_BLOCK_THREADS" not in os.environ and importlib.util.find_spec("hbfast._C_emu") is not None:
         return importlib.import_module("hbfast._C_emu")
     spec = importlib.util.spec_from_file_location("_C_emu", build(out_dir))
     module = importlib.util.module_from_spec(spec)

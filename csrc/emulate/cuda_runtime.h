@@ -12,6 +12,8 @@
 // operation with a partial mask or in a warp with missing lanes, an index out of a __shared__ array
 // (g++ -fsanitize=bounds,object-size, whose handlers are in module.cpp) or out of the dynamic shared
 // memory. Dynamic shared memory (HBFAST_DYNAMIC_SHARED) is filled with 0xff bytes before each block.
+// Not modelled: the size of the static __shared__ arrays (ptxas refuses over 48 KiB in the GPU build),
+// their contents between blocks (they keep the last block's), and the out-of-bounds global memory.
 #pragma once
 #define HBFAST_CUDA_EMULATION 1
 #ifndef __CUDA_ARCH__
