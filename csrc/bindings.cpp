@@ -22,12 +22,9 @@
 #include "cpu/siglip_cpu.h"
 #include "cpu/topk_cpu.h"
 #ifdef HBFAST_WITH_CUDA
-#include "cuda/contrastive_cuda.h"
+#include "bindings_cuda.h"
 #include "cuda/range_cuda.h"
-#include "cuda/ranks_cuda.h"
 #include "cuda/runtime_cuda.h"
-#include "cuda/siglip_cuda.h"
-#include "cuda/topk_cuda.h"
 #endif
 
 namespace py = pybind11;
@@ -183,33 +180,6 @@ py::tuple decode_keys(py::array_t<uint64_t, py::array::c_style | py::array::forc
   return py::make_tuple(scores, ids);
 }
 
-#ifdef HBFAST_WITH_CUDA
-void topk_merge_cuda(uintptr_t tile, int64_t rows, int64_t cols, int64_t ld, int64_t id0, uintptr_t keys_in,
-                     uintptr_t keys_out, int64_t k, uintptr_t bad, uintptr_t stream) {
-  py::gil_scoped_release release;
-  hbfast::topk_merge_tile_cuda(ptr<const float>(tile), rows, cols, ld, id0, ptr<const uint64_t>(keys_in),
-                               ptr<uint64_t>(keys_out), k, ptr<int32_t>(bad), stream);
-}
-
-void topk_decode_cuda(uintptr_t keys, int64_t n, uintptr_t scores, uintptr_t ids, uintptr_t stream) {
-  py::gil_scoped_release release;
-  hbfast::topk_decode_cuda(ptr<const uint64_t>(keys), n, ptr<float>(scores), ptr<int64_t>(ids), stream);
-}
-
-void topk_keys_cuda(uintptr_t scores, uintptr_t ids, int64_t n, uintptr_t keys, uintptr_t stream) {
-  py::gil_scoped_release release;
-  hbfast::topk_keys_cuda(ptr<const float>(scores), ptr<const int64_t>(ids), n, ptr<uint64_t>(keys), stream);
-}
-
-void count_beating_cuda(uintptr_t tile, int64_t rows, int64_t cols, int64_t ld, int64_t id0, uintptr_t rel_scores,
-                        uintptr_t rel_ids, int64_t r, uintptr_t counts, uintptr_t own_scores, uintptr_t bad,
-                        uintptr_t stream) {
-  py::gil_scoped_release release;
-  hbfast::count_beating_cuda(ptr<const float>(tile), rows, cols, ld, id0, ptr<const float>(rel_scores),
-                             ptr<const int64_t>(rel_ids), r, ptr<int64_t>(counts), ptr<float>(own_scores),
-                             ptr<int32_t>(bad), stream);
-}
-#endif
 
 // ---- range search and filtered / L2 top-k (range_cpu.h, range_cuda.h) ----
 // TileParams carry raw pointers (norms, filter bitmap) that Python keeps alive for the call.
@@ -368,44 +338,6 @@ double contrastive_backward_block(uintptr_t x, int64_t ld, int64_t rows, int64_t
                                                 as_ptr<const float>(diag_coef), as_ptr<float>(g), ldg);
 }
 
-#ifdef HBFAST_WITH_CUDA
-// The CUDA epilogues (float32 only): `scale` points to a float32 device scalar, so nothing waits for
-// the device; partial_max / partial_sum are [column_chunks, n_batch] scratch for the column term.
-void contrastive_forward_block_cuda(uintptr_t x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
-                                    int64_t n_batch, uintptr_t scale, uintptr_t groups, int64_t chunk_rows,
-                                    uintptr_t partial_max, uintptr_t partial_sum, uintptr_t row_lse, uintptr_t diag,
-                                    uintptr_t col_max, uintptr_t col_sum, uintptr_t stream) {
-  if (rows <= 0 || n_cols < n_batch || row_begin < 0 || row_begin + rows > n_batch || ld < n_cols || chunk_rows < 1)
-    throw std::invalid_argument("contrastive_forward_block_cuda: inconsistent sizes");
-  py::gil_scoped_release release;
-  hbfast::contrastive_forward_block_cuda(as_ptr<const float>(x), ld, rows, row_begin, n_cols, n_batch,
-                                         as_ptr<const float>(scale), as_ptr<const int32_t>(groups), col_max != 0,
-                                         chunk_rows, as_ptr<float>(partial_max), as_ptr<float>(partial_sum),
-                                         as_ptr<float>(row_lse), as_ptr<float>(diag), as_ptr<float>(col_max),
-                                         as_ptr<float>(col_sum), reinterpret_cast<void*>(stream));
-}
-
-void contrastive_backward_block_cuda(uintptr_t x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
-                                     int64_t n_batch, uintptr_t scale, uintptr_t groups, uintptr_t row_lse,
-                                     uintptr_t col_lse, uintptr_t row_coef, uintptr_t col_coef, uintptr_t diag_coef,
-                                     uintptr_t g, int64_t ldg, uintptr_t dscale_sum, uintptr_t stream) {
-  if (rows <= 0 || n_cols < n_batch || row_begin < 0 || row_begin + rows > n_batch || ld < n_cols || ldg < n_cols)
-    throw std::invalid_argument("contrastive_backward_block_cuda: inconsistent sizes");
-  py::gil_scoped_release release;
-  hbfast::contrastive_backward_block_cuda(as_ptr<const float>(x), ld, rows, row_begin, n_cols, n_batch,
-                                          as_ptr<const float>(scale), as_ptr<const int32_t>(groups),
-                                          as_ptr<const float>(row_lse), as_ptr<const float>(col_lse),
-                                          as_ptr<const float>(row_coef), as_ptr<const float>(col_coef),
-                                          as_ptr<const float>(diag_coef), as_ptr<float>(g), ldg,
-                                          as_ptr<double>(dscale_sum), reinterpret_cast<void*>(stream));
-}
-
-void contrastive_device_math_cuda(uintptr_t x, uintptr_t y, int64_t n, uintptr_t out, uintptr_t stream) {
-  py::gil_scoped_release release;
-  hbfast::contrastive_device_math_cuda(as_ptr<const float>(x), as_ptr<const float>(y), n, as_ptr<float>(out),
-                                       reinterpret_cast<void*>(stream));
-}
-#endif
 
 void contrastive_advise_huge_pages(uintptr_t ptr, int64_t nbytes) {
   hbfast::advise_huge_pages(as_ptr<void>(ptr), nbytes);
@@ -452,30 +384,6 @@ py::tuple siglip_backward_block(uintptr_t x, int64_t ld, int64_t rows, int64_t r
   return py::make_tuple(sum_gx, sum_g);
 }
 
-#ifdef HBFAST_WITH_CUDA
-// The CUDA epilogues (float32): scale_bias points to [scale, bias] on the device, and the backward adds
-// (sum(G * X), sum(G)) to sums (two float64 on the device), so nothing waits for the device.
-void siglip_forward_block_cuda(uintptr_t x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
-                               uintptr_t scale_bias, uintptr_t row_loss, uintptr_t stream) {
-  if (rows <= 0 || row_begin < 0 || row_begin + rows > n_cols || ld < n_cols)
-    throw std::invalid_argument("siglip_forward_block_cuda: inconsistent sizes");
-  py::gil_scoped_release release;
-  hbfast::siglip_forward_block_cuda(as_ptr<const float>(x), ld, rows, row_begin, n_cols,
-                                    as_ptr<const float>(scale_bias), as_ptr<float>(row_loss),
-                                    reinterpret_cast<void*>(stream));
-}
-
-void siglip_backward_block_cuda(uintptr_t x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
-                                uintptr_t scale_bias, uintptr_t row_coef, uintptr_t g, int64_t ldg, uintptr_t sums,
-                                uintptr_t stream) {
-  if (rows <= 0 || row_begin < 0 || row_begin + rows > n_cols || ld < n_cols || ldg < n_cols)
-    throw std::invalid_argument("siglip_backward_block_cuda: inconsistent sizes");
-  py::gil_scoped_release release;
-  hbfast::siglip_backward_block_cuda(as_ptr<const float>(x), ld, rows, row_begin, n_cols,
-                                     as_ptr<const float>(scale_bias), as_ptr<const float>(row_coef), as_ptr<float>(g),
-                                     ldg, as_ptr<double>(sums), reinterpret_cast<void*>(stream));
-}
-#endif
 
 void siglip_elementwise(uintptr_t z, uintptr_t y, int64_t n, bool sigmoid) {
   py::gil_scoped_release release;
@@ -499,19 +407,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("contrastive_backward_block", &contrastive_backward_block);
   m.def("contrastive_fast_exp", &contrastive_fast_exp);
   m.def("contrastive_advise_huge_pages", &contrastive_advise_huge_pages);
-#ifdef HBFAST_WITH_CUDA
-  m.def("contrastive_forward_block_cuda", &contrastive_forward_block_cuda);
-  m.def("contrastive_backward_block_cuda", &contrastive_backward_block_cuda);
-  m.def("contrastive_column_chunks", &hbfast::contrastive_column_chunks);
-  m.def("contrastive_device_math_cuda", &contrastive_device_math_cuda);
-#endif
   // ---- SigLIP loss ----
   m.def("siglip_forward_block", &siglip_forward_block);
   m.def("siglip_backward_block", &siglip_backward_block);
-#ifdef HBFAST_WITH_CUDA
-  m.def("siglip_forward_block_cuda", &siglip_forward_block_cuda);
-  m.def("siglip_backward_block_cuda", &siglip_backward_block_cuda);
-#endif
   m.def("siglip_elementwise", &siglip_elementwise);
 
   // ---- search and metrics ----
@@ -535,10 +433,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("selection_keys", &selection_keys);
   m.def("decode_keys", &decode_keys);
 #ifdef HBFAST_WITH_CUDA
-  m.def("topk_merge_cuda", &topk_merge_cuda);
-  m.def("topk_decode_cuda", &topk_decode_cuda);
-  m.def("topk_keys_cuda", &topk_keys_cuda);
-  m.def("count_beating_cuda", &count_beating_cuda);
+  hbfast::bind_cuda(m);  // the *_cuda functions (bindings_cuda.cpp)
 #endif
 
   // ---- range search and filtered / L2 top-k ----

@@ -9,3 +9,19 @@ if "HBFAST_CACHE" not in os.environ:
     import tempfile
 
     os.environ["HBFAST_CACHE"] = tempfile.mkdtemp(prefix="hbfast-test-cache-")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Tiles and blocks small enough that tests of a few hundred rows cross their boundaries (the CUDA
+    tests, on a GPU or emulated)."""
+    from hbfast import _losses_cuda, losses, search
+
+    monkeypatch.setattr(search, "CUDA_QUERY_TILE", 16)
+    monkeypatch.setattr(search, "CUDA_CORPUS_TILE", 64)
+    monkeypatch.setattr(losses, "BLOCK_ROWS", 16)  # block_rows() keeps at least 16 rows
+    monkeypatch.setattr(_losses_cuda, "COLUMN_CHUNK_ROWS", 5)  # 16-row blocks: chunks of 5, 5, 5, 1
+    monkeypatch.setattr(_losses_cuda, "ROW_SPAN_COLUMNS", 32)  # 16 rows of 100 columns: 4 CTAs per row

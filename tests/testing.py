@@ -6,6 +6,7 @@ was built with) then fails every GPU test with the reason, instead of skipping t
 """
 import pytest
 import torch
+import torch.nn.functional as F
 
 import hbfast
 
@@ -39,3 +40,58 @@ def assert_fails_on_the_device(script: str, message: str) -> None:
                          capture_output=True, text=True, env=subprocess_env(), timeout=300)
     assert run.returncode != 0 and "no error" not in run.stdout
     assert message in run.stdout + run.stderr
+
+
+# ---- data and comparisons of the CUDA tests (test_cuda.py, and test_cuda_emulated.py on the host) ----
+
+def integer_data(nq, n, dim, seed, low=-2, high=3):
+    """Small integers: every product is exact in float32 (on any BLAS), and scores tie often."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(low, high, (nq, dim), generator=g).float(),
+            torch.randint(low, high, (n, dim), generator=g).float())
+
+
+def sign_data(nq, n, dim=16, seed=0):
+    """Entries +-1 with dim 16: norm 4, so cosine rows are exact (+-0.25) and so are their products:
+    cosine scores (and their many ties) equal on every device and BLAS."""
+    q, c = integer_data(nq, n, dim, seed, low=0, high=2)
+    return q * 2 - 1, c * 2 - 1
+
+
+def unit_data(B, D, M=0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [F.normalize(torch.randn(n, D, generator=g, dtype=torch.float64), dim=1) for n in (B, B, M)]
+
+
+def loss_and_grads(impl, q, p, h=None, logit_scale=None, **kw):
+    leaves = [t.detach().clone().requires_grad_() for t in (q, p) + ((h,) if h is not None else ())]
+    if logit_scale is not None:
+        leaves.append(logit_scale.detach().clone().requires_grad_())
+    loss = hbfast.contrastive_loss(leaves[0], leaves[1], hard_negatives=leaves[2] if h is not None else None,
+                                   logit_scale=leaves[-1] if logit_scale is not None else None, impl=impl, **kw)
+    upstream = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype, device=loss.device).reshape(loss.shape)
+    return [loss.detach()] + list(torch.autograd.grad(loss, leaves, upstream))
+
+
+def assert_close_to_reference(got, ref, rtol):
+    for name, a, b in zip(["loss", "grad_q", "grad_p", "grad_3", "grad_4"], got, ref):
+        a, b = a.detach().double().cpu(), b.detach().double().cpu()
+        err = ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+        assert err < rtol, (name, err)
+
+
+def siglip_and_grads(impl, image, text, scale, bias, **kw):
+    """Per-row SigLIP losses and the gradients of all four inputs (scale and bias as tensors)."""
+    leaves = [t.detach().clone().requires_grad_() for t in (image, text, scale, bias)]
+    loss = hbfast.siglip_loss(*leaves, impl=impl, reduction="none", **kw)
+    upstream = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype, device=loss.device)
+    return [loss.detach()] + list(torch.autograd.grad(loss, leaves, upstream))
+
+
+def relative_errors(got, expected):
+    """max |got - expected| / max |expected| of each pair, in float64 on the CPU."""
+    out = []
+    for a, b in zip(got, expected):
+        a, b = a.detach().double().cpu(), b.detach().double().cpu()
+        out.append(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item())
+    return out

@@ -12,7 +12,7 @@
 namespace hbfast {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = HBFAST_BLOCK_THREADS;
 
 __device__ __forceinline__ void warp_merge(float& m, float& s) {
   for (int offset = 16; offset > 0; offset >>= 1) {
@@ -22,18 +22,21 @@ __device__ __forceinline__ void warp_merge(float& m, float& s) {
   }
 }
 
-// One block per row of the tile: online (max, sum) per thread, merged across the block.
+// One block per (span of `span` columns, row) of the tile: online (max, sum) per thread, merged across
+// the block; the row's lse when one span covers the row (gridDim.x == 1), else the span's (max, sum)
+// into row_partial [rows, spans, 2] for row_lse_merge_kernel.
 __global__ void row_lse_kernel(const float* __restrict__ x, int64_t ld, int64_t row_begin, int64_t n_cols,
                                int64_t n_batch, const float* __restrict__ scale_ptr,
-                               const int32_t* __restrict__ groups, float* __restrict__ row_lse,
-                               float* __restrict__ diag) {
+                               const int32_t* __restrict__ groups, int64_t span, float* __restrict__ row_partial,
+                               float* __restrict__ row_lse, float* __restrict__ diag) {
   const float scale = *scale_ptr;
-  const int64_t r = blockIdx.x;
+  const int64_t r = blockIdx.y;
   const int32_t i = static_cast<int32_t>(row_begin + r);
   const float* xr = x + r * ld;
   const int32_t group_row = groups ? groups[i] : 0;
+  const int64_t j_end = (blockIdx.x + 1) * span < n_cols ? (blockIdx.x + 1) * span : n_cols;
   float m = -INFINITY, s = 0.0f;
-  for (int64_t j = threadIdx.x; j < n_cols; j += blockDim.x) {
+  for (int64_t j = blockIdx.x * span + threadIdx.x; j < j_end; j += blockDim.x) {
     // the positive (j == i) and, with groups, same-group pairs are not negatives
     bool masked = j < n_batch && pair_masked(group_row, groups ? groups[j] : group_row + 1, i, static_cast<int32_t>(j));
     if (!masked) lse_push(m, s, scale * xr[j]);
@@ -48,11 +51,30 @@ __global__ void row_lse_kernel(const float* __restrict__ x, int64_t ld, int64_t 
     s = lane < kThreads / 32 ? shared_s[lane] : 0.0f;
     warp_merge(m, s);
     if (lane == 0) {
-      row_lse[2 * r] = m;  // the log-sum-exp as max + log_sum (common/contrastive_math.h)
-      row_lse[2 * r + 1] = log_plain(s);
-      diag[r] = xr[i];
+      if (gridDim.x == 1) {
+        row_lse[2 * r] = m;  // the log-sum-exp as max + log_sum (common/contrastive_math.h)
+        row_lse[2 * r + 1] = log_plain(s);
+      } else {
+        row_partial[(r * gridDim.x + blockIdx.x) * 2] = m;
+        row_partial[(r * gridDim.x + blockIdx.x) * 2 + 1] = s;
+      }
+      if (blockIdx.x == 0) diag[r] = xr[i];
     }
   }
+}
+
+// One thread per row: merges the row's spans, in order (deterministic), into its lse.
+__global__ void row_lse_merge_kernel(int64_t rows, int64_t spans, const float* __restrict__ row_partial,
+                                     float* __restrict__ row_lse) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r >= rows) return;
+  float m = -INFINITY, s = 0.0f;
+  for (int64_t c = 0; c < spans; ++c) {
+    const float* pair = row_partial + (r * spans + c) * 2;
+    lse_merge(m, s, pair[0], pair[1]);
+  }
+  row_lse[2 * r] = m;  // as row_lse_kernel writes it
+  row_lse[2 * r + 1] = log_plain(s);
 }
 
 // One thread per (batch column, chunk of rows): walks the chunk's rows (coalesced across the warp)
@@ -155,20 +177,27 @@ int64_t contrastive_column_chunks(int64_t rows, int64_t chunk_rows) { return (ro
 
 void contrastive_forward_block_cuda(const float* x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
                                     int64_t n_batch, const float* scale, const int32_t* groups, bool with_columns,
-                                    int64_t chunk_rows, float* partial_max, float* partial_sum, float* row_lse,
-                                    float* diag, float* col_max, float* col_sum, void* stream) {
+                                    int64_t chunk_rows, float* partial_max, float* partial_sum, int64_t row_spans,
+                                    float* row_partial, float* row_lse, float* diag, float* col_max, float* col_sum,
+                                    void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  row_lse_kernel<<<static_cast<unsigned>(rows), kThreads, 0, s>>>(x, ld, row_begin, n_cols, n_batch, scale, groups,
-                                                                  row_lse, diag);
+  const int64_t span = (n_cols + row_spans - 1) / row_spans;
+  HBFAST_LAUNCH(row_lse_kernel, dim3(static_cast<unsigned>(row_spans), static_cast<unsigned>(rows)), kThreads, 0, s)(
+      x, ld, row_begin, n_cols, n_batch, scale, groups, span, row_partial, row_lse, diag);
   check_cuda_launch("contrastive row_lse_kernel");
+  if (row_spans > 1) {
+    HBFAST_LAUNCH(row_lse_merge_kernel, static_cast<unsigned>((rows + kThreads - 1) / kThreads), kThreads, 0, s)(
+        rows, row_spans, row_partial, row_lse);
+    check_cuda_launch("contrastive row_lse_merge_kernel");
+  }
   if (with_columns) {
     const unsigned col_blocks = static_cast<unsigned>((n_batch + kThreads - 1) / kThreads);
     const int64_t chunks = contrastive_column_chunks(rows, chunk_rows);
-    column_lse_partial_kernel<<<dim3(col_blocks, static_cast<unsigned>(chunks)), kThreads, 0, s>>>(
+    HBFAST_LAUNCH(column_lse_partial_kernel, dim3(col_blocks, static_cast<unsigned>(chunks)), kThreads, 0, s)(
         x, ld, rows, row_begin, n_batch, chunk_rows, scale, groups, partial_max, partial_sum);
     check_cuda_launch("contrastive column_lse_partial_kernel");
-    column_lse_merge_kernel<<<col_blocks, kThreads, 0, s>>>(n_batch, chunks, partial_max, partial_sum, col_max,
-                                                            col_sum);
+    HBFAST_LAUNCH(column_lse_merge_kernel, col_blocks, kThreads, 0, s)(n_batch, chunks, partial_max, partial_sum,
+                                                                       col_max, col_sum);
     check_cuda_launch("contrastive column_lse_merge_kernel");
   }
 }
@@ -179,15 +208,16 @@ void contrastive_backward_block_cuda(const float* x, int64_t ld, int64_t rows, i
                                      const float* diag_coef, float* g, int64_t ldg, double* dscale_sum, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   dim3 grid(static_cast<unsigned>((n_cols + kThreads - 1) / kThreads), static_cast<unsigned>(rows));
-  gradient_tile_kernel<<<grid, kThreads, 0, s>>>(x, ld, row_begin, n_cols, n_batch, scale, groups, row_lse, col_lse,
-                                                 row_coef, col_coef, diag_coef, g, ldg, dscale_sum);
+  HBFAST_LAUNCH(gradient_tile_kernel, grid, kThreads, 0, s)(x, ld, row_begin, n_cols, n_batch, scale, groups, row_lse,
+                                                            col_lse, row_coef, col_coef, diag_coef, g, ldg, dscale_sum);
   check_cuda_launch("contrastive gradient_tile_kernel");
 }
 
 void contrastive_device_math_cuda(const float* x, const float* y, int64_t n, float* out, void* stream) {
   if (n <= 0) return;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  device_math_kernel<<<static_cast<unsigned>((n + kThreads - 1) / kThreads), kThreads, 0, s>>>(x, y, n, out);
+  const unsigned blocks = static_cast<unsigned>((n + kThreads - 1) / kThreads);
+  HBFAST_LAUNCH(device_math_kernel, blocks, kThreads, 0, s)(x, y, n, out);
   check_cuda_launch("contrastive device_math_kernel");
 }
 

@@ -11,10 +11,13 @@ namespace hbfast {
 // partial_max / partial_sum as [chunks, n_batch] each.
 int64_t contrastive_column_chunks(int64_t rows, int64_t chunk_rows);
 
+// Each row's columns are split into row_spans spans, one block each (so that a block of few long rows
+// fills the GPU); with more than one, row_partial [rows, row_spans, 2] is scratch for their (max, sum).
 void contrastive_forward_block_cuda(const float* x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
                                     int64_t n_batch, const float* scale, const int32_t* groups, bool with_columns,
-                                    int64_t chunk_rows, float* partial_max, float* partial_sum, float* row_lse,
-                                    float* diag, float* col_max, float* col_sum, void* stream);
+                                    int64_t chunk_rows, float* partial_max, float* partial_sum, int64_t row_spans,
+                                    float* row_partial, float* row_lse, float* diag, float* col_max, float* col_sum,
+                                    void* stream);
 
 // Adds sum(G * X) of the block to *dscale_sum (a float64 on the device). g may alias x.
 void contrastive_backward_block_cuda(const float* x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,

@@ -9,7 +9,7 @@
 namespace hbfast {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = HBFAST_BLOCK_THREADS;
 
 __device__ __forceinline__ long long block_sum(long long value, long long* scratch) {
   for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_down_sync(0xffffffffu, value, offset);
@@ -51,7 +51,8 @@ void count_beating_cuda(const float* tile, int64_t rows, int64_t cols, int64_t l
                         uintptr_t stream) {
   if (rows <= 0) return;
   auto s = reinterpret_cast<cudaStream_t>(stream);
-  count_beating_kernel<<<unsigned(rows), kThreads, 0, s>>>(tile, cols, ld, id0, rel_scores, rel_ids, r, counts, own_scores, bad);
+  HBFAST_LAUNCH(count_beating_kernel, unsigned(rows), kThreads, 0, s)(tile, cols, ld, id0, rel_scores, rel_ids, r,
+                                                                      counts, own_scores, bad);
   check_cuda_launch("count_beating_cuda");
 }
 

@@ -10,7 +10,7 @@
 namespace hbfast {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = HBFAST_BLOCK_THREADS;
 
 template <class T>
 __device__ __forceinline__ T block_sum(T v) {
@@ -26,18 +26,31 @@ __device__ __forceinline__ T block_sum(T v) {
   return total;  // valid in thread 0
 }
 
-// One block per row of the tile: row_loss[r] = sum over the row's pairs of their loss.
+// One block per (span of `span` columns, row) of the tile: the sum over the span's pairs of their loss,
+// into row_loss[r] when one span covers the row (gridDim.x == 1), else into row_partial [rows, spans].
 __global__ void siglip_row_loss_kernel(const float* __restrict__ x, int64_t ld, int64_t row_begin, int64_t n_cols,
-                                       const float* __restrict__ scale_bias, float* __restrict__ row_loss) {
+                                       const float* __restrict__ scale_bias, int64_t span,
+                                       float* __restrict__ row_partial, float* __restrict__ row_loss) {
   const float scale = scale_bias[0], bias = scale_bias[1];
-  const int64_t r = blockIdx.x;
+  const int64_t r = blockIdx.y;
   const int64_t diag_col = row_begin + r;
   const float* xr = x + r * ld;
+  const int64_t j_end = (blockIdx.x + 1) * span < n_cols ? (blockIdx.x + 1) * span : n_cols;
   float sum = 0.0f;
-  for (int64_t j = threadIdx.x; j < n_cols; j += blockDim.x)
+  for (int64_t j = blockIdx.x * span + threadIdx.x; j < j_end; j += blockDim.x)
     sum += siglip_pair_loss(scale * xr[j] + bias, j == diag_col);
   sum = block_sum(sum);
-  if (threadIdx.x == 0) row_loss[r] = sum;
+  if (threadIdx.x == 0) (gridDim.x == 1 ? row_loss[r] : row_partial[r * gridDim.x + blockIdx.x]) = sum;
+}
+
+// One thread per row: the sum of the row's spans, in order (deterministic).
+__global__ void siglip_row_merge_kernel(int64_t rows, int64_t spans, const float* __restrict__ row_partial,
+                                        float* __restrict__ row_loss) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r >= rows) return;
+  float sum = 0.0f;
+  for (int64_t c = 0; c < spans; ++c) sum += row_partial[r * spans + c];
+  row_loss[r] = sum;
 }
 
 // One thread per element of the row block: g = scale * G (in place or into g); sums of G * X and G.
@@ -69,11 +82,18 @@ __global__ void siglip_gradient_tile_kernel(const float* x, int64_t ld, int64_t 
 }  // namespace
 
 void siglip_forward_block_cuda(const float* x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
-                               const float* scale_bias, float* row_loss, void* stream) {
+                               const float* scale_bias, int64_t row_spans, float* row_partial, float* row_loss,
+                               void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  siglip_row_loss_kernel<<<static_cast<unsigned>(rows), kThreads, 0, s>>>(x, ld, row_begin, n_cols, scale_bias,
-                                                                          row_loss);
+  const int64_t span = (n_cols + row_spans - 1) / row_spans;
+  HBFAST_LAUNCH(siglip_row_loss_kernel, dim3(static_cast<unsigned>(row_spans), static_cast<unsigned>(rows)), kThreads,
+                0, s)(x, ld, row_begin, n_cols, scale_bias, span, row_partial, row_loss);
   check_cuda_launch("siglip_row_loss_kernel");
+  if (row_spans > 1) {
+    HBFAST_LAUNCH(siglip_row_merge_kernel, static_cast<unsigned>((rows + kThreads - 1) / kThreads), kThreads, 0, s)(
+        rows, row_spans, row_partial, row_loss);
+    check_cuda_launch("siglip_row_merge_kernel");
+  }
 }
 
 void siglip_backward_block_cuda(const float* x, int64_t ld, int64_t rows, int64_t row_begin, int64_t n_cols,
@@ -81,8 +101,8 @@ void siglip_backward_block_cuda(const float* x, int64_t ld, int64_t rows, int64_
                                 void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   dim3 grid(static_cast<unsigned>((n_cols + kThreads - 1) / kThreads), static_cast<unsigned>(rows));
-  siglip_gradient_tile_kernel<<<grid, kThreads, 0, s>>>(x, ld, row_begin, n_cols, scale_bias, row_coef, g, ldg,
-                                                        sums);
+  HBFAST_LAUNCH(siglip_gradient_tile_kernel, grid, kThreads, 0, s)(x, ld, row_begin, n_cols, scale_bias, row_coef, g,
+                                                                   ldg, sums);
   check_cuda_launch("siglip_gradient_tile_kernel");
 }
 

@@ -12,7 +12,7 @@
 namespace hbfast {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = HBFAST_BLOCK_THREADS;
 
 // Candidate i of a row: the k kept keys first, then the tile's scores turned into keys.
 __device__ __forceinline__ uint64_t candidate_key(int64_t i, int64_t k, const uint64_t* kept, const float* scores,
@@ -111,21 +111,21 @@ void topk_merge_tile_cuda(const float* tile, int64_t rows, int64_t cols, int64_t
                           uint64_t* keys_out, int64_t k, int32_t* bad, uintptr_t stream) {
   if (rows <= 0) return;
   auto s = reinterpret_cast<cudaStream_t>(stream);
-  topk_merge_kernel<<<unsigned(rows), kThreads, 0, s>>>(tile, cols, ld, id0, keys_in, keys_out, k, bad);
+  HBFAST_LAUNCH(topk_merge_kernel, unsigned(rows), kThreads, 0, s)(tile, cols, ld, id0, keys_in, keys_out, k, bad);
   check_cuda_launch("topk_merge_tile_cuda");
 }
 
 void topk_decode_cuda(const uint64_t* keys, int64_t n, float* scores, int64_t* ids, uintptr_t stream) {
   if (n <= 0) return;
   auto s = reinterpret_cast<cudaStream_t>(stream);
-  topk_decode_kernel<<<unsigned((n + kThreads - 1) / kThreads), kThreads, 0, s>>>(keys, n, scores, ids);
+  HBFAST_LAUNCH(topk_decode_kernel, unsigned((n + kThreads - 1) / kThreads), kThreads, 0, s)(keys, n, scores, ids);
   check_cuda_launch("topk_decode_cuda");
 }
 
 void topk_keys_cuda(const float* scores, const int64_t* ids, int64_t n, uint64_t* keys, uintptr_t stream) {
   if (n <= 0) return;
   auto s = reinterpret_cast<cudaStream_t>(stream);
-  topk_keys_kernel<<<unsigned((n + kThreads - 1) / kThreads), kThreads, 0, s>>>(scores, ids, n, keys);
+  HBFAST_LAUNCH(topk_keys_kernel, unsigned((n + kThreads - 1) / kThreads), kThreads, 0, s)(scores, ids, n, keys);
   check_cuda_launch("topk_keys_cuda");
 }
 

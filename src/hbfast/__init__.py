@@ -1,7 +1,7 @@
 """hbfast: hybrid batch training and evaluation of multilingual retrievers, with fused kernels."""
 import importlib
 
-from ._ext import build_info, get_num_threads, set_num_threads
+from ._ext import UnsupportedGPUError, build_info, get_num_threads, set_num_threads
 from .sampling import BatchPlan, HybridBatchSampler, hybrid_batches
 from .losses import ContrastiveLoss, contrastive_loss
 from .siglip import siglip_loss
@@ -36,6 +36,7 @@ __all__ = [
     "IDSelectorRange",
     "ShardedIndex",
     "ShardError",
+    "UnsupportedGPUError",
     "build_info",
     "contrastive_loss",
     "get_num_threads",

@@ -5,7 +5,9 @@ import contextlib
 import ctypes
 import functools
 import os
+import re
 import threading
+from typing import Tuple
 
 import scipy_openblas32 as _openblas
 
@@ -79,9 +81,36 @@ def cuda_unusable_reason() -> str:
             f"(cudaGetDeviceCount: {why}){older}")
 
 
-def require_cuda(what: str) -> None:
-    """Raise a clear error when a CUDA tensor reaches a kernel this build cannot run on a GPU."""
-    if not _C.build_info()["cuda"]:
+class UnsupportedGPUError(RuntimeError):
+    """A GPU that none of the CUDA architectures hbfast was compiled for can run on (e.g. a T4,
+    compute capability 7.5, under a build for 8.0 and 9.0): raised before any launch, which would
+    otherwise fail with "no kernel image is available"."""
+
+
+def arch_runs_on(arch: str, capability: Tuple[int, int]) -> bool:
+    """Whether code compiled for ``arch`` (a HBFAST_CUDA_ARCHS entry as CMake takes it: "80" = sm_80
+    machine code and compute_80 PTX, "80-real" = machine code only, "80-virtual" = PTX only, "90a" =
+    machine code for exactly 9.0) runs on a device of compute ``capability`` (major, minor): machine
+    code runs on the same major version with an equal or higher minor one, PTX on any newer device."""
+    found = re.fullmatch(r"(\d+)([af]?)(?:-(real|virtual))?", arch.strip())
+    if not found:
+        return False
+    number, suffix, kind = int(found.group(1)), found.group(2), found.group(3)
+    major, minor = divmod(number, 10)
+    device = capability[0] * 10 + capability[1]
+    if suffix == "a":
+        return device == number
+    machine_code = kind != "virtual" and capability[0] == major and capability[1] >= minor
+    ptx = kind != "real" and suffix != "f" and device >= number
+    return machine_code or ptx
+
+
+def require_cuda(what: str, device=None) -> None:
+    """Raise a clear error when a CUDA tensor (on ``device``, when given) reaches a kernel this build
+    cannot run on that GPU: no CUDA kernels, a runtime that sees no GPU, or no compiled architecture
+    for the device's compute capability (UnsupportedGPUError)."""
+    info = _C.build_info()
+    if not info["cuda"]:
         raise RuntimeError(
             f"{what}: got CUDA tensors but hbfast was built without CUDA kernels; "
             "reinstall with HBFAST_CUDA=ON (needs nvcc) or move the inputs to the CPU"
@@ -89,6 +118,49 @@ def require_cuda(what: str) -> None:
     reason = cuda_unusable_reason()
     if reason:
         raise RuntimeError(f"{what}: got CUDA tensors but {reason}")
+    if device is None or device.type != "cuda":
+        return
+    import torch
+
+    capability = torch.cuda.get_device_capability(device)
+    archs = list(info["cuda_archs"])
+    if not any(arch_runs_on(a, capability) for a in archs):
+        cc = f"{capability[0]}.{capability[1]}"
+        raise UnsupportedGPUError(
+            f"{what}: {torch.cuda.get_device_name(device)} (compute capability {cc}) cannot run hbfast's CUDA "
+            f"kernels, compiled for the architectures {';'.join(archs)} only: reinstall hbfast with "
+            f'HBFAST_CUDA_ARCHS="{capability[0]}{capability[1]};{";".join(archs)}" or move the inputs to the CPU'
+        )
+
+
+def runs_cuda_kernels(device) -> bool:
+    """Whether tensors on ``device`` go through hbfast's CUDA kernels and their Python glue: CUDA
+    tensors do. The one seam of tests/test_cuda_emulated.py, which makes it true for CPU tensors as
+    well, so that the same glue drives the kernels compiled for the host (hbfast._C_emu)."""
+    return device.type == "cuda"
+
+
+def current_stream(device) -> int:
+    """The CUDA stream the kernels are queued on for tensors on ``device`` (torch's current one; 0,
+    the emulation's, for a CPU device)."""
+    if device.type != "cuda":
+        return 0
+    import torch
+
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def on_gpu(device):
+    """On a GPU: launch on the inputs' device (the kernels use the current one) and compute the
+    products in full float32 whatever the user's TF32 setting. Nothing on the CPU."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    import torch
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.cuda.device(device))
+    stack.enter_context(exact_fp32_matmul())
+    return stack
 
 
 @contextlib.contextmanager

@@ -15,12 +15,30 @@ import torch
 from torch import Tensor
 
 from . import _C, _block_walk
-from ._ext import exact_fp32_matmul
+from ._ext import current_stream, on_gpu
 from ._gemm import _torch_mm
 
 # Rows per chunk of the column log-sum-exp: a row block of R rows runs ceil(R / this) chunks per
 # column in parallel (more blocks for the GPU's SMs), merged in order afterwards. Tests shrink it.
 COLUMN_CHUNK_ROWS = 32
+# The row kernels split each row of a block into spans of at least ROW_SPAN_COLUMNS columns, one CTA
+# each, up to ROW_CTAS CTAs per launch: a block of few long rows (16 rows at N = 1M) still fills the
+# GPU's SMs, a block of many rows keeps one CTA per row. Tests shrink ROW_SPAN_COLUMNS.
+ROW_SPAN_COLUMNS = 8192
+ROW_CTAS = 1024
+
+
+def row_spans(rows: int, n_cols: int) -> int:
+    """CTAs per row of a [rows, n_cols] block in the row kernels."""
+    return max(1, min(-(-n_cols // max(1, int(ROW_SPAN_COLUMNS))), -(-ROW_CTAS // rows)))
+
+
+def row_scratch(blocks, n_cols: int, per_span: int, like: Tensor) -> Optional[Tensor]:
+    """Scratch for the row kernels' span partials (per_span floats each) of the largest need among the
+    blocks, or None when every row is one span."""
+    spans = [(hi - lo, row_spans(hi - lo, n_cols)) for lo, hi in blocks]
+    size = max(per_span * rows * n for rows, n in spans if n > 1) if any(n > 1 for _, n in spans) else 0
+    return torch.empty(size, dtype=torch.float32, device=like.device) if size else None
 
 
 def assert_on_device(ok: Tensor, message: str) -> None:
@@ -55,17 +73,18 @@ def forward(q: Tensor, keys: Tensor, scale: Tensor, codes: Optional[Tensor], n_b
     col_max = torch.full((n_batch if with_columns else 0,), -math.inf, **like)
     col_sum = torch.zeros(n_batch if with_columns else 0, **like)
     partial_max, partial_sum, chunk_rows = _column_scratch(blocks, n_batch if with_columns else 0, q)
-    stream = torch.cuda.current_stream(q.device).cuda_stream
+    row_partial = row_scratch(blocks, N, 2, q)
+    stream = current_stream(q.device)
 
     def epilogue(x, lo, hi):
         _C.contrastive_forward_block_cuda(
             x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, scale.data_ptr(), _ptr(codes), chunk_rows,
             _ptr(partial_max) if with_columns else 0, _ptr(partial_sum) if with_columns else 0,
-            row_lse[lo:].data_ptr(), positive[lo:].data_ptr(), _ptr(col_max) if with_columns else 0,
-            _ptr(col_sum) if with_columns else 0, stream,
+            row_spans(hi - lo, N), _ptr(row_partial), row_lse[lo:].data_ptr(), positive[lo:].data_ptr(),
+            _ptr(col_max) if with_columns else 0, _ptr(col_sum) if with_columns else 0, stream,
         )
 
-    with torch.cuda.device(q.device), exact_fp32_matmul():
+    with on_gpu(q.device):
         cache = _block_walk.forward(q, keys, n_cached, blocks, _torch_mm, epilogue)
     col_lse = torch.stack([col_max, col_sum.log()], 1)
     total = row_lse.sum() + col_lse.sum() + positive.sum()  # -inf: a row or column without negatives
@@ -84,7 +103,7 @@ def backward(coefficients: Tuple[Tensor, Optional[Tensor], Tensor], q: Tensor, k
     dscale = torch.zeros((), dtype=torch.float64, device=q.device)
     # The kernels write scale * G, so the block products give grad_q and grad_keys directly.
     row_coef, col_coef, diag_coef = coefficients
-    stream = torch.cuda.current_stream(q.device).cuda_stream
+    stream = current_stream(q.device)
 
     def epilogue(x, g, lo, hi):
         _C.contrastive_backward_block_cuda(
@@ -93,6 +112,6 @@ def backward(coefficients: Tuple[Tensor, Optional[Tensor], Tensor], q: Tensor, k
             _ptr(col_coef), diag_coef[lo:].data_ptr(), g.data_ptr(), N, dscale.data_ptr(), stream,
         )
 
-    with torch.cuda.device(q.device), exact_fp32_matmul():
+    with on_gpu(q.device):
         grad_q, grad_keys = _block_walk.backward(q, keys, cache, blocks, _torch_mm, need_q, need_keys, epilogue)
     return grad_q, grad_keys, (dscale / scale).to(scale.dtype)  # sum(scale * G * X) / scale

@@ -3,30 +3,17 @@ deferred checks every GPU walk shares.
 
 A GPU walk never waits for the device tile by tile: non-finite scores set a device flag in the
 kernels, zero-norm cosine rows are tracked on the device (search._prepare), and both are read
-once at the end (device_checks). Products run on the inputs' device in full float32 (on_gpu).
+once at the end (device_checks). Products run on the inputs' device in full float32 (_ext.on_gpu).
 """
 from __future__ import annotations
-
-import contextlib
 
 import torch
 
 from . import _C
-from ._ext import exact_fp32_matmul
+from ._ext import current_stream
 
 MAX_IDS = 2**32 - 1  # the keys hold the id in 32 bits (select.h)
 NO_ROW = 2**62  # "no zero-norm row seen" in the zero-norm tracker
-
-
-def on_gpu(device: torch.device):
-    """On a GPU: launch on the inputs' device (the kernels use the current one) and compute the
-    products in full float32 whatever the user's TF32 setting. Nothing on the CPU."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch.cuda.device(device))
-    stack.enter_context(exact_fp32_matmul())
-    return stack
 
 
 def zero_norm_error(name: str, row: int) -> str:
@@ -52,7 +39,7 @@ def topk(q32: torch.Tensor, tiles, k: int, tile_q: int, corpus_tile: int, zero_r
     current = [0] * ((nq + tile_q - 1) // tile_q)
     bad = torch.zeros(1, dtype=torch.int32, device=device)
     buffer = torch.empty(tile_q * corpus_tile, dtype=torch.float32, device=device)
-    stream = torch.cuda.current_stream(device).cuda_stream
+    stream = current_stream(device)
     seen = 0
     for first_id, ct in tiles:
         width = ct.shape[0]

@@ -12,9 +12,9 @@ import torch
 from torch import Tensor
 
 from . import _C, _block_walk
-from ._ext import exact_fp32_matmul
+from ._ext import current_stream, on_gpu
 from ._gemm import _torch_mm
-from ._losses_cuda import assert_on_device
+from ._losses_cuda import assert_on_device, row_scratch, row_spans
 
 
 def _scale_bias(scale: Tensor, bias: Tensor) -> Tensor:
@@ -31,13 +31,15 @@ def forward(image: Tensor, text: Tensor, scale: Tensor, bias: Tensor, row_offset
     scale_bias = _scale_bias(scale, bias)
     R, N = image.shape[0], text.shape[0]
     row_loss = torch.empty(R, dtype=image.dtype, device=image.device)
-    stream = torch.cuda.current_stream(image.device).cuda_stream
+    row_partial = row_scratch(blocks, N, 1, image)
+    stream = current_stream(image.device)
 
     def epilogue(x, lo, hi):
         _C.siglip_forward_block_cuda(x.data_ptr(), N, hi - lo, row_offset + lo, N, scale_bias.data_ptr(),
+                                     row_spans(hi - lo, N), 0 if row_partial is None else row_partial.data_ptr(),
                                      row_loss[lo:].data_ptr(), stream)
 
-    with torch.cuda.device(image.device), exact_fp32_matmul():
+    with on_gpu(image.device):
         cache = _block_walk.forward(image, text, n_cached, blocks, _torch_mm, epilogue)
     assert_on_device(torch.isfinite(row_loss.sum()),
                      f"siglip_loss: logits overflow {image.dtype}; scale down the inputs or the logit scale")
@@ -51,13 +53,13 @@ def backward(grad_row_loss: Tensor, image: Tensor, text: Tensor, scale: Tensor, 
     N = text.shape[0]
     sums = torch.zeros(2, dtype=torch.float64, device=image.device)  # sum(G * X), sum(G)
     row_coef = grad_row_loss.to(image.dtype).contiguous()
-    stream = torch.cuda.current_stream(image.device).cuda_stream
+    stream = current_stream(image.device)
 
     def epilogue(x, g, lo, hi):
         _C.siglip_backward_block_cuda(x.data_ptr(), N, hi - lo, row_offset + lo, N, scale_bias.data_ptr(),
                                       row_coef[lo:].data_ptr(), g.data_ptr(), N, sums.data_ptr(), stream)
 
-    with torch.cuda.device(image.device), exact_fp32_matmul():
+    with on_gpu(image.device):
         grad_image, grad_text = _block_walk.backward(image, text, cache, blocks, _torch_mm, need_image, need_text,
                                                      epilogue)
     return grad_image, grad_text, sums[0].to(scale.dtype, copy=True), sums[1].to(bias.dtype, copy=True)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _C, _block_walk, _gemm, _losses_cuda
+from . import _C, _block_walk, _ext, _gemm, _losses_cuda
 from ._ext import check_impl, require_cuda
 
 DEFAULT_MEMORY_BUDGET = 768 << 20  # bytes of score blocks kept from forward to backward
@@ -103,8 +103,8 @@ def _forward_op(
       (max, log_sum), which keeps the low bits that the backward's exp(S - lse) needs;
     - the kept blocks [n_cached, N].
     Only the margins are differentiable."""
-    if q.device.type == "cuda":
-        require_cuda("hbfast.contrastive_loss")
+    if _ext.runs_cuda_kernels(q.device):
+        require_cuda("hbfast.contrastive_loss", q.device)
         blocks = _blocks(q.shape[0], keys.shape[0], n_cached, q.element_size())
         row_stats, col_stats, positive, cache = _losses_cuda.forward(
             q, keys, scale, _group_codes(groups), n_batch, row_offset, with_columns, n_cached, blocks)
@@ -161,7 +161,7 @@ def _backward_op(
     need_q: bool, need_keys: bool,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Gradients of (row_margin, col_margin) -> (grad_q, grad_keys, dL/dscale)."""
-    if q.device.type == "cuda":
+    if _ext.runs_cuda_kernels(q.device):
         blocks = _blocks(q.shape[0], keys.shape[0], cache.shape[0], q.element_size())
         coefficients = _margin_coefficients(grad_row_margin, grad_col_margin, scale.to(torch.float32))
         return _losses_cuda.backward(coefficients, q, keys, scale, _group_codes(groups),
@@ -436,7 +436,7 @@ def contrastive_loss(
                                           symmetric=symmetric, group_ids=group_ids, hard_negatives=hard_negatives,
                                           reduction=reduction, normalize=normalize)
     if q.device.type == "cuda":
-        require_cuda("hbfast.contrastive_loss")
+        require_cuda("hbfast.contrastive_loss", q.device)
     elif q.device.type != "cpu":
         raise ValueError(f"contrastive_loss runs on cpu or cuda tensors, got device {q.device}")
 

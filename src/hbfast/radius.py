@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import _C, _gemm, _search_cpu, _search_cuda, reference
-from ._ext import check_impl, require_cuda
+from ._ext import check_impl, on_gpu, require_cuda
 from ._search_inputs import (METRICS, as_tensor, check_chunk, check_queries, corpus_chunks,
                              output, prepare, tiles)
 from .selectors import TileFilter, check_selector
@@ -145,7 +145,7 @@ def range_search(queries, corpus, threshold, *, metric: str = "ip", selector=Non
     params = _TileParams(f, l2, _sq_norms(q32) if l2 else None)
     if q.device.type == "cuda":
         require_cuda("range_search")
-        with _search_cuda.on_gpu(q.device):
+        with on_gpu(q.device):
             zero_row = torch.full((), _search_cuda.NO_ROW, dtype=torch.int64, device=q.device)
             walk = _narrowed(tiles(chunks, q32.shape[1], q.device, metric, CUDA_CORPUS_TILE, zero_row), f)
             walk = _with_progress(walk, total, progress, "range_search")
@@ -256,7 +256,7 @@ def topk_with_params(q: torch.Tensor, corpus, k: int, metric: str, selector, imp
         require_cuda("topk")
         if k + CUDA_CORPUS_TILE >= 2**31:
             raise ValueError(f"the CUDA topk supports k below {2**31 - CUDA_CORPUS_TILE}, got {k}")
-        with _search_cuda.on_gpu(q.device):
+        with on_gpu(q.device):
             zero_row = torch.full((), _search_cuda.NO_ROW, dtype=torch.int64, device=q.device)
             walk = _with_progress(tiles(chunks, q32.shape[1], q.device, metric, CUDA_CORPUS_TILE, zero_row), total,
                                   progress, "topk")

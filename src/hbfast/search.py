@@ -22,10 +22,10 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from . import _C, _gemm, _search_cpu, _search_cuda, radius, reference
-from ._ext import check_impl, require_cuda
+from . import _C, _ext, _gemm, _search_cpu, _search_cuda, radius, reference
+from ._ext import check_impl, on_gpu as _on_gpu, require_cuda
 from .selectors import check_selector
-from ._search_cuda import device_checks as _device_checks, on_gpu as _on_gpu, zero_norm_error as _zero_norm_error
+from ._search_cuda import device_checks as _device_checks, zero_norm_error as _zero_norm_error
 from ._search_inputs import (METRICS, Corpus, Matrix, _as_tensor, _between_fused_tiles, _check_chunk,  # noqa: F401
                              _check_finite, _check_k, _check_metric, _check_queries, _corpus_chunks, _output,
                              _prepare, _tiles)
@@ -69,14 +69,14 @@ def topk(queries, corpus: Corpus, k: int, *, metric: str = "ip", impl: str = "au
         scores, ids = radius.topk_with_params(q, corpus, k, metric, selector, impl, progress,
                                               step if reiterable else None)
         return _output(scores, as_numpy), _output(ids, as_numpy)
-    cuda = q.device.type == "cuda"
+    cuda = _ext.runs_cuda_kernels(q.device)
     if cuda:
-        require_cuda("topk")
+        require_cuda("topk", q.device)
         if k + CUDA_CORPUS_TILE >= 2**31:
             raise ValueError(f"the CUDA topk supports k below {2**31 - CUDA_CORPUS_TILE}, got {k}")
     q32 = _prepare(q, metric, "queries")
     nq = q32.shape[0]
-    step = max(1, TOPK_STATE_BYTES // (k * _STATE_BYTES_PER_KEPT[q.device.type]))
+    step = max(1, TOPK_STATE_BYTES // (k * _STATE_BYTES_PER_KEPT["cuda" if cuda else "cpu"]))
     reiterable = isinstance(corpus, (torch.Tensor, np.ndarray, list, tuple))
     if step >= nq or not reiterable:
         scores, ids = _topk_block(q32, chunks, k, metric, total, progress)
@@ -90,7 +90,7 @@ def topk(queries, corpus: Corpus, k: int, *, metric: str = "ip", impl: str = "au
 
 
 def _topk_block(q32: torch.Tensor, chunks, k: int, metric: str, total: Optional[int], progress: bool):
-    if q32.device.type != "cuda":
+    if not _ext.runs_cuda_kernels(q32.device):
         return _topk_cpu(q32, chunks, k, metric, total, progress)
     with _on_gpu(q32.device):
         return _topk_cuda(q32, chunks, k, metric, progress)
@@ -176,7 +176,7 @@ def _relevant_scores(q32: torch.Tensor, chunks: List, rel: torch.Tensor, metric:
     out = torch.zeros(nq, r, dtype=torch.float32, device=q32.device)
     if r == 0:
         return out
-    cuda = q32.device.type == "cuda"
+    cuda = _ext.runs_cuda_kernels(q32.device)
     zero_rows = torch.zeros(nq, r, dtype=torch.bool, device=q32.device) if cuda and metric == "cosine" else None
     single = chunks[0] if len(chunks) == 1 and isinstance(chunks[0], torch.Tensor) else None
     if single is None and _joinable(chunks):  # one copy of a small corpus beats a gather per chunk (4x here)
@@ -256,9 +256,9 @@ def relevant_ranks(queries, corpus, relevant, *, metric: str = "ip", per_chunk: 
     chunk_counts = torch.zeros_like(rel) if per_chunk else None
     rel_chunk = torch.searchsorted(chunk_starts, rel, right=True) - 1 if per_chunk else None
     own_scores = rel_scores.clone()  # [nq, r] each item's score as its own tile computed it
-    cuda = q.device.type == "cuda"
+    cuda = _ext.runs_cuda_kernels(q.device)
     if cuda:
-        require_cuda("relevant_ranks")
+        require_cuda("relevant_ranks", q.device)
     tile_q = min(q32.shape[0], CUDA_QUERY_TILE if cuda else CPU_QUERY_TILE)
     starts = list(range(0, q32.shape[0], tile_q))
     per_chunk_counts = (chunk_counts, rel_chunk, chunk_starts) if per_chunk else None
@@ -295,12 +295,12 @@ def _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q
     products: {"backend": the product}, chosen by the first pass and kept by a redo pass (same scores).
     With per_chunk_counts = (chunk_counts, rel_chunk, chunk_starts), also adds to chunk_counts the
     candidates of each item's own chunk that beat it (a tile never spans two chunks)."""
-    cuda = q32.device.type == "cuda"
+    cuda = _ext.runs_cuda_kernels(q32.device)
     zero_row = None
     if cuda:
         bad = torch.zeros(1, dtype=torch.int32, device=q32.device)
         zero_row = torch.full((), _search_cuda.NO_ROW, dtype=torch.int64, device=q32.device)
-        stream = torch.cuda.current_stream(q32.device).cuda_stream
+        stream = _ext.current_stream(q32.device)
     nq, dim = q32.shape
     r = rel.shape[1]
     tile_c = CUDA_CORPUS_TILE if cuda else CPU_CORPUS_TILE

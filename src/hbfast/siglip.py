@@ -23,7 +23,7 @@ from typing import Tuple, Union
 import torch
 from torch import Tensor
 
-from . import _C, _block_walk, _siglip_cuda
+from . import _C, _block_walk, _ext, _siglip_cuda
 from ._ext import check_impl, require_cuda
 from ._gemm import _torch_mm
 from .losses import (DEFAULT_MEMORY_BUDGET, _REDUCTIONS, _GatherWithGrad, _blocks, _check_float_matrices,
@@ -38,8 +38,8 @@ def _forward_op(image: Tensor, text: Tensor, scale: Tensor, bias: Tensor, row_of
     """image [R, D]: rows row_offset.. of the batch; text [N, D] (row i's positive: column
     row_offset + i); float32, or float64 on the CPU. Returns, in that dtype, the per-row losses [R]
     and the kept blocks of raw dot products [n_cached, N]."""
-    if image.device.type == "cuda":
-        require_cuda("hbfast.siglip_loss")
+    if _ext.runs_cuda_kernels(image.device):
+        require_cuda("hbfast.siglip_loss", image.device)
         blocks = _blocks(image.shape[0], text.shape[0], n_cached, image.element_size())
         return _siglip_cuda.forward(image, text, scale, bias, row_offset, n_cached, blocks)
     for name, t in (("image_features", image), ("text_features", text)):
@@ -74,7 +74,7 @@ def _backward_op(grad_row_loss: Tensor, image: Tensor, text: Tensor, scale: Tens
     """Gradient of the per-row losses -> (grad_image, grad_text, dL/dscale, dL/dbias)."""
     n_cached = cache.shape[0]
     blocks = _blocks(image.shape[0], text.shape[0], n_cached, image.element_size())
-    if image.device.type == "cuda":
+    if _ext.runs_cuda_kernels(image.device):
         return _siglip_cuda.backward(grad_row_loss, image, text, scale, bias, cache, row_offset, need_image, need_text,
                                      blocks)
     s, b = float(scale), float(bias)
@@ -136,7 +136,7 @@ def _check_features(image_features, text_features) -> None:
                          f"{t.shape[1]}")
     _check_same_kind("image_features", i, "text_features", t)
     if i.device.type == "cuda":
-        require_cuda("hbfast.siglip_loss")
+        require_cuda("hbfast.siglip_loss", i.device)
     elif i.device.type != "cpu":
         raise ValueError(f"image_features and text_features must be cpu or cuda tensors, got device {i.device}")
 
