@@ -67,9 +67,11 @@ def emulation(emulated_module):
 def test_the_emulated_module_has_every_cuda_entry_point(emulation):
     assert emulation.module.block_threads == cuda_emulation.BLOCK_THREADS
     assert len(emulation.entry_points) == 10
-    if hbfast.build_info()["cuda"]:  # the same set as the GPU build's
-        assert emulation.entry_points == sorted(n for n in dir(_C) if n.endswith("_cuda") or
-                                                n == "contrastive_column_chunks")
+    if hbfast.build_info()["cuda"]:  # the same set as the GPU build's, but range search's (not yet emulated:
+        # its wrappers take a TileParams bound in bindings.cpp; its kernels compile for the host all the same)
+        not_emulated = {"range_collect_cuda", "topk_tile_scores_cuda"}
+        assert emulation.entry_points == sorted(n for n in dir(_C) if (n.endswith("_cuda") and n not in not_emulated)
+                                                or n == "contrastive_column_chunks")
 
 
 # ---- the emulation itself ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@
 namespace hbfast {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = HBFAST_BLOCK_THREADS;
 
 __global__ void range_collect_kernel(const float* tile, int64_t cols, int64_t ld, int64_t q0, int64_t id0,
                                      float threshold, TileParams params, int64_t* out_q, int64_t* out_ids,
@@ -55,8 +55,8 @@ void range_collect_cuda(const float* tile, int64_t rows, int64_t cols, int64_t l
   if (rows <= 0 || cols <= 0) return;
   auto s = reinterpret_cast<cudaStream_t>(stream);
   dim3 grid(unsigned((cols + kThreads - 1) / kThreads), unsigned(rows));
-  range_collect_kernel<<<grid, kThreads, 0, s>>>(tile, cols, ld, q0, id0, threshold, params, out_q, out_ids, out_values,
-                                                 capacity, counter, bad);
+  HBFAST_LAUNCH(range_collect_kernel, grid, kThreads, 0, s)(tile, cols, ld, q0, id0, threshold, params, out_q, out_ids,
+                                                             out_values, capacity, counter, bad);
   check_cuda_launch("range_collect_cuda");
 }
 
@@ -65,7 +65,7 @@ void topk_tile_scores_cuda(float* tile, int64_t q0, int64_t rows, int64_t cols, 
   if (rows <= 0 || cols <= 0) return;
   auto s = reinterpret_cast<cudaStream_t>(stream);
   dim3 grid(unsigned((cols + kThreads - 1) / kThreads), unsigned(rows));
-  topk_tile_scores_kernel<<<grid, kThreads, 0, s>>>(tile, cols, ld, q0, id0, params);
+  HBFAST_LAUNCH(topk_tile_scores_kernel, grid, kThreads, 0, s)(tile, cols, ld, q0, id0, params);
   check_cuda_launch("topk_tile_scores_cuda");
 }
 

@@ -370,6 +370,10 @@ inline int __all_sync(unsigned mask, int predicate, unsigned line = __builtin_LI
   return __ballot_sync(mask, predicate, line) == emu::kFullMask;
 }
 
+// Bit counts (integer intrinsics: no thread interaction).
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
+
 namespace emu { template <class T> struct same { using type = T; }; }  // (no deduction from the value)
 #define HBFAST_EMU_ATOMIC(name, update)                                   \
   template <class T> T name(T* p, typename emu::same<T>::type v) {        \
