@@ -291,3 +291,31 @@ def test_siglip_over_several_row_blocks(emulation, small_tiles, memory_budget):
                                memory_budget=memory_budget)
     assert max(relative_errors(got, ref)) < 1e-5 and max(relative_errors(got, cpu)) < 1e-5
     assert {args[6] for name, args in emulation.calls if name == "siglip_forward_block_cuda"} == {4}  # 4 CTAs a row
+
+
+# ---- float32 accuracy of the CUDA losses (test_loss_accuracy's standard, on the emulated kernels) --------
+
+@pytest.mark.parametrize("B,D,cosine,temperature,symmetric,hard,n_groups", [
+    (37, 64, 0.99, 0.05, True, 0, 0),    # the trained regime, several row blocks and column chunks
+    (37, 64, 0.99, 0.02, False, 5, 0),   # converged rows (true gradient ~1e-18), hard negatives
+    (50, 16, 0.95, 0.01, True, 9, 3),    # groups and hard negatives at the lowest temperature
+    (50, 32, None, 0.05, True, 0, 7),    # random inputs
+    (1, 8, 0.99, 0.1, False, 3, 0),      # one row
+])
+def test_contrastive_float32_accuracy_on_the_cuda_path(emulation, small_tiles, B, D, cosine, temperature, symmetric,
+                                                       hard, n_groups):
+    import test_loss_accuracy
+
+    with emulation.cuda():
+        test_loss_accuracy._check_contrastive(B, D, cosine, temperature, symmetric, hard, n_groups, seed=B + D)
+    assert any(name == "contrastive_backward_block_cuda" for name, _ in emulation.calls)
+
+
+@pytest.mark.parametrize("B,D,cosine,scale,bias", [
+    (37, 64, 0.99, 100.0, -20.0), (37, 64, 0.9, 10.0, 0.0), (50, 32, None, 10.0, -10.0), (1, 64, 0.99, 30.0, -5.0)])
+def test_siglip_float32_accuracy_on_the_cuda_path(emulation, small_tiles, B, D, cosine, scale, bias):
+    import test_loss_accuracy
+
+    with emulation.cuda():
+        test_loss_accuracy._check_siglip(B, D, cosine, scale, bias, seed=B + D)
+    assert any(name == "siglip_backward_block_cuda" for name, _ in emulation.calls)
