@@ -140,6 +140,15 @@ def test_settings_changed_after_construction_are_honoured():
     torch.testing.assert_close(embedding_value_and_grads(ours, cols)[0], embedding_value_and_grads(theirs, cols)[0])
 
 
+def test_a_tensor_scale_runs_the_library_code():
+    with pytest.warns(hst.FallbackWarning, match="scale=tensor"):
+        ours = hst.MultipleNegativesRankingLoss(None, scale=torch.tensor(15.0, dtype=torch.float64))
+    theirs = lib.MultipleNegativesRankingLoss(None, scale=torch.tensor(15.0, dtype=torch.float64))
+    cols = columns(dtype=torch.float64)
+    assert not ours.fused
+    torch.testing.assert_close(embedding_value_and_grads(ours, cols)[0], embedding_value_and_grads(theirs, cols)[0])
+
+
 MISUSE = [
     dict(scale=0.0), dict(scale=-1.0), dict(directions=()), dict(directions=("query_to_doc", "sideways")),
     dict(directions=("doc_to_query",)), dict(partition_mode="softmax"),

@@ -76,6 +76,9 @@ def _normalizes(similarity_fct: Callable) -> Optional[bool]:
 
 def unfused_reason(loss) -> Optional[str]:
     """Why ``loss`` (a MultipleNegativesRankingLoss's settings) cannot run on the fused kernel; None if it can."""
+    scale = loss.scale
+    if isinstance(scale, bool) or not isinstance(scale, Real) or not np.isfinite(scale):
+        return f"scale={scale!r} (fused: a finite number)"
     if _normalizes(loss.similarity_fct) is None:
         name = getattr(loss.similarity_fct, "__name__", type(loss.similarity_fct).__name__)
         return f"similarity_fct={name} (fused: cos_sim, dot_score)"
@@ -149,8 +152,6 @@ class MultipleNegativesRankingLoss(st_losses.MultipleNegativesRankingLoss):
             raise ValueError(f"Expected at least 2 embeddings, got {len(embeddings)}")
         if not self.fused:
             return super().compute_loss_from_embeddings(embeddings, labels)
-        if not isinstance(self.scale, Real) or not np.isfinite(self.scale):
-            raise ValueError(f"hbfast: scale must be a finite number > 0, got {self.scale!r}")
         anchors, positives, negatives = embeddings[0], embeddings[1], list(embeddings[2:])
         for i, t in enumerate(embeddings):
             if not isinstance(t, Tensor) or t.dim() != 2:
