@@ -59,15 +59,21 @@ def test_directions_form_of_the_symmetric_loss_and_config():
     assert ours.temperature == theirs.temperature
 
 
-def test_bad_embeddings_raise_clear_errors():
-    loss = hst.MultipleNegativesRankingLoss(None)
-    a, p = columns(b=8, negatives=0)
-    with pytest.raises(ValueError, match="mismatched batch"):
-        loss.compute_loss_from_embeddings([a, p[:5]], None)
-    with pytest.raises(ValueError, match="mismatched batch"):
-        loss.compute_loss_from_embeddings([a, p, p[:, :4]], None)
-    with pytest.raises(ValueError, match="Expected at least 2 embeddings, got 1"):
-        loss.compute_loss_from_embeddings([a], None)
+def test_columns_of_other_sizes_give_the_library_values_or_errors():
+    ours, theirs = hst.MultipleNegativesRankingLoss(None), st_losses.MultipleNegativesRankingLoss(None)
+    g = torch.Generator().manual_seed(3)
+    a, p, n = (torch.randn(r, 6, generator=g, dtype=torch.float64) for r in (5, 8, 3))
+    for cols in ([a, p], [a, p, n], [a, p[:5], n]):  # more positives than anchors; fewer negatives
+        torch.testing.assert_close(loss_and_grads(ours, cols)[0], loss_and_grads(theirs, cols)[0])
+        for g_ours, g_theirs in zip(loss_and_grads(ours, cols)[1], loss_and_grads(theirs, cols)[1]):
+            torch.testing.assert_close(g_ours, g_theirs)
+    for cols in ([p, a], [a, p, p[:, :4]], [a], [a[0], p[0]]):  # misuse: the library's own exception
+        outcomes = []
+        for loss in (ours, theirs):
+            with pytest.raises(Exception) as info:
+                loss.compute_loss_from_embeddings(cols, None)
+            outcomes.append((info.type, str(info.value)))
+        assert outcomes[0] == outcomes[1]
     with pytest.raises(ValueError, match="Scale must be a positive value"):  # the library's own check
         hst.MultipleNegativesRankingLoss(None, scale=0)
 

@@ -147,24 +147,39 @@ class MultipleNegativesRankingLoss(st_losses.MultipleNegativesRankingLoss):
         return unfused_reason(self) is None
 
     def compute_loss_from_embeddings(self, embeddings: List[Tensor], labels: Optional[Tensor] = None) -> Tensor:
-        """The loss from one embedding tensor [B, D] per column (anchor, positive, negatives...)."""
+        """The loss from one embedding tensor per column: anchors [B, D], positives [P, D] (P >= B: rows
+        past B are more candidates, as in sentence-transformers), negatives [*, D]. Columns that do not
+        fit that layout (or, under torch.distributed, columns of different sizes) go to
+        sentence-transformers' own code, so they raise its errors or get its values."""
         if len(embeddings) < 2:
             raise ValueError(f"Expected at least 2 embeddings, got {len(embeddings)}")
-        if not self.fused:
+        gather = _gathers(self.gather_across_devices)
+        if not self.fused or not _fusable_columns(embeddings, gather):
             return super().compute_loss_from_embeddings(embeddings, labels)
-        anchors, positives, negatives = embeddings[0], embeddings[1], list(embeddings[2:])
-        for i, t in enumerate(embeddings):
-            if not isinstance(t, Tensor) or t.dim() != 2:
-                raise ValueError(f"column {i} must give embeddings [B, D], got {getattr(t, 'shape', type(t).__name__)}")
-            if t.shape != anchors.shape:
-                raise ValueError(f"mismatched batch: column 0 has embeddings {tuple(anchors.shape)}, "
-                                 f"column {i} has {tuple(t.shape)}")
-        hard_negatives = torch.cat(negatives, 0) if negatives else None  # [n * B, D]
+        anchors, positives = embeddings[0], embeddings[1]
+        b = anchors.shape[0]
+        candidates = [positives[b:]] + list(embeddings[2:])  # every column's rows past the pairs
+        candidates = [c for c in candidates if c.shape[0] > 0]
+        hard_negatives = torch.cat(candidates, 0) if candidates else None
         return contrastive_loss(
-            anchors, positives, temperature=1.0 / self.scale, symmetric=set(self.directions) == _SYMMETRIC,
-            hard_negatives=hard_negatives, normalize=_normalizes(self.similarity_fct),
-            gather=_gathers(self.gather_across_devices), memory_budget=self.memory_budget,
+            anchors, positives[:b], temperature=1.0 / self.scale, symmetric=set(self.directions) == _SYMMETRIC,
+            hard_negatives=hard_negatives, normalize=_normalizes(self.similarity_fct), gather=gather,
+            memory_budget=self.memory_budget,
         )
+
+
+def _fusable_columns(embeddings: List[Tensor], gather: bool) -> bool:
+    """Floating matrices of one width, dtype and device, at least as many positives as anchors (the
+    same number of rows in every column when gathered across ranks)."""
+    anchors = embeddings[0]
+    if not all(isinstance(t, Tensor) and t.dim() == 2 and t.is_floating_point() for t in embeddings):
+        return False
+    if anchors.shape[0] == 0 or embeddings[1].shape[0] < anchors.shape[0]:
+        return False
+    if any(t.shape[1] != anchors.shape[1] or t.dtype != anchors.dtype or t.device != anchors.device
+           for t in embeddings):
+        return False
+    return not gather or all(t.shape[0] == anchors.shape[0] for t in embeddings)
 
 
 class MultipleNegativesSymmetricRankingLoss(MultipleNegativesRankingLoss):
