@@ -268,3 +268,25 @@ def test_float32_value_is_within_1e6_of_float64_like_the_library(bert_dir):
             embeddings, None).item() - reference) / reference
         assert library_error <= 1e-6
         assert ours_error <= 1e-6, (kw, ours_error, library_error)
+
+
+# ---- inside SentenceTransformerTrainer -----------------------------------------------------------------
+
+def test_trainer_steps_with_the_cached_drop_in_log_the_library_losses(bert_dir, tmp_path):
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+
+    logged = []
+    for loss_cls in (hst.CachedMultipleNegativesRankingLoss, lib.CachedMultipleNegativesRankingLoss):
+        model = make_model(bert_dir)
+        dataset = Dataset.from_dict({"anchor": texts(1, 24), "positive": texts(3, 24), "negative": texts(5, 24)})
+        args = SentenceTransformerTrainingArguments(
+            output_dir=str(tmp_path / loss_cls.__module__), max_steps=3, per_device_train_batch_size=8,
+            learning_rate=1e-3, logging_steps=1, seed=0, report_to="none", save_strategy="no", use_cpu=True,
+            disable_tqdm=True)
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
+                                             loss=loss_cls(model, mini_batch_size=3))
+        trainer.train()
+        logged.append([entry["loss"] for entry in trainer.state.log_history if "loss" in entry])
+    assert len(logged[0]) == 3 and len(set(logged[0])) == 3  # the weights moved between steps
+    assert logged[0] == pytest.approx(logged[1], rel=1e-4)
