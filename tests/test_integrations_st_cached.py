@@ -270,6 +270,18 @@ def test_float32_value_is_within_1e6_of_float64_like_the_library(bert_dir):
         assert ours_error <= 1e-6, (kw, ours_error, library_error)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_float32_value_on_anisotropic_embeddings_is_within_1e6_of_float64(seed):
+    # pretrained encoders' embeddings share a large common direction (all cosines near 1): a few
+    # (anchor, positive, negative) rows of width 768, like the library's own MNRL-vs-cached checks
+    g = torch.Generator().manual_seed(seed)
+    common = 3 * torch.randn(768, generator=g, dtype=torch.float64)
+    cols = [common + torch.randn(5, 768, generator=g, dtype=torch.float64) for _ in range(3)]
+    reference = lib.MultipleNegativesRankingLoss(None).compute_loss_from_embeddings(cols, None).item()
+    value = hst.MultipleNegativesRankingLoss(None).compute_loss_from_embeddings([c.float() for c in cols], None).item()
+    assert abs(value - reference) <= 1e-6 * reference
+
+
 # ---- inside SentenceTransformerTrainer -----------------------------------------------------------------
 
 def test_trainer_steps_with_the_cached_drop_in_log_the_library_losses(bert_dir, tmp_path):
