@@ -268,6 +268,11 @@ def _gather_worker(rank, init_file):
             torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-5)
             for g, r in zip(grads, ref_grads):
                 torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+        joint = dict(gather_across_devices=True, directions=("query_to_doc", "doc_to_query"), partition_mode="joint")
+        ours, theirs = hst.MultipleNegativesRankingLoss(None, **joint), st_losses.MultipleNegativesRankingLoss(None, **joint)
+        assert ours.fused
+        for got, expected in zip(loss_and_grads(ours, local), loss_and_grads(theirs, local)):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     finally:
         dist.destroy_process_group()
 

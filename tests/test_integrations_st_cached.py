@@ -87,7 +87,6 @@ FALLBACKS = [  # settings the kernel does not compute: the library's code runs, 
     dict(hardness_mode="all_negatives", hardness_strength=2.0),
     dict(directions=("query_to_doc", "query_to_query")),
     dict(directions=("query_to_doc", "doc_to_query", "query_to_query", "doc_to_doc")),
-    dict(directions=("query_to_doc", "doc_to_query"), partition_mode="joint"),
     dict(similarity_fct=st_util.euclidean_sim, scale=1.0),
     dict(similarity_fct=st_util.manhattan_sim, scale=0.5),
 ]
@@ -95,6 +94,8 @@ FUSED = [
     dict(),
     dict(partition_mode="per_direction"),
     dict(directions=("query_to_doc", "doc_to_query"), partition_mode="per_direction"),
+    dict(directions=("query_to_doc", "doc_to_query"), partition_mode="joint"),
+    dict(directions=("doc_to_query", "query_to_doc"), partition_mode="joint", similarity_fct=st_util.dot_score, scale=2.0),
     dict(similarity_fct=st_util.dot_score, scale=0.3),
     dict(hardness_mode="all_negatives", hardness_strength=0.0),  # no hardness weighting (the library logs it)
 ]

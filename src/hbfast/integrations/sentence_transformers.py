@@ -54,10 +54,10 @@ class FallbackWarning(UserWarning):
 
     Fused: ``similarity_fct`` = ``util.cos_sim`` / ``util.dot_score`` (or ``model.similarity`` of a
     cosine / dot model), ``directions=("query_to_doc",)`` (either ``partition_mode``) or
-    ``("query_to_doc", "doc_to_query")`` with ``partition_mode="per_direction"``, ``hardness_mode``
-    None (or ``hardness_strength=0``), with or without ``gather_across_devices``. Anything else
-    (other similarities, ``query_to_query`` / ``doc_to_doc``, the joint symmetric softmax,
-    hardness weighting) falls back, with this warning once per loss instance.
+    ``("query_to_doc", "doc_to_query")`` (either ``partition_mode``; "joint" costs two kernel calls),
+    ``hardness_mode`` None (or ``hardness_strength=0``), with or without ``gather_across_devices``.
+    Anything else (other similarities, ``query_to_query`` / ``doc_to_doc``, hardness weighting)
+    falls back, with this warning once per loss instance.
     """
 
 
@@ -85,11 +85,10 @@ def unfused_reason(loss) -> Optional[str]:
     if getattr(loss, "hardness_mode", None) is not None and getattr(loss, "hardness_strength", 0.0) > 0:
         return f"hardness_mode={loss.hardness_mode!r} with hardness_strength={loss.hardness_strength}"
     directions = set(getattr(loss, "directions", _QUERY_TO_DOC))
-    partition_mode = getattr(loss, "partition_mode", "per_direction")
-    if directions == {"query_to_doc"} or (directions == _SYMMETRIC and partition_mode == "per_direction"):
+    if directions in ({"query_to_doc"}, _SYMMETRIC):
         return None
-    return (f"directions={tuple(loss.directions)} with partition_mode={partition_mode!r} (fused: ('query_to_doc',), "
-            "or ('query_to_doc', 'doc_to_query') with partition_mode='per_direction')")
+    return (f"directions={tuple(loss.directions)} (fused: ('query_to_doc',) and ('query_to_doc', 'doc_to_query'), "
+            "either partition_mode)")
 
 
 def _check_memory_budget(memory_budget) -> None:
@@ -161,11 +160,16 @@ class MultipleNegativesRankingLoss(st_losses.MultipleNegativesRankingLoss):
         candidates = [positives[b:]] + list(embeddings[2:])  # every column's rows past the pairs
         candidates = [c for c in candidates if c.shape[0] > 0]
         hard_negatives = torch.cat(candidates, 0) if candidates else None
-        return contrastive_loss(
-            anchors, positives[:b], temperature=1.0 / self.scale, symmetric=set(self.directions) == _SYMMETRIC,
-            hard_negatives=hard_negatives, normalize=_normalizes(self.similarity_fct), gather=gather,
-            memory_budget=self.memory_budget,
-        )
+        symmetric = set(self.directions) == _SYMMETRIC
+        kw = dict(temperature=1.0 / self.scale, hard_negatives=hard_negatives, normalize=_normalizes(self.similarity_fct),
+                  gather=gather, memory_budget=self.memory_budget)
+        if not symmetric or self.partition_mode == "per_direction":
+            return contrastive_loss(anchors, positives[:b], symmetric=symmetric, **kw)
+        # one softmax over anchor i's candidates and positive i's anchors: logaddexp of the two directions'
+        # per-row losses (both are logsumexp - positive score); the symmetric loss is their mean
+        rows = contrastive_loss(anchors, positives[:b], symmetric=False, reduction="none", **kw)
+        both = contrastive_loss(anchors, positives[:b], symmetric=True, reduction="none", **kw)
+        return torch.logaddexp(rows, 2 * both - rows).mean()
 
 
 def _fusable_columns(embeddings: List[Tensor], gather: bool) -> bool:
