@@ -18,7 +18,8 @@ library's cached losses, and hbfast's SigLIP against open_clip's and a chunked S
   release on PyPI, so written here) computes it. Baselines whose B x B activations cannot fit in
   half the memory free at the start are run forward-only under ``torch.no_grad()`` (said so), beside
   hbfast's forward-only figure.
-Each configuration runs in a fresh subprocess, after a warm-up (and, for hbfast, a forward at the full
+Correctness first (the cached drop-in's value and gradients against the library's on a small batch,
+SigLIP's value against open_clip's). Each configuration runs in a fresh subprocess, after a warm-up (and, for hbfast, a forward at the full
 size, so that the once-per-machine choice of the kernel's matrix product for that shape is not in
 the figures): time = best of --repeats steps (wall clock, CPU
 time beside it), peak extra memory = peak RSS (VmHWM, reset just before) minus the RSS before the
@@ -209,6 +210,41 @@ HEADER = f"{'':>34} {'base s':>8} {'hbfast s':>8} {'speedup':>8} {'base cpu':>8}
          f"{'base MiB':>8} {'hb MiB':>8} {'mem ratio':>8}"
 
 
+def check_correctness(root: Path) -> None:
+    """The drop-ins against the baselines on small inputs, before anything is timed."""
+    from hbfast.integrations import sentence_transformers as hst
+
+    feats = None
+    results = []
+    for cls in (hst.st_losses.CachedMultipleNegativesRankingLoss, hst.CachedMultipleNegativesRankingLoss):
+        model = tiny_model(root)
+        feats = feats or [model.preprocess(texts(96, seed)) for seed in (1, 2)]
+        torch.manual_seed(3)
+        value = cls(model, mini_batch_size=32)(feats, None)
+        value.backward()
+        results.append([value.detach()] + [p.grad for p in model.parameters() if p.grad is not None])
+    value_err = float((results[0][0] - results[1][0]).abs() / results[0][0])
+    grad_err = max(float((a - b).abs().max()) for a, b in zip(results[0][1:], results[1][1:])) / \
+        max(float(b.abs().max()) for b in results[0][1:])  # relative to the largest gradient
+    print(f"correctness: cached loss vs sentence-transformers': value {value_err:.1e}, gradients {grad_err:.1e} "
+          "(relative)")
+    if value_err > 1e-5 or grad_err > 1e-4:
+        raise SystemExit("the cached drop-in disagrees with sentence-transformers'")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from compare_losses import _open_clip_loss_module
+
+    from hbfast.integrations.open_clip import SigLipLoss
+
+    image = F.normalize(torch.randn(300, 32, generator=torch.Generator().manual_seed(0)), dim=1)
+    text = F.normalize(image + torch.randn(300, 32, generator=torch.Generator().manual_seed(1)), dim=1)
+    values = [loss(image, text, SCALE, BIAS) for loss in (_open_clip_loss_module().SigLipLoss(), SigLipLoss(),
+                                                          ChunkedSigLip(64))]
+    errs = [abs(float(v - values[0])) / abs(float(values[0])) for v in values[1:]]
+    print(f"correctness: SigLIP vs open_clip's: hbfast {errs[0]:.1e}, chunked {errs[1]:.1e} (relative)")
+    if max(errs) > 1e-5:
+        raise SystemExit("a SigLIP loss disagrees with open_clip's")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["cached", "siglip"])
@@ -222,6 +258,8 @@ def main(argv=None) -> None:
         print(json.dumps(child(json.loads(args.child))))
         return
     print(f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, {available_mb():.0f} MiB available")
+    with tempfile.TemporaryDirectory() as root:
+        check_correctness(Path(root))
 
     def repeats(B):
         return 1 if B >= 65536 else args.repeats
