@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-from torch.utils.checkpoint import checkpoint
-
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from ..losses import DEFAULT_MEMORY_BUDGET, _GatherWithGrad, _gather_info, _gather_plain, _one_direction
 from ..siglip import _check_features, _as_scalar, check_scalar, siglip_loss
