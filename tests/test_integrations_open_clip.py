@@ -184,3 +184,10 @@ def test_launcher_builds_the_drop_ins_from_open_clip_train_args():
     siglip = launcher.create_loss(args)
     assert isinstance(siglip, drop_in.SigLipLoss)
     assert (siglip.rank, siglip.world_size, siglip.dist_impl) == (1, 4, "shift")
+    args.siglip, args.distill = False, True
+    distill = launcher.create_loss(args)
+    assert isinstance(distill, drop_in.DistillClipLoss) and (distill.local_loss, distill.rank) == (True, 1)
+    args.distill, args.model = False, "coca_ViT-B-32"
+    args.coca_caption_loss_weight, args.coca_contrastive_loss_weight = 2.0, 1.0
+    coca = launcher.create_loss(args)
+    assert isinstance(coca, drop_in.CoCaLoss) and (coca.caption_loss_weight, coca.clip_loss_weight) == (2.0, 1.0)

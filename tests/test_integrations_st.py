@@ -7,7 +7,7 @@ import pytest
 import torch
 
 st = pytest.importorskip("sentence_transformers")
-from hbfast.integrations.sentence_transformers import _st_losses as st_losses  # noqa: E402  (6.x or 5.x path)
+from hbfast.integrations.sentence_transformers import st_losses  # noqa: E402  (6.x or 5.x path)
 from sentence_transformers import util as st_util  # noqa: E402
 
 from hbfast.integrations import sentence_transformers as hst  # noqa: E402
@@ -59,23 +59,23 @@ def test_directions_form_of_the_symmetric_loss_and_config():
     assert ours.temperature == theirs.temperature
 
 
-def test_unfusable_settings_raise_clear_errors():
-    with pytest.raises(ValueError, match="cannot be fused"):
-        hst.MultipleNegativesRankingLoss(None, similarity_fct=st_util.euclidean_sim)
-    with pytest.raises(ValueError, match="cannot be fused"):
-        hst.MultipleNegativesRankingLoss(None, similarity_fct=lambda a, b: a @ b.T)
-    with pytest.raises(ValueError, match="directions"):
-        hst.MultipleNegativesRankingLoss(None, directions=("query_to_doc", "query_to_query"))
-    with pytest.raises(ValueError, match="scale"):
+def test_columns_of_other_sizes_give_the_library_values_or_errors():
+    ours, theirs = hst.MultipleNegativesRankingLoss(None), st_losses.MultipleNegativesRankingLoss(None)
+    g = torch.Generator().manual_seed(3)
+    a, p, n = (torch.randn(r, 6, generator=g, dtype=torch.float64) for r in (5, 8, 3))
+    for cols in ([a, p], [a, p, n], [a, p[:5], n]):  # more positives than anchors; fewer negatives
+        torch.testing.assert_close(loss_and_grads(ours, cols)[0], loss_and_grads(theirs, cols)[0])
+        for g_ours, g_theirs in zip(loss_and_grads(ours, cols)[1], loss_and_grads(theirs, cols)[1]):
+            torch.testing.assert_close(g_ours, g_theirs)
+    for cols in ([p, a], [a, p, p[:, :4]], [a], [a[0], p[0]]):  # misuse: the library's own exception
+        outcomes = []
+        for loss in (ours, theirs):
+            with pytest.raises(Exception) as info:
+                loss.compute_loss_from_embeddings(cols, None)
+            outcomes.append((info.type, str(info.value)))
+        assert outcomes[0] == outcomes[1]
+    with pytest.raises(ValueError, match="Scale must be a positive value"):  # the library's own check
         hst.MultipleNegativesRankingLoss(None, scale=0)
-    loss = hst.MultipleNegativesRankingLoss(None)
-    a, p = columns(b=8, negatives=0)
-    with pytest.raises(ValueError, match="mismatched batch"):
-        loss.compute_loss_from_embeddings([a, p[:5]], None)
-    with pytest.raises(ValueError, match="mismatched batch"):
-        loss.compute_loss_from_embeddings([a, p, p[:, :4]], None)
-    with pytest.raises(ValueError, match="at least 2"):
-        loss.compute_loss_from_embeddings([a], None)
 
 
 def test_large_batch_runs_without_the_score_matrix():
@@ -193,10 +193,36 @@ def test_hybrid_sampler_bad_input():
         make(dataset.select(range(3)), 4, False)
     assert isinstance(hst.hybrid_batch_sampler(item_ids, languages, other_datasets="default")(dataset.select(range(3)), 2, False),
                       hst.DefaultBatchSampler)
-    with pytest.raises(ValueError, match="larger than any batch kind"):
-        make(dataset, 1000, False)
     with pytest.raises(ValueError, match="world_size"):
         hst.hybrid_batch_sampler(item_ids, languages, world_size=0)(dataset, 4, False)
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_hybrid_sampler_on_data_smaller_than_one_batch_gives_short_batches(world_size, alpha):
+    # like DefaultBatchSampler: a dataset smaller than one batch gives short batches, none with drop_last
+    queries, passages = parallel_texts(12)
+    dataset, item_ids, languages = hst.hybrid_pairs_dataset(queries, passages, alpha=alpha)
+    make = hst.hybrid_batch_sampler(item_ids, languages, alpha=alpha, world_size=world_size)
+    sampler = make(dataset, batch_size=1000, drop_last=False, seed=1)
+    batches = list(sampler)
+    assert 0 < len(batches) == len(sampler) and all(0 < len(b) < 1000 for b in batches)
+    seen = check_hybrid_epoch(batches, dataset, item_ids, languages, world_size)
+    if alpha < 1:  # every item with two languages is used, as with a batch size the data can fill
+        multi = {i for i in set(item_ids) if len({l for j, ls in zip(item_ids, languages) if j == i for l in ls}) > 1}
+        assert len(multi - seen) < world_size
+    assert list(make(dataset, batch_size=1000, drop_last=True, seed=1)) == []
+    assert len(make(dataset, batch_size=1000, drop_last=True, seed=1)) == 0
+    one = [next(r for r, (q, p) in enumerate(languages) if q == p)] if alpha > 0 else []  # a single X-X row
+    if not one:
+        return
+    tiny = hst.hybrid_batch_sampler([item_ids[r] for r in one], [languages[r] for r in one], alpha=1.0,
+                                    world_size=1)(dataset.select(one), 8, False)
+    assert list(tiny) == [[0]]
+    from sentence_transformers.base.sampler import DefaultBatchSampler
+
+    assert len(list(DefaultBatchSampler(dataset.select(one), 8, False))) == 1  # one short batch there too
+    assert list(DefaultBatchSampler(dataset.select(one), 8, True)) == []
 
 
 # ---- whole trainer runs (examples/st_drop_in.py) -----------------------------------------------------
@@ -236,12 +262,17 @@ def _gather_worker(rank, init_file):
             ours = (hst.MultipleNegativesSymmetricRankingLoss if symmetric else hst.MultipleNegativesRankingLoss)(
                 None, gather_across_devices=True)
             theirs = (st_symmetric if symmetric else st_losses.MultipleNegativesRankingLoss)(None, gather_across_devices=True)
-            assert ours._gathers()
+            assert ours.fused
             value, grads = loss_and_grads(ours, local)
             ref_value, ref_grads = loss_and_grads(theirs, local)
             torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-5)
             for g, r in zip(grads, ref_grads):
                 torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+        joint = dict(gather_across_devices=True, directions=("query_to_doc", "doc_to_query"), partition_mode="joint")
+        ours, theirs = hst.MultipleNegativesRankingLoss(None, **joint), st_losses.MultipleNegativesRankingLoss(None, **joint)
+        assert ours.fused
+        for got, expected in zip(loss_and_grads(ours, local), loss_and_grads(theirs, local)):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     finally:
         dist.destroy_process_group()
 

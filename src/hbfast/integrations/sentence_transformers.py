@@ -3,14 +3,16 @@ batch sampler that gives ``SentenceTransformerTrainer`` hbfast's hybrid batches.
 
     from hbfast.integrations.sentence_transformers import MultipleNegativesRankingLoss, hybrid_batch_sampler
 
-The losses subclass sentence-transformers' own ``MultipleNegativesRankingLoss`` (same arguments,
-``forward(sentence_features, labels)``, ``model``, ``get_config_dict()``, ``citation``) and replace
-only its score matrix: the value comes from :func:`hbfast.contrastive_loss`, which never builds the
-B x B(1 + n) matrix. Tested with sentence-transformers 6.2 (see README "Drop-ins").
+The losses subclass sentence-transformers' own ``MultipleNegativesRankingLoss`` /
+``CachedMultipleNegativesRankingLoss`` (same arguments, ``forward(sentence_features, labels)``,
+``model``, ``get_config_dict()``, ``citation``) and replace only the score matrix: the value
+comes from :func:`hbfast.contrastive_loss`, which never builds the B x B(1 + n) matrix. Settings
+the kernel does not cover run sentence-transformers' own code (see :class:`FallbackWarning`).
+Tested with sentence-transformers 6.3 (see README "Drop-ins").
 """
 from __future__ import annotations
 
-import inspect
+import warnings
 from numbers import Real
 from typing import Callable, Hashable, List, Optional, Sequence, Tuple
 
@@ -22,15 +24,18 @@ from sentence_transformers import util as _st_util
 
 try:  # sentence-transformers >= 6
     from sentence_transformers.base.sampler import DefaultBatchSampler
-    from sentence_transformers.sentence_transformer import losses as _st_losses
+    from sentence_transformers.sentence_transformer import losses as st_losses
 except ImportError:  # pragma: no cover - sentence-transformers 5.x
-    from sentence_transformers import losses as _st_losses
+    from sentence_transformers import losses as st_losses
     from sentence_transformers.sampler import DefaultBatchSampler
 
 from ..losses import DEFAULT_MEMORY_BUDGET, contrastive_loss
-from ..sampling import _default_distributed, hybrid_batches
+from ..sampling import hybrid_batches
 
 __all__ = [
+    "CachedMultipleNegativesRankingLoss",
+    "CachedMultipleNegativesSymmetricRankingLoss",
+    "FallbackWarning",
     "MultipleNegativesRankingLoss",
     "MultipleNegativesSymmetricRankingLoss",
     "HybridDefaultBatchSampler",
@@ -38,12 +43,26 @@ __all__ = [
     "hybrid_pairs_dataset",
 ]
 
+_st_losses = st_losses  # the old name, kept for callers that used it
 _QUERY_TO_DOC = ("query_to_doc",)
 _SYMMETRIC = {"query_to_doc", "doc_to_query"}
 
 
-def _normalizes(similarity_fct: Callable) -> bool:
-    """True for cosine, False for dot product; anything else cannot be fused (ValueError)."""
+class FallbackWarning(UserWarning):
+    """A drop-in loss was configured with an option hbfast's fused kernel does not compute; that
+    loss instance runs sentence-transformers' own code (same values, with its B x B score matrix).
+
+    Fused: ``similarity_fct`` = ``util.cos_sim`` / ``util.dot_score`` (or ``model.similarity`` of a
+    cosine / dot model), ``directions=("query_to_doc",)`` (either ``partition_mode``) or
+    ``("query_to_doc", "doc_to_query")`` (either ``partition_mode``; "joint" costs two kernel calls),
+    ``hardness_mode`` None (or ``hardness_strength=0``), with or without ``gather_across_devices``.
+    Anything else (other similarities, ``query_to_query`` / ``doc_to_doc``, hardness weighting)
+    falls back, with this warning once per loss instance.
+    """
+
+
+def _normalizes(similarity_fct: Callable) -> Optional[bool]:
+    """True for cosine, False for dot product, None for a similarity the kernel cannot compute."""
     if similarity_fct in (_st_util.cos_sim, _st_util.pytorch_cos_sim):
         return True
     if similarity_fct is _st_util.dot_score:
@@ -52,77 +71,119 @@ def _normalizes(similarity_fct: Callable) -> bool:
     if getattr(similarity_fct, "__name__", None) == "similarity" and hasattr(owner, "similarity_fn_name"):
         if owner.similarity_fn_name in ("cosine", "dot"):
             return owner.similarity_fn_name == "cosine"
-    name = getattr(similarity_fct, "__name__", type(similarity_fct).__name__)
-    raise ValueError(
-        f"similarity_fct={name} cannot be fused by hbfast: use sentence_transformers.util.cos_sim or "
-        "sentence_transformers.util.dot_score (or model.similarity of a cosine / dot model), or "
-        "sentence_transformers' own MultipleNegativesRankingLoss for other similarities"
-    )
+    return None
 
 
-class MultipleNegativesRankingLoss(_st_losses.MultipleNegativesRankingLoss):
+def unfused_reason(loss) -> Optional[str]:
+    """Why ``loss`` (a MultipleNegativesRankingLoss's settings) cannot run on the fused kernel; None if it can."""
+    scale = loss.scale
+    if isinstance(scale, bool) or not isinstance(scale, Real) or not np.isfinite(scale):
+        return f"scale={scale!r} (fused: a finite number)"
+    if _normalizes(loss.similarity_fct) is None:
+        name = getattr(loss.similarity_fct, "__name__", type(loss.similarity_fct).__name__)
+        return f"similarity_fct={name} (fused: cos_sim, dot_score)"
+    if getattr(loss, "hardness_mode", None) is not None and getattr(loss, "hardness_strength", 0.0) > 0:
+        return f"hardness_mode={loss.hardness_mode!r} with hardness_strength={loss.hardness_strength}"
+    directions = set(getattr(loss, "directions", _QUERY_TO_DOC))
+    if directions in ({"query_to_doc"}, _SYMMETRIC):
+        return None
+    return (f"directions={tuple(loss.directions)} (fused: ('query_to_doc',) and ('query_to_doc', 'doc_to_query'), "
+            "either partition_mode)")
+
+
+def _check_memory_budget(memory_budget) -> None:
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 0:
+        raise ValueError(f"memory_budget must be an int >= 0 (bytes), got {memory_budget!r}")
+
+
+def _warn_fallback(what: str, reason: str, stacklevel: int) -> None:
+    warnings.warn(FallbackWarning(
+        f"hbfast {what}: {reason} is not fused; this loss runs sentence-transformers' own code "
+        "(the full score matrix)"), stacklevel=stacklevel + 1)
+
+
+def _group_size() -> int:
+    """The torch.distributed world size, 1 outside an initialised process group."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _gathers(gather_across_devices: bool) -> bool:
+    """Like sentence-transformers: no gathering outside an initialised torch.distributed group."""
+    return bool(gather_across_devices) and _group_size() > 1
+
+
+class MultipleNegativesRankingLoss(st_losses.MultipleNegativesRankingLoss):
     """sentence-transformers' ``MultipleNegativesRankingLoss`` (InfoNCE with in-batch negatives) on
     hbfast's fused kernel: same arguments, value and gradients, without the score matrix.
 
     Columns: (anchor, positive) pairs or (anchor, positive, negative_1, ..., negative_n) tuples; the
-    negatives join every anchor's candidates. ``similarity_fct``: ``cos_sim`` (embeddings
-    normalised) or ``dot_score``. ``gather_across_devices=True`` under torch.distributed scores each
-    rank's anchors against every rank's candidates (``contrastive_loss(gather=True)``). Supported
-    ``directions``: ("query_to_doc",), or ("query_to_doc", "doc_to_query") with
-    ``partition_mode="per_direction"`` (the symmetric loss). ``memory_budget`` (bytes) bounds the
-    score blocks kept for the backward.
+    negatives join every anchor's candidates. Every argument of sentence-transformers' class is
+    accepted and checked by it (same errors). Fused: see :class:`FallbackWarning`; other settings
+    compute sentence-transformers' own loss (``fused`` is then False and a FallbackWarning is
+    issued when the loss is built). ``gather_across_devices=True`` under torch.distributed scores
+    each rank's anchors against every rank's candidates (``contrastive_loss(gather=True)``).
+    ``memory_budget`` (bytes, keyword only) bounds the score blocks kept for the backward.
     """
 
     def __init__(self, model, scale: float = 20.0, similarity_fct: Callable[[Tensor, Tensor], Tensor] = _st_util.cos_sim,
                  gather_across_devices: bool = False, directions: Tuple[str, ...] = _QUERY_TO_DOC,
-                 partition_mode: str = "joint", *, memory_budget: int = DEFAULT_MEMORY_BUDGET):
-        if isinstance(scale, bool) or not isinstance(scale, Real) or not np.isfinite(scale) or scale <= 0:
-            raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
-        directions = tuple(directions)
-        if directions == _QUERY_TO_DOC:
-            symmetric = False
-        elif set(directions) == _SYMMETRIC and len(directions) == 2 and partition_mode == "per_direction":
-            symmetric = True
-        else:
-            raise ValueError(
-                f"hbfast fuses directions=('query_to_doc',) and directions=('query_to_doc', 'doc_to_query') with "
-                f"partition_mode='per_direction'; got directions={directions}, partition_mode={partition_mode!r}: "
-                "use sentence_transformers' own MultipleNegativesRankingLoss for it"
-            )
-        _normalizes(similarity_fct)  # fails early for a similarity hbfast cannot fuse
-        kwargs = dict(model=model, scale=scale, similarity_fct=similarity_fct, gather_across_devices=gather_across_devices)
-        if "directions" in inspect.signature(super().__init__).parameters:  # sentence-transformers >= 6
-            kwargs.update(directions=directions, partition_mode=partition_mode)
-        elif symmetric:  # pragma: no cover - sentence-transformers 5.x has no directions
-            self.directions, self.partition_mode = directions, partition_mode
-        super().__init__(**kwargs)
-        if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 0:
-            raise ValueError(f"memory_budget must be an int >= 0 (bytes), got {memory_budget!r}")
-        self.symmetric, self.memory_budget = symmetric, memory_budget
+                 partition_mode: str = "joint", hardness_mode: Optional[str] = None, hardness_strength: float = 0.0,
+                 *, memory_budget: int = DEFAULT_MEMORY_BUDGET):
+        super().__init__(model, scale=scale, similarity_fct=similarity_fct, gather_across_devices=gather_across_devices,
+                         directions=directions, partition_mode=partition_mode, hardness_mode=hardness_mode,
+                         hardness_strength=hardness_strength)
+        _check_memory_budget(memory_budget)
+        self.memory_budget = memory_budget
+        reason = unfused_reason(self)
+        if reason is not None:
+            _warn_fallback(type(self).__name__, reason, stacklevel=2)
+
+    @property
+    def fused(self) -> bool:
+        """Whether the current settings run on hbfast's kernel (else on sentence-transformers' code)."""
+        return unfused_reason(self) is None
 
     def compute_loss_from_embeddings(self, embeddings: List[Tensor], labels: Optional[Tensor] = None) -> Tensor:
-        """The loss from one embedding tensor [B, D] per column (anchor, positive, negatives...)."""
+        """The loss from one embedding tensor per column: anchors [B, D], positives [P, D] (P >= B: rows
+        past B are more candidates, as in sentence-transformers), negatives [*, D]. Columns that do not
+        fit that layout (or, under torch.distributed, columns of different sizes) go to
+        sentence-transformers' own code, so they raise its errors or get its values."""
         if len(embeddings) < 2:
-            raise ValueError(f"expected at least 2 columns (anchor, positive), got {len(embeddings)}")
-        anchors, positives, negatives = embeddings[0], embeddings[1], list(embeddings[2:])
-        for i, t in enumerate(embeddings):
-            if not isinstance(t, Tensor) or t.dim() != 2:
-                raise ValueError(f"column {i} must give embeddings [B, D], got {getattr(t, 'shape', type(t).__name__)}")
-            if t.shape != anchors.shape:
-                raise ValueError(f"mismatched batch: column 0 has embeddings {tuple(anchors.shape)}, "
-                                 f"column {i} has {tuple(t.shape)}")
-        hard_negatives = torch.cat(negatives, 0) if negatives else None  # [n * B, D]
-        return contrastive_loss(
-            anchors, positives, temperature=1.0 / self.scale, symmetric=self.symmetric,
-            hard_negatives=hard_negatives, normalize=_normalizes(self.similarity_fct), gather=self._gathers(),
-            memory_budget=self.memory_budget,
-        )
+            raise ValueError(f"Expected at least 2 embeddings, got {len(embeddings)}")
+        gather = _gathers(self.gather_across_devices)
+        if not self.fused or not _fusable_columns(embeddings, gather):
+            return super().compute_loss_from_embeddings(embeddings, labels)
+        anchors, positives = embeddings[0], embeddings[1]
+        b = anchors.shape[0]
+        candidates = [positives[b:]] + list(embeddings[2:])  # every column's rows past the pairs
+        candidates = [c for c in candidates if c.shape[0] > 0]
+        hard_negatives = torch.cat(candidates, 0) if candidates else None
+        symmetric = set(self.directions) == _SYMMETRIC
+        kw = dict(temperature=1.0 / self.scale, hard_negatives=hard_negatives, normalize=_normalizes(self.similarity_fct),
+                  gather=gather, memory_budget=self.memory_budget)
+        if not symmetric or self.partition_mode == "per_direction":
+            return contrastive_loss(anchors, positives[:b], symmetric=symmetric, **kw)
+        # one softmax over anchor i's candidates and positive i's anchors: logaddexp of the two directions'
+        # per-row losses (both are logsumexp - positive score); the symmetric loss is their mean
+        rows = contrastive_loss(anchors, positives[:b], symmetric=False, reduction="none", **kw)
+        both = contrastive_loss(anchors, positives[:b], symmetric=True, reduction="none", **kw)
+        return torch.logaddexp(rows, 2 * both - rows).mean()
 
-    def _gathers(self) -> bool:
-        if not self.gather_across_devices:
-            return False
-        rank, world_size = _default_distributed()  # like sentence-transformers: no gathering outside torch.distributed
-        return world_size > 1
+
+def _fusable_columns(embeddings: List[Tensor], gather: bool) -> bool:
+    """Floating matrices of one width, dtype and device, at least as many positives as anchors (the
+    same number of rows in every column when gathered across ranks)."""
+    anchors = embeddings[0]
+    if not all(isinstance(t, Tensor) and t.dim() == 2 and t.is_floating_point() for t in embeddings):
+        return False
+    if anchors.shape[0] == 0 or embeddings[1].shape[0] < anchors.shape[0]:
+        return False
+    if any(t.shape[1] != anchors.shape[1] or t.dtype != anchors.dtype or t.device != anchors.device
+           for t in embeddings):
+        return False
+    return not gather or all(t.shape[0] == anchors.shape[0] for t in embeddings)
 
 
 class MultipleNegativesSymmetricRankingLoss(MultipleNegativesRankingLoss):
@@ -133,6 +194,74 @@ class MultipleNegativesSymmetricRankingLoss(MultipleNegativesRankingLoss):
                  gather_across_devices: bool = False, *, memory_budget: int = DEFAULT_MEMORY_BUDGET):
         super().__init__(model, scale, similarity_fct, gather_across_devices, directions=("query_to_doc", "doc_to_query"),
                          partition_mode="per_direction", memory_budget=memory_budget)
+
+
+class CachedMultipleNegativesRankingLoss(st_losses.CachedMultipleNegativesRankingLoss):
+    """sentence-transformers' ``CachedMultipleNegativesRankingLoss`` (GradCache) with the fused loss.
+
+    sentence-transformers' own GradCache steps are kept (embed the mini-batches without grad,
+    replaying their random state when re-embedding them with grad; ``mini_batch_size``,
+    ``mini_batch_num_tokens``, ``show_progress_bar``, DDP handling); only the loss over the whole
+    batch and its gradient with respect to the embeddings (step 2) run on hbfast's kernel, in one
+    call with no B x B matrix and no mini-batch loop over the loss. Same arguments (checked by
+    sentence-transformers) and results; settings the kernel does not cover run the library's own
+    chunked loss (:class:`FallbackWarning`). ``self.loss`` is hbfast's
+    :class:`MultipleNegativesRankingLoss` with the same settings; ``memory_budget``: see it.
+    """
+
+    def __init__(self, model, scale: float = 20.0, similarity_fct: Callable[[Tensor, Tensor], Tensor] = _st_util.cos_sim,
+                 mini_batch_size: int = 32, mini_batch_num_tokens: Optional[int] = None,
+                 gather_across_devices: bool = False, directions: Tuple[str, ...] = _QUERY_TO_DOC,
+                 partition_mode: str = "joint", show_progress_bar: bool = False, hardness_mode: Optional[str] = None,
+                 hardness_strength: float = 0.0, *, memory_budget: int = DEFAULT_MEMORY_BUDGET):
+        super().__init__(model, scale=scale, similarity_fct=similarity_fct, mini_batch_size=mini_batch_size,
+                         mini_batch_num_tokens=mini_batch_num_tokens, gather_across_devices=gather_across_devices,
+                         directions=directions, partition_mode=partition_mode, show_progress_bar=show_progress_bar,
+                         hardness_mode=hardness_mode, hardness_strength=hardness_strength)
+        _check_memory_budget(memory_budget)
+        with warnings.catch_warnings():  # warned below, naming this class
+            warnings.simplefilter("ignore", FallbackWarning)
+            self.loss = MultipleNegativesRankingLoss(
+                model, scale=scale, similarity_fct=similarity_fct, gather_across_devices=gather_across_devices,
+                directions=directions, partition_mode=partition_mode, hardness_mode=hardness_mode,
+                hardness_strength=hardness_strength, memory_budget=memory_budget)
+        reason = unfused_reason(self.loss)
+        if reason is not None:
+            _warn_fallback(type(self).__name__, reason, stacklevel=2)
+
+    @property
+    def memory_budget(self) -> int:
+        return self.loss.memory_budget
+
+    @property
+    def fused(self) -> bool:
+        return self.loss.fused
+
+    def calculate_loss(self, reps: List[List[Tensor]], labels: Optional[Tensor] = None, *,
+                       with_backward: bool = False) -> Tensor:
+        """The loss of the whole batch from the per-mini-batch embeddings; with ``with_backward`` its
+        gradients reach the embeddings (``rep.grad``) and the detached value is returned."""
+        if not self.fused:
+            return super().calculate_loss(reps, labels, with_backward=with_backward)
+        loss = self.loss.compute_loss_from_embeddings([torch.cat(column) for column in reps], labels)
+        if with_backward:
+            loss.backward()
+            loss = loss.detach()
+        return loss
+
+
+class CachedMultipleNegativesSymmetricRankingLoss(CachedMultipleNegativesRankingLoss):
+    """sentence-transformers' ``CachedMultipleNegativesSymmetricRankingLoss`` with the fused loss:
+    :class:`CachedMultipleNegativesRankingLoss` with directions ("query_to_doc", "doc_to_query") and
+    ``partition_mode="per_direction"``."""
+
+    def __init__(self, model, scale: float = 20.0, similarity_fct: Callable[[Tensor, Tensor], Tensor] = _st_util.cos_sim,
+                 mini_batch_size: int = 32, mini_batch_num_tokens: Optional[int] = None,
+                 gather_across_devices: bool = False, show_progress_bar: bool = False, *,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET):
+        super().__init__(model, scale, similarity_fct, mini_batch_size, mini_batch_num_tokens, gather_across_devices,
+                         directions=("query_to_doc", "doc_to_query"), partition_mode="per_direction",
+                         show_progress_bar=show_progress_bar, memory_budget=memory_budget)
 
 
 # ---- hybrid batches for SentenceTransformerTrainer ------------------------------------------------
@@ -249,7 +378,11 @@ class HybridDefaultBatchSampler(DefaultBatchSampler):
     def _global_batches(self, epoch: int) -> List[List[int]]:
         """Dataset rows of every per-rank batch of an epoch, global step by global step."""
         if epoch not in self._plans:
-            plans = [hybrid_batches(self.layout.availability, self.batch_size, alpha=self.alpha, seed=self.seed or 0,
+            batch_size = self._plan_batch_size()
+            if batch_size == 0:  # drop_last and no full batch: an empty epoch, as DefaultBatchSampler's
+                self._plans = {epoch: []}
+                return []
+            plans = [hybrid_batches(self.layout.availability, batch_size, alpha=self.alpha, seed=self.seed or 0,
                                     epoch=epoch, lang_weights=self.lang_weights, drop_last=self.drop_last, rank=r,
                                     world_size=self.world_size) for r in range(self.world_size)]
             batches = []
@@ -265,6 +398,18 @@ class HybridDefaultBatchSampler(DefaultBatchSampler):
             self._plans = {epoch: batches}
         return self._plans[epoch]
 
+    def _plan_batch_size(self) -> int:
+        """The per-rank batch size to plan with: ``batch_size``, unless the data cannot fill one global
+        batch of any kind. Then, like DefaultBatchSampler on a dataset smaller than one batch, short
+        batches (the largest global batch the data can fill, split over the ranks), or none with
+        ``drop_last``."""
+        capacity = _batch_capacity(self.layout.availability, self.alpha, self.lang_weights)
+        if capacity is None or self.batch_size * self.world_size <= capacity:
+            return self.batch_size  # (hybrid_batches checks the arguments)
+        if self.drop_last or capacity < self.world_size:
+            return 0
+        return capacity // self.world_size
+
     def __len__(self) -> int:
         return len(self._global_batches(self.epoch))
 
@@ -272,8 +417,31 @@ class HybridDefaultBatchSampler(DefaultBatchSampler):
         yield from self._global_batches(self.epoch)
 
 
+def _batch_capacity(availability: np.ndarray, alpha, lang_weights) -> Optional[int]:
+    """Rows of the largest batch any kind allowed by ``alpha`` can fill (X-X: a language's items, X-Y:
+    the items in >= 2 languages); None when the arguments are not valid (hybrid_batches says why)."""
+    counts = availability.sum(0)
+    if isinstance(lang_weights, str):
+        usable = counts > 0
+    else:
+        try:
+            usable = np.asarray(lang_weights, dtype=np.float64).reshape(-1) > 0
+        except (TypeError, ValueError):
+            return None
+        if usable.shape != counts.shape:
+            return None
+    if not isinstance(alpha, Real) or not 0 <= alpha <= 1:
+        return None
+    capacity = []
+    if alpha > 0:
+        capacity.append(int(counts[usable].max(initial=0)))
+    if alpha < 1:
+        capacity.append(int((availability.sum(1) >= 2).sum()))
+    return max(capacity)
+
+
 def _world_size(world_size: Optional[int]) -> int:
-    rank, group_size = _default_distributed()
+    group_size = _group_size()
     if world_size is None:
         return group_size
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
