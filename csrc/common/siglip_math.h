@@ -10,7 +10,7 @@
 #pragma once
 #include <cmath>
 
-#include "common/contrastive_math.h"  // fast_exp, fmax_plain
+#include "common/contrastive_math.h"  // fast_exp, fma_float, fmax_plain
 #include "common/hbfast_common.h"
 
 namespace hbfast {
@@ -21,13 +21,13 @@ HBFAST_HOST_DEVICE float log1p_unit(float u) {
   float s = u / (2.0f + u);
   float s2 = s * s;
   float p = 1.0f / 15.0f;
-  p = p * s2 + 1.0f / 13.0f;
-  p = p * s2 + 1.0f / 11.0f;
-  p = p * s2 + 1.0f / 9.0f;
-  p = p * s2 + 1.0f / 7.0f;
-  p = p * s2 + 1.0f / 5.0f;
-  p = p * s2 + 1.0f / 3.0f;
-  p = p * s2 + 1.0f;
+  p = fma_float(p, s2, 1.0f / 13.0f);  // (fused steps, as fast_exp's: contrastive_math.h)
+  p = fma_float(p, s2, 1.0f / 11.0f);
+  p = fma_float(p, s2, 1.0f / 9.0f);
+  p = fma_float(p, s2, 1.0f / 7.0f);
+  p = fma_float(p, s2, 1.0f / 5.0f);
+  p = fma_float(p, s2, 1.0f / 3.0f);
+  p = fma_float(p, s2, 1.0f);
   return 2.0f * s * p;
 }
 
