@@ -370,6 +370,9 @@ inline int __all_sync(unsigned mask, int predicate, unsigned line = __builtin_LI
   return __ballot_sync(mask, predicate, line) == emu::kFullMask;
 }
 
+// The fused multiply-add intrinsic (one rounding, as on the GPU).
+inline float __fmaf_rn(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+
 // Bit counts (integer intrinsics: no thread interaction).
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from . import _C, _gemm, _search_cpu, _search_cuda
+from ._ext import on_gpu
 from .search import CPU_CORPUS_TILE, CPU_QUERY_TILE, CUDA_CORPUS_TILE, CUDA_QUERY_TILE, topk
 from .shards import Shards, open_shards
 
@@ -400,7 +401,7 @@ class ShardedIndex:
             _C.count_beating_cuda(tile.data_ptr(), qt.shape[0], ct.shape[0], ct.shape[0], first_id, *rel_args,
                                   bad.data_ptr(), stream)
 
-        with self._bar("relevant_ranks", 1) as bar, _search_cuda.on_gpu(q32.device):
+        with self._bar("relevant_ranks", 1) as bar, on_gpu(q32.device):
             for first_id, ct in self._tiles(q32.device, bar):
                 for i0 in starts:
                     qt = q32[i0 : i0 + tile_q]
