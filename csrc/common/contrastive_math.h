@@ -68,7 +68,7 @@ HBFAST_HOST_DEVICE float fast_exp(float x) {
   p = fma_float(p, r, 1.6666665459e-1f);
   p = fma_float(p, r, 5.0000001201e-1f);
   float y = fma_float(p, r * r, r) + 1.0f;
-  float two_n = float_from_bits((n_int + 127) << 23);
+  float two_n = float_from_bits(static_cast<int32_t>(static_cast<uint32_t>(n_int + 127) << 23));  // (unsigned: no UB for NaN input)
   float result = y * two_n;
   return x < -87.0f ? 0.0f : result;
 }
