@@ -34,7 +34,7 @@ def packaged_model_path() -> Path:
     return path
 
 
-def _resolve_model(model: str | os.PathLike | None) -> str:
+def resolve_model(model: str | os.PathLike | None) -> str:
     """A local directory (hub kept offline) or a hub id."""
     if model is None:
         model = packaged_model_path()
@@ -72,7 +72,7 @@ class SentenceTransformerEncoder:
         if isinstance(model, SentenceTransformer):
             self.model = model
         else:
-            self.model = SentenceTransformer(_resolve_model(model), device=_default_device(device))
+            self.model = SentenceTransformer(resolve_model(model), device=_default_device(device))
         self.prefix, self.batch_size, self.progress, self.normalize = prefix, batch_size, progress, normalize
 
     def __call__(self, items: Sequence) -> torch.Tensor:
@@ -102,7 +102,7 @@ class TransformersEncoder:
                 raise ValueError("TransformersEncoder: pass tokenizer= with a loaded model")
             self.model, self.tokenizer = model, tokenizer
         else:
-            path = _resolve_model(model)
+            path = resolve_model(model)
             self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
             self.model = AutoModel.from_pretrained(path)
         self.model = self.model.to(self.device).eval()
@@ -145,7 +145,7 @@ def load_text_encoders(model: str | os.PathLike | None = None, *, backend: str =
     backends = ("auto", "sentence-transformers", "transformers")
     if backend not in backends:
         raise ValueError(f"backend must be one of {backends}, got {backend!r}")
-    path = _resolve_model(model)
+    path = resolve_model(model)
     if backend == "auto":
         local = Path(path).is_dir()
         backend = "sentence-transformers" if (not local or is_sentence_transformers_dir(path)) else "transformers"
@@ -202,7 +202,7 @@ class TransformersCLIPEncoder:
     def __init__(self, model, *, batch_size: int = 64, device: str | None = None, progress: bool = True):
         from transformers import AutoModel, AutoProcessor
 
-        path = _resolve_model(model)
+        path = resolve_model(model)
         self.device = _default_device(device)
         self.model = AutoModel.from_pretrained(path).to(self.device).eval()
         self.processor = AutoProcessor.from_pretrained(path)

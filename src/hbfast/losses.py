@@ -29,6 +29,7 @@ from torch import Tensor
 
 from . import _C, _block_walk, _ext, _gemm, _losses_cuda
 from ._ext import check_impl, require_cuda
+from .gather import GatherWithGrad, gather_info, gather_plain
 
 DEFAULT_MEMORY_BUDGET = 768 << 20  # bytes of score blocks kept from forward to backward
 BLOCK_ROWS = 1024  # rows per block of the score matrix (each block's grad_keys update reads and
@@ -320,59 +321,6 @@ def _check_options(symmetric, reduction, memory_budget) -> None:
         raise ValueError(f"memory_budget must be an int >= 0 (bytes), got {memory_budget!r}")
 
 
-# ---- distributed gather ---------------------------------------------------------------------------
-
-class _GatherWithGrad(torch.autograd.Function):
-    """all_gather (same shape on every rank) whose backward sums every rank's gradient for this rank's slice (all_reduce),
-    which works on every backend (gloo has no reduce_scatter)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        import torch.distributed as dist
-
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x.contiguous())
-        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
-        return torch.cat(parts, 0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        import torch.distributed as dist
-
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
-        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
-
-
-def _gather_info(q) -> Tuple[int, int]:
-    """(rank, world size) for gather=True, after checking that every rank has q's batch size. The sizes
-    travel as one small tensor on q's device (no pickled objects, no host round trip on a GPU: there
-    the check is queued on the device and a mismatch raises at the next synchronisation)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        raise ValueError("gather=True needs an initialised torch.distributed process group")
-    world = dist.get_world_size()
-    size = torch.full((1,), q.shape[0], dtype=torch.int64, device=q.device)
-    sizes = [torch.empty_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    same = torch.cat(sizes).eq(q.shape[0]).all()
-    message = "gather=True needs the same local batch size on every rank"
-    if q.device.type == "cuda":
-        torch._assert_async(same, message)
-    elif not bool(same):
-        raise ValueError(f"{message}, got {torch.cat(sizes).tolist()}")
-    return dist.get_rank(), world
-
-
-def _gather_plain(x):
-    import torch.distributed as dist
-
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, 0)
-
-
 # ---- the public API -------------------------------------------------------------------------------
 
 def direction_losses(rows: Tensor, keys: Tensor, scale: Tensor, groups: Optional[Tensor], n_batch: int,
@@ -460,16 +408,16 @@ def contrastive_loss(
         if symmetric:
             per_row = 0.5 * (per_row + per_col)
     else:
-        rank, world = _gather_info(q)
+        rank, world = gather_info(q)
         b = q.shape[0]
-        p_all = _GatherWithGrad.apply(pf)  # [world * b, D]
-        groups_all = None if groups is None else _gather_plain(groups)
+        p_all = GatherWithGrad.apply(pf)  # [world * b, D]
+        groups_all = None if groups is None else gather_plain(groups)
         # every rank's hard negatives join the global batch's negatives (same M on every rank)
-        keys = p_all if hf is None else torch.cat([p_all, _GatherWithGrad.apply(hf)], 0)
+        keys = p_all if hf is None else torch.cat([p_all, GatherWithGrad.apply(hf)], 0)
         per_row, _ = direction_losses(qf.contiguous(), keys.contiguous(), scale, groups_all, world * b, rank * b,
                                       False, memory_budget)
         if symmetric:
-            q_all = _GatherWithGrad.apply(qf)
+            q_all = GatherWithGrad.apply(qf)
             per_col, _ = direction_losses(pf.contiguous(), q_all.contiguous(), scale, groups_all, world * b, rank * b,
                                           False, memory_budget)
             per_row = 0.5 * (per_row + per_col)

@@ -26,8 +26,9 @@ from torch import Tensor
 from . import _C, _block_walk, _ext, _siglip_cuda
 from ._ext import check_impl, require_cuda
 from ._gemm import _torch_mm
-from .losses import (DEFAULT_MEMORY_BUDGET, _REDUCTIONS, _GatherWithGrad, _blocks, _check_float_matrices,
-                     _check_same_kind, _gather_info, _reduce, cached_rows)
+from .gather import GatherWithGrad, gather_info
+from .losses import (DEFAULT_MEMORY_BUDGET, _REDUCTIONS, _blocks, _check_float_matrices, _check_same_kind, _reduce,
+                     cached_rows)
 
 
 # ---- the custom ops -------------------------------------------------------------------------------
@@ -125,7 +126,7 @@ torch.library.register_autograd("hbfast::siglip_forward", _backward, setup_conte
 
 # ---- validation -----------------------------------------------------------------------------------
 
-def _check_features(image_features, text_features) -> None:
+def check_features(image_features, text_features) -> None:
     _check_float_matrices(image_features=image_features, text_features=text_features)
     i, t = image_features, text_features
     if i.shape[0] != t.shape[0]:
@@ -159,7 +160,7 @@ def check_scalar(name: str, value, device: torch.device) -> None:
         raise ValueError(f"{name} must be finite, got {value!r}")
 
 
-def _as_scalar(value, dtype, device) -> Tensor:
+def as_scalar(value, dtype, device) -> Tensor:
     if isinstance(value, Tensor):
         return value.to(dtype).reshape(())
     # torch.full passes the number to a fill kernel: no host-to-device copy, so no wait on a GPU
@@ -195,7 +196,7 @@ def siglip_loss(
     "auto"/"kernel" (fused) or "reference" (plain PyTorch, :func:`hbfast.reference.siglip_loss`).
     """
     check_impl(impl)
-    _check_features(image_features, text_features)
+    check_features(image_features, text_features)
     check_scalar("logit_scale", logit_scale, image_features.device)
     check_scalar("logit_bias", logit_bias, image_features.device)
     if reduction not in _REDUCTIONS:
@@ -215,11 +216,11 @@ def siglip_loss(
     compute = torch.float64 if out_dtype == torch.float64 and device.type == "cpu" else torch.float32
     image = image_features.to(compute).contiguous()
     text = text_features.to(compute)
-    scale, bias = _as_scalar(logit_scale, compute, device), _as_scalar(logit_bias, compute, device)
+    scale, bias = as_scalar(logit_scale, compute, device), as_scalar(logit_bias, compute, device)
     row_offset = 0
     if gather:
-        rank, world = _gather_info(image)
-        text, row_offset = _GatherWithGrad.apply(text), rank * image.shape[0]  # [world * B, D]
+        rank, world = gather_info(image)
+        text, row_offset = GatherWithGrad.apply(text), rank * image.shape[0]  # [world * B, D]
     text = text.contiguous()
     n_cached = cached_rows(image.shape[0], text.shape[0], memory_budget, image.element_size())
     per_row, _ = _forward_op(image, text, scale, bias, row_offset, n_cached)

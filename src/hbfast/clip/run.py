@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..train.cli import config_from
+from ..train.config import config_from
 
 # Options that train-clip adds to the trainer's (train options keep their names and meaning).
 CLIP_DEFAULTS = {"temperature": 0.07, "lr": 1e-4}

@@ -19,7 +19,6 @@ exactly; the batches after the resume are not those of an uninterrupted run.
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -195,16 +194,6 @@ def batch_as_data(samples: list, languages: Sequence[str]):
         return ImageTextData(tuple(languages), captions, None, np.stack([s["npy"] for s in samples]), "stream")
     return ImageTextData(tuple(languages), captions, [{"bytes": s["image"], "path": s["key"]} for s in samples],
                          None, "stream")
-
-
-def write_plan(path: Path, step: int, kind: str, samples: list, fallback: Optional[str]) -> None:
-    """One line per step of a rank's plan log: the kind and where its samples came from."""
-    record = {"step": step, "batch": kind, "shards": sorted({s["shard"] for s in samples}),
-              "keys": [s["key"] for s in samples]}
-    if fallback:
-        record["fallback"] = fallback
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 class StreamClipTask(ClipTask):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..train import checkpoint, distributed
-from ..train.loop import Trainer, _schedule
+from ..train.loop import Trainer, lr_schedule
 from .model import IMAGE_TEXT_LOSSES, SigmoidLoss
 from ..train.task import Batch
 
@@ -140,15 +140,13 @@ class ClipTrainer(Trainer):
                   {"params": [p for p in trainable if p.ndim < 2] + list(self.criterion.parameters()),
                    "weight_decay": 0.0}]
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(int(cfg.warmup * cfg.steps),
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_schedule(int(cfg.warmup * cfg.steps),
                                                                                      cfg.steps))
 
     # ---- streamed batches (train-clip --stream) ------------------------------------------------------
     def _next_batch(self) -> tuple:
         if self.stream is None:
             return super()._next_batch()
-        from .stream import write_plan
-
         samples, kind, fallback = self.stream.next_batch(self.step + 1)
         write_plan(self.out / f"stream-plan-rank{self.rank}.jsonl", self.step + 1, kind, samples, fallback)
         return samples, kind
@@ -202,3 +200,13 @@ class ClipTrainer(Trainer):
         self._run_evaluation("final")
         summary["evaluations"] = self.evaluations
         return summary
+
+
+def write_plan(path: Path, step: int, kind: str, samples: list, fallback: Optional[str]) -> None:
+    """One line per step of a rank's plan log: the kind and where its samples came from."""
+    record = {"step": step, "batch": kind, "shards": sorted({s["shard"] for s in samples}),
+              "keys": [s["key"] for s in samples]}
+    if fallback:
+        record["fallback"] = fallback
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")

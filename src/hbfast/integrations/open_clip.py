@@ -17,8 +17,9 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from ..losses import DEFAULT_MEMORY_BUDGET, _GatherWithGrad, _gather_info, _gather_plain, direction_losses
-from ..siglip import _check_features, _as_scalar, check_scalar, siglip_loss
+from ..gather import GatherWithGrad, gather_info, gather_plain
+from ..losses import DEFAULT_MEMORY_BUDGET, direction_losses
+from ..siglip import as_scalar, check_features, check_scalar, siglip_loss
 
 __all__ = ["ClipLoss", "CoCaLoss", "DistillClipLoss", "FeatureShapeError", "SigLipLoss"]
 
@@ -144,9 +145,9 @@ class ClipLoss(torch.nn.Module):
 
     def _gathered(self, image: Tensor, text: Tensor) -> Tuple[Tensor, Tensor]:
         if self.gather_with_grad:
-            return _GatherWithGrad.apply(image), _GatherWithGrad.apply(text)
+            return GatherWithGrad.apply(image), GatherWithGrad.apply(text)
         with torch.no_grad():
-            all_image, all_text = _gather_plain(image), _gather_plain(text)
+            all_image, all_text = gather_plain(image), gather_plain(text)
         if self.local_loss:
             return all_image, all_text
         # as open_clip: this rank's own slice keeps its gradient
@@ -162,7 +163,7 @@ class ClipLoss(torch.nn.Module):
     def _contrastive(self, image_features: Tensor, text_features: Tensor, logit_scale, logit_bias=None) -> Tensor:
         """The CLIP loss itself (``forward`` without its output conventions), on the fused kernel."""
         _check_pair(image_features, text_features)
-        _check_features(image_features, text_features)
+        check_features(image_features, text_features)
         device = image_features.device
         check_scalar("logit_scale", logit_scale, device)
         value = float(logit_scale.detach()) if isinstance(logit_scale, Tensor) else float(logit_scale)
@@ -172,12 +173,12 @@ class ClipLoss(torch.nn.Module):
             check_scalar("logit_bias", logit_bias, device)
         compute = _compute_dtype(image_features)
         image, text = image_features.to(compute), text_features.to(compute)
-        scale = _as_scalar(logit_scale, compute, device)
+        scale = as_scalar(logit_scale, compute, device)
         if self.world_size == 1:
             loss = self._symmetric(image, text, scale)
         else:
             _check_process_group("ClipLoss", self.rank, self.world_size)
-            _gather_info(image)  # the same local batch size on every rank
+            gather_info(image)  # the same local batch size on every rank
             all_image, all_text = self._gathered(image, text)
             if self.local_loss:
                 offset = self.rank * image.shape[0]
@@ -329,7 +330,7 @@ class SigLipLoss(torch.nn.Module):
         if logit_bias is None:
             raise ValueError("SigLipLoss needs logit_bias (the model's learnable bias, e.g. -10 at init); got None")
         _check_pair(image_features, text_features)
-        _check_features(image_features, text_features)
+        check_features(image_features, text_features)
         gather = self.world_size > 1
         if gather:
             _check_process_group("SigLipLoss", self.rank, self.world_size)  # siglip_loss checks the batch sizes

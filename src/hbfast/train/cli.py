@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 
-from .config import BATCH_TYPES, LOSSES, TrainConfig
+from .config import BATCH_TYPES, LOSSES, TrainConfig, config_from, text_options
 
 
 def add_train_options(p: argparse.ArgumentParser, *, out_default: str, with_resume: bool = True,
@@ -54,22 +53,6 @@ def add_train_options(p: argparse.ArgumentParser, *, out_default: str, with_resu
     p.add_argument("--device", default=None)
     p.add_argument("--no-bf16", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--no-progress", action="store_true")
-
-
-CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
-
-
-def config_from(args, **override) -> TrainConfig:
-    values = {k: v for k, v in vars(args).items() if k in CONFIG_FIELDS}
-    values.update(bf16=not args.no_bf16, progress=not args.no_progress, **override)
-    values.pop("world_size", None)
-    return TrainConfig(**values)
-
-
-def text_options(args) -> dict:
-    return {"model": args.model, "data": args.data, "languages": args.languages, "max_length": args.max_length,
-            "pooling": args.pooling, "prefixes": args.prefixes, "dropout": args.dropout,
-            "freeze_embeddings": args.freeze_embeddings}
 
 
 def run_train(args) -> int:

@@ -73,3 +73,21 @@ class TrainConfig:
         values = dataclasses.asdict(self)
         values["alpha"] = self.effective_alpha
         return {k: values[k] for k in RUN_DEFINING}
+
+
+# ---- from parsed command-line arguments (train/cli.py, train/sweep.py, clip/run.py) ----------------
+
+CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def config_from(args, **override) -> TrainConfig:
+    values = {k: v for k, v in vars(args).items() if k in CONFIG_FIELDS}
+    values.update(bf16=not args.no_bf16, progress=not args.no_progress, **override)
+    values.pop("world_size", None)
+    return TrainConfig(**values)
+
+
+def text_options(args) -> dict:
+    return {"model": args.model, "data": args.data, "languages": args.languages, "max_length": args.max_length,
+            "pooling": args.pooling, "prefixes": args.prefixes, "dropout": args.dropout,
+            "freeze_embeddings": args.freeze_embeddings}

@@ -39,7 +39,7 @@ def _naive_loss(criterion: ContrastiveLoss):
     return loss
 
 
-def _schedule(warmup_steps: int, total: int):
+def lr_schedule(warmup_steps: int, total: int):
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
@@ -98,7 +98,7 @@ class Trainer:
                    "weight_decay": 0.0}]
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr)
         warmup = int(config.warmup * config.steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(warmup, config.steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_schedule(warmup, config.steps))
         self.step, self.epoch, self.index = 0, 0, 0
         self.best, self.bad_evals, self.stopped = math.inf, 0, False
 

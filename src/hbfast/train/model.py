@@ -66,12 +66,12 @@ class TextEncoder(torch.nn.Module):
         (default: the packaged all-MiniLM-L6-v2). ``pooling=None`` keeps the model's own (mean otherwise)."""
         from transformers import AutoModel, AutoTokenizer
 
-        from ..encoders import _resolve_model
+        from ..encoders import resolve_model
 
         if model is not None and not Path(model).exists() and (
                 Path(model).is_absolute() or str(model).startswith((".", "~")) or str(model).count("/") > 1):
             raise ValueError(f"model path {str(model)!r} does not exist")
-        path = Path(_resolve_model(model))
+        path = Path(resolve_model(model))
         sub, own_pooling, normalize = "", "mean", True
         if (path / "modules.json").is_file():
             sub, own_pooling, normalize = _pooling_of_st_dir(path)

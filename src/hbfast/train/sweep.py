@@ -44,7 +44,7 @@ def plot(runs: list[dict], path: Path, title: str) -> None:
 def run_sweep(args) -> dict:
     from ..data import load_lareqa
     from . import train
-    from .cli import config_from, text_options
+    from .config import config_from, text_options
 
     alphas = parse_alphas(args.alpha)
     if args.batch_type != "hybrid":
