@@ -12,7 +12,7 @@ faiss and the bare products, in one run, calls interleaved, best of N. Prints th
   numpy's, a new output array, as the search table measures it; target <= 1.2), and / the same products
   into a preallocated buffer (a stricter floor).
 "auto" is the default (each process measures both products on its first tiles / calls per shape class,
-see hbfast._gemm); warm-up calls before the timed ones finish that measurement.
+see hbfast.ops.gemm); warm-up calls before the timed ones finish that measurement.
 """
 from __future__ import annotations
 

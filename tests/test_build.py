@@ -4,7 +4,7 @@ import shutil
 import pytest
 
 import hbfast
-from hbfast import _ext
+from hbfast.ops import ext
 
 
 def test_build_info_keys():
@@ -37,6 +37,6 @@ def test_set_num_threads_round_trip():
 
 
 def test_require_cuda_names_the_problem(monkeypatch):
-    monkeypatch.setattr(_ext._C, "build_info", lambda: {"cuda": False})
+    monkeypatch.setattr(ext._C, "build_info", lambda: {"cuda": False})
     with pytest.raises(RuntimeError, match="built without CUDA"):
-        _ext.require_cuda("hbfast.topk")
+        ext.require_cuda("hbfast.topk")

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from clip_fixtures import save_tiny_towers
 from hbfast import reference
 from hbfast.cli import main
-from hbfast.clip.model import SigmoidLoss, clip_loss
+from hbfast import SigLIPLoss
+from hbfast.clip.model import clip_loss
 
 N_ITEMS, WIDTH = 24, 32
 COLOURS = {"en": ["red", "green", "blue", "black"], "de": ["rot", "grün", "blau", "schwarz"]}
@@ -50,12 +51,12 @@ def test_sigmoid_criterion_is_siglip_with_log_scale_and_bias():
     torch.manual_seed(0)
     text = torch.nn.functional.normalize(torch.randn(12, 8, dtype=torch.float64), dim=-1).requires_grad_()
     image = torch.nn.functional.normalize(torch.randn(12, 8, dtype=torch.float64), dim=-1).requires_grad_()
-    criterion = SigmoidLoss().double()
+    criterion = SigLIPLoss().double()
     assert math.isclose(criterion.logit_scale.item(), math.log(10), rel_tol=1e-6) and criterion.logit_bias.item() == -10
     with torch.no_grad():
         criterion.logit_scale.fill_(1.5)
         criterion.logit_bias.fill_(-3.0)
-    loss = criterion(text, image)
+    loss = criterion(image, text)  # images against texts, as siglip_loss
     loss.backward()
     t, i = text.detach().clone().requires_grad_(), image.detach().clone().requires_grad_()
     s, b = torch.tensor(1.5, dtype=torch.float64, requires_grad=True), torch.tensor(-3.0, dtype=torch.float64,

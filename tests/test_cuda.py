@@ -18,7 +18,11 @@ import torch
 import torch.nn.functional as F
 
 import hbfast
-from hbfast import _C, _ext, losses, search
+from hbfast import _C
+from hbfast.ops import ext
+from hbfast.ops.loss import DEFAULT_MEMORY_BUDGET
+from hbfast.ops.loss import contrastive
+from hbfast.ops.search import flat
 from testing import (assert_close_to_reference, assert_fails_on_the_device, integer_data, loss_and_grads,
                      relative_errors, requires_cuda, siglip_and_grads, sign_data, unit_data)
 
@@ -60,15 +64,15 @@ def test_exact_fp32_matmul_restores_the_users_tf32_setting():
     try:
         for legacy in (True, False):
             matmul.allow_tf32 = legacy  # the legacy API, as most users write it
-            with _ext.exact_fp32_matmul():  # (torch forbids reading the legacy flag in here)
+            with ext.exact_fp32_matmul():  # (torch forbids reading the legacy flag in here)
                 assert matmul.fp32_precision == "ieee"
             assert matmul.allow_tf32 is legacy
         torch.set_float32_matmul_precision("high")
-        with _ext.exact_fp32_matmul():
+        with ext.exact_fp32_matmul():
             assert matmul.fp32_precision == "ieee"
         assert matmul.allow_tf32 and torch.get_float32_matmul_precision() == "high"
         matmul.fp32_precision = "tf32"  # the new API
-        with pytest.raises(KeyError), _ext.exact_fp32_matmul():
+        with pytest.raises(KeyError), ext.exact_fp32_matmul():
             raise KeyError("restored on errors too")
         assert matmul.fp32_precision == "tf32"
     finally:
@@ -87,14 +91,14 @@ def test_exact_fp32_matmul_is_safe_across_threads():
     seen = {}
 
     def a():
-        with _ext.exact_fp32_matmul():
+        with ext.exact_fp32_matmul():
             a_inside.set()
             b_inside.wait(10)
         a_left.set()
 
     def b():
         a_inside.wait(10)
-        with _ext.exact_fp32_matmul():
+        with ext.exact_fp32_matmul():
             b_inside.set()
             a_left.wait(10)
             seen["after a left"] = matmul.fp32_precision
@@ -116,13 +120,13 @@ def test_a_gpu_hbfast_cannot_see_is_an_error_that_says_why(monkeypatch):
     info = dict(_C.build_info(), cuda=True, cuda_device_count=0, cuda_runtime_version=13000,
                 cuda_driver_version=12040,
                 cuda_device_error="cudaErrorInsufficientDriver: CUDA driver version is insufficient")
-    monkeypatch.setattr(_ext._C, "build_info", lambda: info)
+    monkeypatch.setattr(ext._C, "build_info", lambda: info)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    reason = _ext.cuda_unusable_reason()
+    reason = ext.cuda_unusable_reason()
     assert "driver supports CUDA 12.4" in reason and "CUDA 13.0 runtime" in reason and "InsufficientDriver" in reason
     with pytest.raises(RuntimeError, match="older than the CUDA 13.0 runtime"):
-        _ext.require_cuda("hbfast.topk")
+        ext.require_cuda("hbfast.topk")
     assert hbfast.build_info()["cuda_unusable"] == reason
 
 
@@ -135,15 +139,15 @@ def test_a_gpu_hbfast_cannot_see_is_an_error_that_says_why(monkeypatch):
 ])
 def test_a_gpu_no_compiled_arch_runs_on_is_refused_by_name(monkeypatch, capability, archs, runs):
     info = dict(_C.build_info(), cuda=True, cuda_device_count=1, cuda_archs=archs)
-    monkeypatch.setattr(_ext._C, "build_info", lambda: info)
+    monkeypatch.setattr(ext._C, "build_info", lambda: info)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
     if runs:
-        _ext.require_cuda("hbfast.topk", torch.device("cuda", 0))
+        ext.require_cuda("hbfast.topk", torch.device("cuda", 0))
         return
     with pytest.raises(hbfast.UnsupportedGPUError, match=rf"compute capability {capability[0]}\.{capability[1]}.*"
                                                          rf'HBFAST_CUDA_ARCHS="{capability[0]}{capability[1]};'):
-        _ext.require_cuda("hbfast.topk", torch.device("cuda", 0))
+        ext.require_cuda("hbfast.topk", torch.device("cuda", 0))
 
 
 def test_hbfast_sees_the_gpus_torch_sees():
@@ -169,7 +173,7 @@ def test_topk_over_several_corpus_tiles(small_tiles, k, metric):
 def test_topk_streams_query_blocks_and_chunks(small_tiles, monkeypatch):
     q, c = integer_data(50, 700, 8, seed=3)
     expected = hbfast.topk(q, c, 20)
-    monkeypatch.setattr(search, "TOPK_STATE_BYTES", 20 * 48 * 7)  # 7 queries per block on the GPU
+    monkeypatch.setattr(flat, "TOPK_STATE_BYTES", 20 * 48 * 7)  # 7 queries per block on the GPU
     chunks = [c[:150].cuda(), c[150:151].cuda(), c[151:].cuda()]
     gpu = hbfast.topk(q.cuda(), chunks, 20)
     assert torch.equal(gpu[1].cpu(), expected[1]) and torch.equal(gpu[0].cpu(), expected[0])
@@ -243,7 +247,7 @@ def test_device_selection_keys_equal_the_hosts():
 # ---- the loss over several blocks ----------------------------------------------------------------
 
 @requires_cuda
-@pytest.mark.parametrize("memory_budget", [losses.DEFAULT_MEMORY_BUDGET, 0, 30 * 107 * 4],
+@pytest.mark.parametrize("memory_budget", [DEFAULT_MEMORY_BUDGET, 0, 30 * 107 * 4],
                          ids=["cached", "recompute", "half-cached"])
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_loss_over_several_row_blocks(small_tiles, memory_budget, symmetric):
@@ -259,7 +263,7 @@ def test_loss_over_several_row_blocks(small_tiles, memory_budget, symmetric):
 
 
 @requires_cuda
-@pytest.mark.parametrize("memory_budget", [losses.DEFAULT_MEMORY_BUDGET, 0], ids=["cached", "recompute"])
+@pytest.mark.parametrize("memory_budget", [DEFAULT_MEMORY_BUDGET, 0], ids=["cached", "recompute"])
 def test_learnable_scale_gradient(small_tiles, memory_budget):
     """dL/dscale sums G * X over every block and 256-column tile of the gradient kernel (float64 atomics)."""
     q, p, _ = unit_data(700, 16, seed=2)
@@ -281,7 +285,7 @@ def test_the_loss_step_never_waits_for_the_device(small_tiles):
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for budget in (losses.DEFAULT_MEMORY_BUDGET, 0):
+        for budget in (DEFAULT_MEMORY_BUDGET, 0):
             module.memory_budget = budget
             loss = module(*leaves, hard_negatives=h, group_ids=groups)
             loss.backward()
@@ -403,14 +407,14 @@ def test_group_codes_from_a_sort_equal_uniques_inverse():
     g = torch.Generator().manual_seed(3)
     for ids in (torch.randint(-5, 5, (200,), generator=g), torch.tensor([2**40, -(2**40), 7, 7, 2**40]),
                 torch.tensor([3])):
-        codes = losses._group_codes(ids)
+        codes = contrastive._group_codes(ids)
         assert codes.dtype == torch.int32 and torch.equal(codes.long(), torch.unique(ids, return_inverse=True)[1])
 
 
 # ---- the paths the first GPU run must see (issue 22) --------------------------------------------------
 
 @requires_cuda
-@pytest.mark.parametrize("memory_budget", [losses.DEFAULT_MEMORY_BUDGET, 0, 30 * 300 * 4],
+@pytest.mark.parametrize("memory_budget", [DEFAULT_MEMORY_BUDGET, 0, 30 * 300 * 4],
                          ids=["cached", "recompute", "half-cached"])
 def test_siglip_over_several_row_blocks(small_tiles, memory_budget):
     """300 rows in 16-row blocks, 300 columns: two 256-thread tiles of the gradient kernel, the second
@@ -483,7 +487,7 @@ def test_loss_with_groups_over_several_column_tiles(small_tiles, symmetric):
     masked pairs fall in every tile and every row block."""
     q, p, h = unit_data(300, 16, M=20, seed=7)
     groups = torch.arange(300) % 100
-    for memory_budget in (losses.DEFAULT_MEMORY_BUDGET, 0):
+    for memory_budget in (DEFAULT_MEMORY_BUDGET, 0):
         kw = dict(group_ids=groups, symmetric=symmetric, memory_budget=memory_budget)
         ref = loss_and_grads("reference", q, p, h, **kw)
         kw["group_ids"] = groups.cuda()
@@ -501,18 +505,18 @@ def test_relevant_ranks_recount_with_non_integer_data(small_tiles, monkeypatch):
     c[7] = c[300]
     rel = torch.randint(0, 500, (40, 3), generator=g).cuda()
     rel[:, 0] = 300
-    real_scores, real_pass, passes = search._relevant_scores, search._count_pass, []
+    real_scores, real_pass, passes = flat._relevant_scores, flat._count_pass, []
 
     def moved_scores(*args):
         scores = real_scores(*args)
         scores[16:32] = torch.nextafter(scores[16:32], torch.tensor(math.inf, device=scores.device))
         return scores
 
-    monkeypatch.setattr(search, "_relevant_scores", moved_scores)
-    monkeypatch.setattr(search, "_count_pass", lambda *a, **kw: passes.append(a[6]) or real_pass(*a, **kw))
+    monkeypatch.setattr(flat, "_relevant_scores", moved_scores)
+    monkeypatch.setattr(flat, "_count_pass", lambda *a, **kw: passes.append(a[6]) or real_pass(*a, **kw))
     ranks = hbfast.relevant_ranks(q, c, rel)
     assert passes[0] == [0, 16, 32] and 16 in passes[1]
-    with _ext.exact_fp32_matmul():  # the walk's [16, 64] tiles, as it computes them
+    with ext.exact_fp32_matmul():  # the walk's [16, 64] tiles, as it computes them
         scores = torch.cat([torch.cat([torch.matmul(q[i:i + 16], c[j:j + 64].T) for j in range(0, 500, 64)], dim=1)
                             for i in range(0, 40, 16)])
     own = scores.gather(1, rel)

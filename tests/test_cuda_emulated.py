@@ -1,6 +1,6 @@
 """The CUDA code paths without a GPU: hbfast's CUDA kernels compiled for the host (hbfast._C_emu, see
-cuda_emulation.py and csrc/emulate/cuda_runtime.h) behind the real CUDA-side Python (_losses_cuda,
-_siglip_cuda, _search_cuda, the CUDA branches of search and the block walk), driven on CPU tensors
+cuda_emulation.py and csrc/emulate/cuda_runtime.h) behind the real CUDA-side Python (hbfast.ops.loss.cuda,
+hbfast.ops.search.cuda, the CUDA branches of search and the block walk), driven on CPU tensors
 and checked against hbfast.reference (float64) and the CPU kernels, with tiles and blocks shrunk
 (small_tiles) so that small inputs reach every path: several row blocks, column tiles and chunks,
 partial tiles, the recompute path, groups, hard negatives, top-k ties and the ranks' recount pass.
@@ -8,6 +8,7 @@ Any breach of the CUDA model in a kernel (barrier divergence, a partial warp mas
 shared memory, a launch over the limits) fails the launch, so fails the test.
 """
 import contextlib
+import ctypes
 import math
 import os
 
@@ -18,7 +19,10 @@ import torch.nn.functional as F
 
 import cuda_emulation
 import hbfast
-from hbfast import _C, _ext, losses, search
+from hbfast import _C
+from hbfast.ops import ext, safety
+from hbfast.ops.loss import DEFAULT_MEMORY_BUDGET, contrastive, cuda as loss_cuda, siglip
+from hbfast.ops.search import cuda as search_cuda, flat
 from testing import (assert_close_to_reference, integer_data, loss_and_grads, relative_errors, siglip_and_grads,
                      sign_data, unit_data)
 
@@ -52,16 +56,30 @@ class Emulation:
     def cuda(self):
         info = dict(_C.build_info(), cuda=True, cuda_device_count=1, cuda_device_error="")
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(_ext, "runs_cuda_kernels", lambda device: device.type in ("cpu", "cuda"))
+            patch.setattr(ext, "runs_cuda_kernels", lambda device: device.type in ("cpu", "cuda"))
             patch.setattr(_C, "build_info", lambda: info)
             for name in self.entry_points:
                 patch.setattr(_C, name, self._recorded(name), raising=False)
             yield
 
+    def pass_first_use_checks(self):
+        """ops.safety's first-use check of each emulated op family, which must pass (once per process);
+        the tests then see only their own calls."""
+        with self.cuda():
+            for op, check in FIRST_USE_CHECKS:
+                assert safety.trusted(op, torch.device("cpu"), check), safety.verdicts()
+        self.calls.clear()
+
+
+FIRST_USE_CHECKS = [("contrastive_loss", contrastive.check_cuda), ("siglip_loss", siglip.check_cuda),
+                    ("topk", flat.check_topk_cuda), ("relevant_ranks", flat.check_relevant_ranks_cuda)]
+
 
 @pytest.fixture
 def emulation(emulated_module):
-    return Emulation(emulated_module)
+    emulation = Emulation(emulated_module)
+    emulation.pass_first_use_checks()
+    return emulation
 
 
 def test_the_emulated_module_has_every_cuda_entry_point(emulation):
@@ -124,7 +142,7 @@ def test_topk_over_several_corpus_tiles(emulation, small_tiles, k, metric):
 def test_topk_streams_query_blocks_and_chunks(emulation, small_tiles, monkeypatch):
     q, c = integer_data(50, 700, 8, seed=3)
     expected = hbfast.topk(q, c, 20)
-    monkeypatch.setattr(search, "TOPK_STATE_BYTES", 20 * 48 * 7)  # 7 queries per block on the GPU
+    monkeypatch.setattr(flat, "TOPK_STATE_BYTES", 20 * 48 * 7)  # 7 queries per block on the GPU
     with emulation.cuda():
         got = hbfast.topk(q, [c[:150], c[150:151], c[151:]], 20)
     assert torch.equal(got[1], expected[1]) and torch.equal(got[0], expected[0])
@@ -152,15 +170,15 @@ def test_relevant_ranks_recount_follows_the_tile_scores(emulation, small_tiles, 
     c[7] = c[300]  # an item and its duplicate: the tie goes to the lower id
     rel = torch.randint(0, 500, (40, 3), generator=g)
     rel[:, 0] = 300
-    real_scores, real_pass, passes = search._relevant_scores, search._count_pass, []
+    real_scores, real_pass, passes = flat._relevant_scores, flat._count_pass, []
 
     def moved_scores(*args):
         scores = real_scores(*args)
         scores[16:32] = torch.nextafter(scores[16:32], torch.tensor(math.inf))
         return scores
 
-    monkeypatch.setattr(search, "_relevant_scores", moved_scores)
-    monkeypatch.setattr(search, "_count_pass", lambda *a, **kw: passes.append(a[6]) or real_pass(*a, **kw))
+    monkeypatch.setattr(flat, "_relevant_scores", moved_scores)
+    monkeypatch.setattr(flat, "_count_pass", lambda *a, **kw: passes.append(a[6]) or real_pass(*a, **kw))
     with emulation.cuda():
         ranks = hbfast.relevant_ranks(q, c, rel)
     assert passes[0] == [0, 16, 32] and len(passes) == 2
@@ -209,7 +227,7 @@ def test_device_selection_keys_and_decoding(emulation):
 
 # ---- the contrastive loss ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("memory_budget", [losses.DEFAULT_MEMORY_BUDGET, 0, 30 * 107 * 4],
+@pytest.mark.parametrize("memory_budget", [DEFAULT_MEMORY_BUDGET, 0, 30 * 107 * 4],
                          ids=["cached", "recompute", "half-cached"])
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_loss_over_several_row_blocks(emulation, small_tiles, memory_budget, symmetric):
@@ -276,7 +294,7 @@ def test_device_math(emulation):
 
 # ---- SigLIP -------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("memory_budget", [losses.DEFAULT_MEMORY_BUDGET, 0, 30 * 100 * 4],
+@pytest.mark.parametrize("memory_budget", [DEFAULT_MEMORY_BUDGET, 0, 30 * 100 * 4],
                          ids=["cached", "recompute", "half-cached"])
 def test_siglip_over_several_row_blocks(emulation, small_tiles, memory_budget):
     """100 rows in 16-row blocks, 100 columns (two gradient-kernel tiles, the second partial); random
@@ -319,3 +337,80 @@ def test_siglip_float32_accuracy_on_the_cuda_path(emulation, small_tiles, B, D, 
     with emulation.cuda():
         test_loss_accuracy._check_siglip(B, D, cosine, scale, bias, seed=B + D)
     assert any(name == "siglip_backward_block_cuda" for name, _ in emulation.calls)
+
+
+# ---- the first-use safety net (ops.safety): a wrong kernel is caught, warned about once and replaced ----
+
+@pytest.fixture
+def fresh_process(monkeypatch):
+    """No first-use verdicts yet (as in a new process); the session's are restored after the test."""
+    monkeypatch.setattr(safety, "_verdicts", {})
+
+
+def test_a_wrong_contrastive_kernel_is_replaced_after_one_warning(emulation, fresh_process, monkeypatch):
+    real = loss_cuda.contrastive_forward
+
+    def wrong(*args):  # every row's log-sum-exp off by 1%
+        row_stats, col_stats, positive, cache = real(*args)
+        return row_stats + torch.tensor([0.0, 1e-2]), col_stats, positive, cache
+
+    monkeypatch.setattr(loss_cuda, "contrastive_forward", wrong)
+    q, p, h = unit_data(40, 16, M=3, seed=3)
+    groups = torch.arange(40) % 13
+    ref = loss_and_grads("reference", q, p, h, temperature=0.05, group_ids=groups)
+    with emulation.cuda():
+        with pytest.warns(hbfast.CUDAKernelMismatchWarning, match=r"contrastive_loss on cpu .*row margins"):
+            got = loss_and_grads("kernel", q.float(), p.float(), h.float(), temperature=0.05, group_ids=groups)
+        calls = len(emulation.calls)
+        again = loss_and_grads("kernel", q.float(), p.float(), h.float(), temperature=0.05, group_ids=groups)
+    assert_close_to_reference(got, ref, rtol=1e-5)
+    assert_close_to_reference(again, ref, rtol=1e-5)
+    assert len(emulation.calls) == calls  # the PyTorch path: no kernel launched after the verdict
+    assert safety.verdicts() == {"contrastive_loss on cpu": False}
+
+
+def test_a_wrong_siglip_gradient_kernel_is_replaced(emulation, fresh_process, monkeypatch):
+    real = loss_cuda.siglip_backward
+    monkeypatch.setattr(loss_cuda, "siglip_backward",
+                        lambda *args: tuple(t * 1.01 for t in real(*args)))  # every gradient 1% too large
+    image, text, _ = unit_data(30, 8, seed=4)
+    scale, bias = torch.tensor(10.0, dtype=torch.float64), torch.tensor(-5.0, dtype=torch.float64)
+    ref = siglip_and_grads("reference", image, text, scale, bias)
+    with emulation.cuda():
+        with pytest.warns(hbfast.CUDAKernelMismatchWarning, match="siglip_loss on cpu .*grad image"):
+            got = siglip_and_grads("kernel", image.float(), text.float(), scale.float(), bias.float())
+    assert_close_to_reference(got, ref, rtol=1e-5)
+
+
+def test_a_wrong_topk_kernel_is_replaced(emulation, fresh_process, monkeypatch):
+    real = search_cuda.topk
+
+    def wrong(*args, **kw):  # the second best id reported as the best
+        scores, ids = real(*args, **kw)
+        return scores, (ids[:, [1, 0] + list(range(2, ids.shape[1]))] if ids.shape[1] > 1 else ids + 1)
+
+    monkeypatch.setattr(search_cuda, "topk", wrong)
+    q, c = integer_data(20, 300, 8, seed=5)
+    expected = hbfast.topk(q, c, 10)
+    with emulation.cuda():
+        with pytest.warns(hbfast.CUDAKernelMismatchWarning, match="topk on cpu .*topk ids"):
+            got = hbfast.topk(q, c, 10)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def test_a_wrong_rank_count_kernel_is_replaced(emulation, fresh_process, monkeypatch):
+    real = emulation.module.count_beating_cuda
+
+    def wrong(tile, rows, cols, ld, first_id, rel_scores, rel_ids, r, counts, own, bad, stream):
+        real(tile, rows, cols, ld, first_id, rel_scores, rel_ids, r, counts, own, bad, stream)
+        c = torch.from_numpy(np.ctypeslib.as_array((ctypes.c_int64 * (rows * r)).from_address(counts)))
+        c += 1  # one candidate too many per tile
+
+    monkeypatch.setattr(emulation.module, "count_beating_cuda", wrong)
+    q, c = integer_data(20, 300, 8, seed=6)
+    rel = torch.randint(-1, 300, (20, 4), generator=torch.Generator().manual_seed(2))
+    expected = hbfast.relevant_ranks(q, c, rel)
+    with emulation.cuda():
+        with pytest.warns(hbfast.CUDAKernelMismatchWarning, match="relevant_ranks on cpu"):
+            got = hbfast.relevant_ranks(q, c, rel)
+    assert torch.equal(got, expected)

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 import hbfast
-from hbfast import _C, _gemm, reference
+from hbfast import _C, reference
+from hbfast.ops import gemm
 
-BACKENDS = list(_gemm.BACKENDS)
+BACKENDS = list(gemm.BACKENDS)
 
 
 # Fused products _C can run here (0: OpenBLAS, 1: torch's MKL where this torch has it).
-FUSED_IDS = [0] + ([1] if _gemm.TORCH_MKL else [])
+FUSED_IDS = [0] + ([1] if gemm.TORCH_MKL else [])
 
 
 @pytest.fixture(params=BACKENDS + ["mkl-unfused"])
@@ -23,7 +24,7 @@ def backend(request, monkeypatch):
     without MKL); fused blocks shrunk so that small inputs span several of them."""
     monkeypatch.setenv("HBFAST_GEMM", request.param.split("-")[0])
     if request.param == "mkl-unfused":
-        monkeypatch.setattr(_gemm, "TORCH_MKL", False)
+        monkeypatch.setattr(gemm, "TORCH_MKL", False)
     _C.set_fused_blocks(5, 7)
     yield request.param
     _C.set_fused_blocks(0, 0)
@@ -45,7 +46,7 @@ def integer_data(nq, n, dim, seed):
 
 @pytest.mark.parametrize("k", [1, 4, _C.TOPK_HEAP_MAX_K + 1, 150])
 def test_topk_is_exact_under_both_products(backend, simd, k, monkeypatch):
-    from hbfast import search
+    from hbfast.ops.search import flat as search
 
     monkeypatch.setattr(search, "CPU_CORPUS_TILE", 64)
     q, c = integer_data(23, 300, 9, seed=k)
@@ -112,7 +113,7 @@ def test_unknown_or_missing_fused_product_is_an_error(monkeypatch):
 
 
 def test_relevant_ranks_are_exact_under_both_products(backend, simd, monkeypatch):
-    from hbfast import search
+    from hbfast.ops.search import flat as search
 
     monkeypatch.setattr(search, "CPU_CORPUS_TILE", 40)
     monkeypatch.setattr(search, "CPU_QUERY_TILE", 11)
@@ -164,7 +165,7 @@ def test_rank_counting_twins_agree_on_ties_and_splits(r):
 
 @pytest.mark.parametrize("budget", [1 << 30, 0, 3000])  # blocks kept, recomputed, partly kept
 def test_loss_matches_reference_under_both_products(backend, budget, monkeypatch):
-    from hbfast import losses
+    from hbfast.ops.loss import blocks as losses
 
     monkeypatch.setattr(losses, "BLOCK_ROWS", 16)
     g = torch.Generator().manual_seed(0)
@@ -200,12 +201,12 @@ def test_fused_products_match_torch(fused, ta, tb, beta):
 
 def test_the_choice_is_measured_then_kept(monkeypatch):
     monkeypatch.delenv("HBFAST_GEMM", raising=False)
-    key = _gemm.shape_class("test", 1000, 4096, 768)
-    assert key == _gemm.shape_class("test", 1024, 3000, 768)  # pooled by powers of two
-    n = _gemm.SAMPLES  # kept timings of each product per round: one product's, then the other's
+    key = gemm.shape_class("test", 1000, 4096, 768)
+    assert key == gemm.shape_class("test", 1024, 3000, 768)  # pooled by powers of two
+    n = gemm.SAMPLES  # kept timings of each product per round: one product's, then the other's
     for slow in BACKENDS:
-        chooser = _gemm._Chooser()
-        order = [b for _ in range(_gemm.ROUNDS) for b in _gemm.MEASURE_ORDER for _ in range(n)]
+        chooser = gemm._Chooser()
+        order = [b for _ in range(gemm.ROUNDS) for b in gemm.MEASURE_ORDER for _ in range(n)]
         for i, backend in enumerate(order):
             # a burst of load during the faster product's first round must not decide for the other
             first_round = i < 2 * n
@@ -220,14 +221,14 @@ def test_the_choice_is_measured_then_kept(monkeypatch):
 
 
 def test_a_product_within_the_margin_does_not_displace_torchs():
-    assert _gemm.pick({"mkl": 1.0, "openblas": 0.97}) == "mkl"  # 3% faster: noise
-    assert _gemm.pick({"mkl": 1.0, "openblas": 0.90}) == "openblas"
-    assert _gemm.pick({"mkl": 0.97, "openblas": 1.0}) == "mkl"
+    assert gemm.pick({"mkl": 1.0, "openblas": 0.97}) == "mkl"  # 3% faster: noise
+    assert gemm.pick({"mkl": 1.0, "openblas": 0.90}) == "openblas"
+    assert gemm.pick({"mkl": 0.97, "openblas": 1.0}) == "mkl"
 
 
 def test_override_and_build_info(monkeypatch):
     monkeypatch.setenv("HBFAST_GEMM", "openblas")
-    assert _gemm.chooser.decide(("anything",), lambda b: pytest.fail("measured under an override")) == "openblas"
+    assert gemm.chooser.decide(("anything",), lambda b: pytest.fail("measured under an override")) == "openblas"
     info = hbfast.build_info()["gemm"]
     assert info["override"] == "openblas" and info["openblas"].startswith("OpenBLAS ")
     monkeypatch.setenv("HBFAST_GEMM", "cublas")
@@ -248,15 +249,15 @@ def test_openblas_lives_beside_torch_and_numpy():
 
 def test_search_measures_on_scratch_work_then_keeps_one_product(monkeypatch):
     monkeypatch.delenv("HBFAST_GEMM", raising=False)
-    chooser = _gemm._Chooser()
+    chooser = gemm._Chooser()
     calls = []
     chosen = chooser.decide(("test",), lambda b: calls.append(b))
-    n = _gemm.WARMUP + _gemm.SAMPLES
-    one_round = [_gemm.MEASURE_ORDER[0]] * n + [_gemm.MEASURE_ORDER[1]] * n
-    assert calls == one_round * _gemm.ROUNDS and chosen in BACKENDS  # interleaved rounds
-    assert chooser.decide(("test",), lambda b: calls.append(b)) == chosen and len(calls) == len(one_round) * _gemm.ROUNDS
+    n = gemm.WARMUP + gemm.SAMPLES
+    one_round = [gemm.MEASURE_ORDER[0]] * n + [gemm.MEASURE_ORDER[1]] * n
+    assert calls == one_round * gemm.ROUNDS and chosen in BACKENDS  # interleaved rounds
+    assert chooser.decide(("test",), lambda b: calls.append(b)) == chosen and len(calls) == len(one_round) * gemm.ROUNDS
     # a call never mixes products: two identical calls in a fresh process state give identical results
-    monkeypatch.setattr(_gemm, "chooser", _gemm._Chooser())
+    monkeypatch.setattr(gemm, "chooser", gemm._Chooser())
     g = torch.Generator().manual_seed(5)
     q, c = torch.randn(40, 33, generator=g), torch.randn(500, 33, generator=g)
     rel = torch.randint(0, 500, (40, 3), generator=g)
@@ -271,43 +272,43 @@ def test_the_loss_product_is_measured_once_per_machine_and_kept(tmp_path, monkey
     # resume): the first measurement on a machine is written to a file that every later process reads
     monkeypatch.delenv("HBFAST_GEMM", raising=False)
     monkeypatch.setenv("HBFAST_CACHE", str(tmp_path))
-    monkeypatch.setattr(_gemm, "_loss_choices", {})
+    monkeypatch.setattr(gemm, "_loss_choices", {})
     measured = []
-    monkeypatch.setattr(_gemm, "_measure_loss", lambda *shape: measured.append(shape) or "openblas")
+    monkeypatch.setattr(gemm, "_measure_loss", lambda *shape: measured.append(shape) or "openblas")
     q = torch.randn(8, 4)
     for _ in range(3):
-        with _gemm.products(q, "loss_forward", 1000, 1000) as mm:
-            assert mm is _gemm._openblas_mm
+        with gemm.products(q, 1000, 1000) as mm:
+            assert mm is gemm._openblas_mm
     assert measured == [(1000, 1000, 4)]
     stored = json.loads((tmp_path / "gemm-choices.json").read_text())
-    assert stored == {_gemm.machine(): {"loss/1024/1024/4": "openblas"}}
-    monkeypatch.setattr(_gemm, "_loss_choices", {})  # a new process: reads the file, measures nothing
-    with _gemm.products(q, "loss_forward", 1024, 999) as mm:
-        assert mm is _gemm._openblas_mm and len(measured) == 1
-    _gemm.pin_loss_choices({"loss/1024/1024/4": "mkl"})  # a resumed run: the products of its checkpoint
-    with _gemm.products(q, "loss_forward", 1000, 1000) as mm:
-        assert mm is _gemm._torch_mm
+    assert stored == {gemm.machine(): {"loss/1024/1024/4": "openblas"}}
+    monkeypatch.setattr(gemm, "_loss_choices", {})  # a new process: reads the file, measures nothing
+    with gemm.products(q, 1024, 999) as mm:
+        assert mm is gemm._openblas_mm and len(measured) == 1
+    gemm.pin_loss_choices({"loss/1024/1024/4": "mkl"})  # a resumed run: the products of its checkpoint
+    with gemm.products(q, 1000, 1000) as mm:
+        assert mm is gemm.torch_mm
     assert hbfast.build_info()["gemm"]["loss"] == {"loss/1024/1024/4": "mkl"}
     monkeypatch.setenv("HBFAST_GEMM", "openblas")  # the override wins
-    with _gemm.products(q, "loss_forward", 1000, 1000) as mm:
-        assert mm is _gemm._openblas_mm
+    with gemm.products(q, 1000, 1000) as mm:
+        assert mm is gemm._openblas_mm
 
 
 def test_search_choices_are_kept_per_machine(tmp_path, monkeypatch):
     """topk's product is measured by the first process on a machine and read by the later ones."""
     monkeypatch.delenv("HBFAST_GEMM", raising=False)
     monkeypatch.setenv("HBFAST_CACHE", str(tmp_path))
-    monkeypatch.setattr(_gemm, "chooser", _gemm._Chooser(persist=True))
+    monkeypatch.setattr(gemm, "chooser", gemm._Chooser(persist=True))
     q, c = integer_data(30, 500, 8, seed=1)
     first = hbfast.topk(q, c, 5)
     (name, chosen), = hbfast.build_info()["gemm"]["chosen"].items()
     assert name.startswith("topk/") and json.loads((tmp_path / "gemm-choices.json").read_text()) == {
-        _gemm.machine(): {name: chosen}}
+        gemm.machine(): {name: chosen}}
     other = next(b for b in BACKENDS if b != chosen)  # a later process finds the file, measures nothing
-    (tmp_path / "gemm-choices.json").write_text(json.dumps({_gemm.machine(): {name: other}}))
-    monkeypatch.setattr(_gemm, "chooser", _gemm._Chooser(persist=True))
+    (tmp_path / "gemm-choices.json").write_text(json.dumps({gemm.machine(): {name: other}}))
+    monkeypatch.setattr(gemm, "chooser", gemm._Chooser(persist=True))
     second = hbfast.topk(q, c, 5)
-    assert hbfast.build_info()["gemm"]["chosen"] == {name: other} and not _gemm.chooser._times
+    assert hbfast.build_info()["gemm"]["chosen"] == {name: other} and not gemm.chooser._times
     assert all(torch.equal(a, b) for a, b in zip(first, second))  # integer data: exact either way
 
 
@@ -316,10 +317,10 @@ def test_the_loss_uses_torch_where_no_measurement_can_be_kept(tmp_path, monkeypa
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     monkeypatch.setenv("HBFAST_CACHE", str(blocker / "cache"))  # cannot be created
-    monkeypatch.setattr(_gemm, "_loss_choices", {})
-    monkeypatch.setattr(_gemm, "_measure_loss", lambda *shape: pytest.fail("measured without a place to keep it"))
-    with _gemm.products(torch.randn(8, 4), "loss_forward", 64, 64) as mm:
-        assert mm is _gemm._torch_mm
+    monkeypatch.setattr(gemm, "_loss_choices", {})
+    monkeypatch.setattr(gemm, "_measure_loss", lambda *shape: pytest.fail("measured without a place to keep it"))
+    with gemm.products(torch.randn(8, 4), 64, 64) as mm:
+        assert mm is gemm.torch_mm
 
 
 def test_processes_on_one_machine_share_the_loss_product(tmp_path):

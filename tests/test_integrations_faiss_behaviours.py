@@ -10,7 +10,7 @@ import pytest
 
 faiss = pytest.importorskip("faiss")
 import hbfast.integrations.faiss as hfaiss  # noqa: E402
-from hbfast import search as hb_search  # noqa: E402
+from hbfast.ops.search import flat as hb_search  # noqa: E402
 from testing import subprocess_env  # noqa: E402
 
 KINDS = ["IndexFlatIP", "IndexFlatL2"]

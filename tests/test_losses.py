@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 import hbfast
-from hbfast import _C, losses
+from hbfast import _C
+from hbfast.ops.loss import blocks
 from testing import DEVICES, requires_cuda
 
 
@@ -104,7 +105,7 @@ def test_unnormalised_inputs_and_normalize_option():
 def test_kept_partially_kept_and_recomputed_blocks_agree(monkeypatch, dtype, rtol):
     q, p, h = make_inputs(97, 24, M=9, seed=4)
     groups = torch.arange(97) % 13
-    monkeypatch.setattr(losses, "BLOCK_ROWS", 16)  # 16-row blocks: 7 of them
+    monkeypatch.setattr(blocks, "BLOCK_ROWS", 16)  # 16-row blocks: 7 of them
     row_bytes = (97 + 9) * torch.empty(0, dtype=dtype).element_size()
     for budget in (0, row_bytes * 40, 1 << 30):  # none kept, 40 rows kept (blocks straddle), all kept
         assert_matches_reference(q, p, h, rtol=rtol, dtype=dtype, group_ids=groups, memory_budget=budget)

@@ -1,4 +1,4 @@
-"""hbfast.range_search and the id-filtered / L2 topk (hbfast.radius, csrc/cpu/range_cpu.cpp) against
+"""hbfast.range_search and the id-filtered / L2 topk (hbfast.ops.search.radius, csrc/cpu/range_cpu.cpp) against
 hbfast.reference and faiss: exact on integer data under every CPU product (fused blocks shrunk so small
 inputs span several), with every selector; bad input raises clearly."""
 import numpy as np
@@ -6,19 +6,22 @@ import pytest
 import torch
 
 import hbfast
-from hbfast import _C, _gemm, radius, reference
+from hbfast import _C, reference
+from hbfast.ops import gemm
+from hbfast.ops.search import radius
+from hbfast.ops.search.selectors import TileFilter
 
 faiss = pytest.importorskip("faiss")
 
 HEAP_MAX_K = _C.TOPK_HEAP_MAX_K
 
 
-@pytest.fixture(params=list(_gemm.BACKENDS) + ["mkl-unfused"])
+@pytest.fixture(params=list(gemm.BACKENDS) + ["mkl-unfused"])
 def backend(request, monkeypatch):
     """One product forced ("mkl-unfused": torch's product, then the C++ epilogue), small tiles and blocks."""
     monkeypatch.setenv("HBFAST_GEMM", request.param.split("-")[0])
     if request.param == "mkl-unfused":
-        monkeypatch.setattr(_gemm, "TORCH_MKL", False)
+        monkeypatch.setattr(gemm, "TORCH_MKL", False)
     monkeypatch.setattr(radius, "CPU_CORPUS_TILE", 64)
     monkeypatch.setattr(radius, "CPU_QUERY_TILE", 8)
     monkeypatch.setattr(radius, "CPU_FEW_QUERIES_TILE_FACTOR", 1)
@@ -142,7 +145,7 @@ def test_range_search_kernel_merge_matches_search():
     q, c = integer_data(9, 70, 4, seed=5)
     for l2 in (False, True):
         qn, cn = (q * q).sum(1), (c * c).sum(1)
-        f = hbfast.selectors.TileFilter(lo=3, hi=60)
+        f = TileFilter(lo=3, hi=60)
         p = f.params(l2, qn, cn)
         outs = []
         for fused in (True, False):
@@ -224,7 +227,7 @@ def test_flat_index_range_search_and_selector():
 
 
 def test_topk_with_selector_walks_queries_in_blocks_within_the_state_budget(monkeypatch):
-    from hbfast import search
+    from hbfast.ops.search import flat as search
 
     q, c = integer_data(23, 300, 5, seed=9)
     sel = hbfast.IDSelectorNot(hbfast.IDSelectorRange(50, 100))

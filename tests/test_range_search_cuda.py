@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import hbfast
-from hbfast import radius
+from hbfast.ops.search import radius
 from testing import requires_cuda
 
 pytestmark = requires_cuda

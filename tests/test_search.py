@@ -66,7 +66,7 @@ def test_topk_ties_follow_lower_id_rule(device, k):
 
 
 def test_topk_tile_edges_and_many_query_tiles(monkeypatch):
-    from hbfast import search
+    from hbfast.ops.search import flat as search
 
     monkeypatch.setattr(search, "CPU_QUERY_TILE", 7)
     monkeypatch.setattr(search, "CPU_CORPUS_TILE", 33)
@@ -140,7 +140,7 @@ def random_relevant(nq, n, r, seed):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_relevant_ranks_exact_with_ties(device, monkeypatch):
-    from hbfast import search
+    from hbfast.ops.search import flat as search
 
     monkeypatch.setattr(search, "CPU_CORPUS_TILE", 97)
     q, c = integer_data(61, 1000, 5, seed=11, device=device)
@@ -171,7 +171,7 @@ def test_relevant_ranks_match_full_sort_and_topk(metric):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_relevant_ranks_per_chunk(device, monkeypatch):
-    from hbfast import search
+    from hbfast.ops.search import flat as search
 
     monkeypatch.setattr(search, "CPU_CORPUS_TILE", 50)  # chunks span several tiles
     q, c = integer_data(45, 400, 4, seed=21, device=device)  # small integers: many exact ties
@@ -289,7 +289,7 @@ def test_progress_bars_do_not_change_results(capsys):
 def test_topk_streams_queries_in_blocks_for_large_k(device, monkeypatch):
     """With nq * k over TOPK_STATE_BYTES, query blocks each walk the corpus: the same result; a
     one-shot iterator (which cannot be walked twice) still gets every query in one walk."""
-    from hbfast import search
+    from hbfast.ops.search import flat as search
 
     q, c = integer_data(45, 400, 5, seed=21, device=device)
     expected = reference.topk(q, c, 150)

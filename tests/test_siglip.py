@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 import hbfast
-from hbfast import _C, losses
+from hbfast import _C
+from hbfast.ops.loss import blocks
 from testing import DEVICES, assert_fails_on_the_device, requires_cuda
 
 SCALE, BIAS = 10.0, -10.0  # SigLIP's initial values
@@ -79,7 +80,7 @@ def test_reductions_and_logit_ranges(reduction, scale, bias):
 @pytest.mark.parametrize("dtype,rtol", COMPUTE)
 def test_kept_partially_kept_and_recomputed_blocks_agree(monkeypatch, dtype, rtol):
     image, text = make_inputs(97, 24, seed=2)
-    monkeypatch.setattr(losses, "BLOCK_ROWS", 16)  # 16-row blocks: 7 of them
+    monkeypatch.setattr(blocks, "BLOCK_ROWS", 16)  # 16-row blocks: 7 of them
     row_bytes = 97 * torch.empty(0, dtype=dtype).element_size()
     for budget in (0, row_bytes * 40, 1 << 30):  # none kept, 40 rows kept (blocks straddle), all kept
         assert_matches_reference(image, text, dtype=dtype, rtol=rtol, memory_budget=budget)
@@ -191,7 +192,7 @@ def test_the_cuda_step_never_waits_for_the_device():
     sync debug mode "error": a float(scale), a host-side check or a host sum of dL/dscale would raise."""
     image, text = make_inputs(300, 64, seed=11, dtype=torch.float32, device="cuda")
     ref = loss_and_grads("reference", image.double().cpu(), text.double().cpu())
-    for budget in (losses.DEFAULT_MEMORY_BUDGET, 0):
+    for budget in (blocks.DEFAULT_MEMORY_BUDGET, 0):
         leaves = [image.clone().requires_grad_(), text.clone().requires_grad_(),
                   torch.tensor(SCALE, device="cuda", requires_grad=True),
                   torch.tensor(BIAS, device="cuda", requires_grad=True)]

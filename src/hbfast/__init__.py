@@ -1,13 +1,10 @@
 """hbfast: hybrid batch training and evaluation of multilingual retrievers, with fused kernels."""
 import importlib
 
-from ._ext import UnsupportedGPUError, build_info, get_num_threads, set_num_threads
+from .ops import (ContrastiveLoss, CUDAKernelMismatchWarning, FlatIndex, IDSelectorArray, IDSelectorBatch,
+                  IDSelectorBitmap, IDSelectorNot, IDSelectorRange, SigLIPLoss, UnsupportedGPUError, build_info,
+                  contrastive_loss, get_num_threads, range_search, relevant_ranks, set_num_threads, siglip_loss, topk)
 from .sampling import BatchPlan, HybridBatchSampler, hybrid_batches
-from .losses import ContrastiveLoss, contrastive_loss
-from .siglip import siglip_loss
-from .search import FlatIndex, relevant_ranks, topk
-from .radius import range_search
-from .selectors import IDSelectorArray, IDSelectorBatch, IDSelectorBitmap, IDSelectorNot, IDSelectorRange
 from .shards import ShardError, open_shards, write_shards
 from .sharded import ShardedIndex
 from . import metrics, reference
@@ -26,6 +23,7 @@ def __getattr__(name):
 
 __all__ = [
     "BatchPlan",
+    "CUDAKernelMismatchWarning",
     "ContrastiveLoss",
     "FlatIndex",
     "HybridBatchSampler",
@@ -35,6 +33,7 @@ __all__ = [
     "IDSelectorNot",
     "IDSelectorRange",
     "ShardedIndex",
+    "SigLIPLoss",
     "ShardError",
     "UnsupportedGPUError",
     "build_info",

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import metrics
-from .search import relevant_ranks, topk
+from .ops.search import relevant_ranks, topk
 
 METRICS = ("cosine", "ip")  # "cos" is accepted for "cosine" (the name hbfast.topk uses)
 

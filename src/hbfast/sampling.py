@@ -14,7 +14,7 @@ from typing import Iterator, List, Sequence, Tuple, Union
 import numpy as np
 
 from . import _C
-from ._ext import check_impl
+from .ops.ext import check_impl
 
 Weights = Union[str, Sequence[float], np.ndarray]
 

@@ -28,9 +28,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import _C, _gemm, _search_cpu, _search_cuda
-from ._ext import on_gpu
-from .search import CPU_CORPUS_TILE, CPU_QUERY_TILE, CUDA_CORPUS_TILE, CUDA_QUERY_TILE, topk
+from . import _C
+from .ops import gemm, safety
+from .ops.ext import current_stream, on_gpu
+from .ops.search import cpu as search_cpu, cuda as search_cuda, generic as search_generic
+from .ops.search.flat import (CPU_CORPUS_TILE, CPU_QUERY_TILE, CUDA_CORPUS_TILE, CUDA_QUERY_TILE,
+                               check_relevant_ranks_cuda, topk)
 from .shards import Shards, open_shards
 
 METRICS = ("ip", "cosine", "l2")
@@ -384,20 +387,24 @@ class ShardedIndex:
         beat each relevant item (scores ``rel_scores``, global ids ``rel``) and records in own_scores the
         score of each item in its own tile (the same kernels as hbfast.relevant_ranks)."""
         cuda = q32.device.type == "cuda"
+        counts_on_cuda = cuda and safety.trusted("relevant_ranks", q32.device, check_relevant_ranks_cuda)
         r = rel.shape[1]
         tile_c = self._tile_rows(q32.device)
-        key = _gemm.shape_class("relevant_ranks", tile_q, tile_c, q32.shape[1])
+        key = gemm.shape_class("relevant_ranks", tile_q, tile_c, q32.shape[1])
         buffer = []
         if cuda:
             bad = torch.zeros(1, dtype=torch.int32, device=q32.device)
-            no_row = torch.full((), _search_cuda.NO_ROW, dtype=torch.int64, device=q32.device)
-            stream = torch.cuda.current_stream(q32.device).cuda_stream
+            no_row = torch.full((), search_cuda.NO_ROW, dtype=torch.int64, device=q32.device)
+            stream = current_stream(q32.device)
 
         def count(backend, qt, i0, first_id, ct, target, own):
             rel_args = (rel_scores[i0].data_ptr(), rel[i0].data_ptr(), r, target.data_ptr(), own.data_ptr())
             if not cuda:
-                return _search_cpu.count_tile(backend, qt, first_id, ct, rel_args, buffer, tile_q * tile_c)
-            tile = _search_cpu.product(buffer, tile_q * tile_c, qt, ct)  # [tq, tc]
+                return search_cpu.count_tile(backend, qt, first_id, ct, rel_args, buffer, tile_q * tile_c)
+            tile = search_cpu.product(buffer, tile_q * tile_c, qt, ct)  # [tq, tc]
+            if not counts_on_cuda:  # the kernel failed its first-use check on this device (ops.safety)
+                rows = slice(i0, i0 + qt.shape[0])
+                return search_generic.count_tile(tile, first_id, rel_scores[rows], rel[rows], target, own)
             _C.count_beating_cuda(tile.data_ptr(), qt.shape[0], ct.shape[0], ct.shape[0], first_id, *rel_args,
                                   bad.data_ptr(), stream)
 
@@ -408,10 +415,10 @@ class ShardedIndex:
                     target, own = counts[i0 : i0 + qt.shape[0]], own_scores[i0 : i0 + qt.shape[0]]
                     if "backend" not in products:  # measured on this tile into scratch counts (once per class)
                         scratch = lambda b: count(b, qt, i0, first_id, ct, torch.zeros_like(target), own.clone())  # noqa: E731
-                        products["backend"] = "mkl" if cuda else _gemm.chooser.decide(key, scratch)
+                        products["backend"] = "mkl" if cuda else gemm.chooser.decide(key, scratch)
                     count(products["backend"], qt, i0, first_id, ct, target, own)
         if cuda:
-            _search_cuda.device_checks(bad, no_row)
+            search_cuda.device_checks(bad, no_row)
 
 
 def merge_candidates(scores: torch.Tensor, ids: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.loss.siglip import SIGLIP_INIT_BIAS, SIGLIP_INIT_SCALE
+
 LOSSES = ("contrastive", "sigmoid", "naive")
 IMAGE_TEXT_LOSSES = ("contrastive", "sigmoid")
-SIGLIP_INIT_SCALE, SIGLIP_INIT_BIAS = 10.0, -10.0  # SigLIP's initial logit multiplier and bias
 TEXT_POOLINGS = ("mean", "cls", "pooler")
 CONFIG_NAME = "hbfast_clip.json"
 HEADS_NAME = "heads.safetensors"
@@ -286,24 +287,6 @@ def build_clip_model(image_model: Optional[str], text_model: str, *, dim: int = 
     return ClipDualEncoder(text, tokenizer, image_tower=image, image_width=image_width, dim=dim,
                            freeze_image=freeze_image, text_pooling=text_pooling, max_length=max_length,
                            preprocess=preprocess, image_text_loss=image_text_loss)
-
-
-class SigmoidLoss(nn.Module):
-    """SigLIP's loss as a trainer criterion: ``hbfast.siglip_loss`` of each image against the texts
-    with a learnable log-scale (initialised to log 10, the multiplier clamped to ``max_scale`` as
-    open_clip does) and a learnable bias (initialised to -10). ``gather``: under DDP, each rank's
-    images against the texts of all ranks (the loss of the global batch)."""
-
-    def __init__(self, init_scale: float = SIGLIP_INIT_SCALE, init_bias: float = SIGLIP_INIT_BIAS,
-                 max_scale: float = 100.0, gather: bool = False):
-        super().__init__()
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
-        self.logit_bias = nn.Parameter(torch.tensor(float(init_bias)))
-        self.max_scale, self.gather = float(max_scale), bool(gather)
-
-    def forward(self, text: torch.Tensor, image: torch.Tensor, group_ids=None) -> torch.Tensor:
-        return clip_loss(text, image, self.logit_scale.clamp(max=math.log(self.max_scale)), loss="sigmoid",
-                         logit_bias=self.logit_bias, gather=self.gather)
 
 
 def clip_loss(text: torch.Tensor, image: torch.Tensor, logit_scale: torch.Tensor, *, loss: str = "contrastive",

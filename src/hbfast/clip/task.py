@@ -17,7 +17,8 @@ import torch
 
 from ..train import checkpoint, distributed
 from ..train.loop import Trainer, lr_schedule
-from .model import IMAGE_TEXT_LOSSES, SigmoidLoss
+from ..ops.loss import SigLIPLoss
+from .model import IMAGE_TEXT_LOSSES
 from ..train.task import Batch
 
 
@@ -107,7 +108,7 @@ class ClipTrainer(Trainer):
     """The trainer with ``translation_weight`` x the text-text loss of X-Y rows' caption pairs, and
     ``evaluate(model) -> dict`` (e.g. XTD) run on rank 0 after every checkpoint and at the end,
     appended to ``OUT/xtd.jsonl``. ``image_text_loss="sigmoid"``: SigLIP's loss with its learnable
-    log-scale and bias (:class:`~hbfast.clip.model.SigmoidLoss`) as the criterion, saved with the
+    log-scale and bias (:class:`hbfast.SigLIPLoss`) as the criterion, saved with the
     model and in checkpoints; the translation term then uses it too."""
 
     def __init__(self, task: ClipTask, config, *, translation_weight: float = 0.0,
@@ -123,8 +124,8 @@ class ClipTrainer(Trainer):
         task.model.image_text_loss = image_text_loss  # part of the run (checkpoints check it) and of the saved model
         super().__init__(task, config)
         if image_text_loss == "sigmoid":
-            self.criterion = SigmoidLoss(gather=config.world_size > 1).to(self.device)
-            self.loss_fn = lambda q, p, g: self.criterion(q, p)
+            self.criterion = SigLIPLoss(gather=config.world_size > 1).to(self.device)
+            self.loss_fn = lambda text, image, groups: self.criterion(image, text)
             self._build_optimizer()
         task.criterion = self.criterion
         self.stream = stream  # a StreamingHybridBatches: each step's samples come from it (train-clip --stream)

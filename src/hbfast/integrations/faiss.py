@@ -46,7 +46,8 @@ if _faiss is None:
 else:
     import torch
 
-    from .. import radius, search, selectors
+    from ..ops.search import radius, selectors
+    from ..ops.search import flat as search
 
     __all__ = ["IndexFlat", "IndexFlatIP", "IndexFlatL2", "hbfast_selector"]
     FAISS_VERSION = _faiss.__version__

@@ -27,7 +27,7 @@ from numbers import Integral
 import numpy as np
 import torch
 
-from ..search import topk
+from ..ops.search import topk
 
 __all__ = ["IndexFlat", "IndexFlatIP", "IndexFlatL2", "METRIC_INNER_PRODUCT", "METRIC_L2", "normalize_L2"]
 

@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from ..gather import GatherWithGrad, gather_info, gather_plain
-from ..losses import DEFAULT_MEMORY_BUDGET, direction_losses
-from ..siglip import as_scalar, check_features, check_scalar, siglip_loss
+from ..ops.gather import GatherWithGrad, gather_info, gather_plain
+from ..ops.loss import DEFAULT_MEMORY_BUDGET, direction_losses, siglip_loss
+from ..ops.loss.checks import as_scalar, check_features, check_scalar
 
 __all__ = ["ClipLoss", "CoCaLoss", "DistillClipLoss", "FeatureShapeError", "SigLipLoss"]
 

@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - sentence-transformers 5.x
     from sentence_transformers import losses as st_losses
     from sentence_transformers.sampler import DefaultBatchSampler
 
-from ..losses import DEFAULT_MEMORY_BUDGET, contrastive_loss
+from ..ops.loss import DEFAULT_MEMORY_BUDGET, contrastive_loss
 from ..sampling import hybrid_batches
 
 __all__ = [

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import _gemm, reference
-from ..losses import ContrastiveLoss
+from .. import reference
+from ..ops import gemm
+from ..ops.loss import ContrastiveLoss
 from ..sampling import HybridBatchSampler
 from . import checkpoint, distributed
 from .config import TrainConfig
@@ -181,7 +182,7 @@ class Trainer:
         return {"run": self._expect(), "step": self.step, "epoch": self.epoch, "index": self.index,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "criterion": self.criterion.state_dict(), "best": self.best, "bad_evals": self.bad_evals,
-                "stopped": self.stopped, "gemm": _gemm.loss_choices()}
+                "stopped": self.stopped, "gemm": gemm.loss_choices()}
 
     def save_checkpoint(self) -> Path:
         path = checkpoint.write(self.out, self.step, lambda d: self.task.save_model(self.model, d), self._state(),
@@ -204,7 +205,7 @@ class Trainer:
         self.criterion.load_state_dict(state["criterion"])
         self.step, self.epoch, self.index = state["step"], state["epoch"], state["index"]
         self.best, self.bad_evals, self.stopped = state["best"], state["bad_evals"], state["stopped"]
-        _gemm.pin_loss_choices(state.get("gemm", {}))  # the loss's products of the run this continues
+        gemm.pin_loss_choices(state.get("gemm", {}))  # the loss's products of the run this continues
         checkpoint.set_rng_state(rng)
         return path
 

@@ -20,28 +20,22 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import _C, _gemm, _search_cpu, _search_cuda, reference
-from ._ext import check_impl, on_gpu, require_cuda
-from ._search_inputs import (METRICS, as_tensor, check_chunk, check_queries, corpus_chunks,
+from ... import _C, reference
+from .. import gemm, safety
+from ..ext import check_impl, current_stream, on_gpu, require_cuda
+from . import cpu as search_cpu, cuda as search_cuda
+from .inputs import (as_tensor, check_metric, check_chunk, check_queries, corpus_chunks,
                              output, prepare, tiles)
 from .selectors import TileFilter, check_selector
 
-__all__ = ["RANGE_METRICS", "range_search", "topk_with_params"]
+__all__ = ["range_search", "topk_with_params"]
 
-RANGE_METRICS = METRICS + ("l2",)
 CPU_QUERY_TILE = CPU_CORPUS_TILE = 4096  # as hbfast.search's tiles
 # Few queries: corpus tiles up to this many times longer (each tile is one call into _C, and with one
 # query a 4096-row tile is a few microseconds of work: the calls' own cost showed in the time).
 CPU_FEW_QUERIES_TILE_FACTOR = 16
 CUDA_QUERY_TILE, CUDA_CORPUS_TILE = 16384, 8192
 CUDA_FIRST_CAPACITY = 1 << 20  # items the GPU walk has room for before it grows its buffers
-
-
-def check_metric(metric: str) -> str:
-    metric = "cosine" if metric == "cos" else metric
-    if metric not in RANGE_METRICS:
-        raise ValueError(f"metric must be one of {RANGE_METRICS} (or 'cos'), got {metric!r}")
-    return metric
 
 
 def _check_threshold(threshold) -> float:
@@ -134,6 +128,10 @@ def range_search(queries, corpus, threshold, *, metric: str = "ip", selector=Non
     q, as_numpy = check_queries(queries, metric)
     chunks, total = corpus_chunks(corpus)
     l2 = metric == "l2"
+    if impl != "reference" and q.device.type == "cuda":
+        require_cuda("range_search", q.device)
+        if not safety.trusted("range_search", q.device, check_range_search_cuda):
+            impl = "reference"  # the CUDA kernels failed their first-use check on this device
     if impl == "reference":
         c = _whole_corpus(chunks, q)
         selected = None if selector is None else selector.resolve(len(c), q.device).contains(
@@ -146,7 +144,7 @@ def range_search(queries, corpus, threshold, *, metric: str = "ip", selector=Non
     if q.device.type == "cuda":
         require_cuda("range_search")
         with on_gpu(q.device):
-            zero_row = torch.full((), _search_cuda.NO_ROW, dtype=torch.int64, device=q.device)
+            zero_row = torch.full((), search_cuda.NO_ROW, dtype=torch.int64, device=q.device)
             walk = _narrowed(tiles(chunks, q32.shape[1], q.device, metric, CUDA_CORPUS_TILE, zero_row), f)
             walk = _with_progress(walk, total, progress, "range_search")
             out = _range_cuda(q32, walk, threshold, params, zero_row)
@@ -163,7 +161,7 @@ def _range_cpu(q32: torch.Tensor, walk, threshold: float, params: _TileParams):
 
     def merge(state, backend, first_id, ct):
         width = ct.shape[0]
-        fused = _gemm.fused_id(backend)
+        fused = gemm.fused_id(backend)
         p = params(first_id, ct, fused is not None)
         if fused is not None:  # product and selection in one pass over small tiles
             ok = _C.range_search_cpu(state, fused, q32.data_ptr(), dim, ct.data_ptr(), width, first_id, p)
@@ -171,16 +169,16 @@ def _range_cpu(q32: torch.Tensor, walk, threshold: float, params: _TileParams):
             ok = True
             for i0 in range(0, nq, CPU_QUERY_TILE):
                 qt = q32[i0 : i0 + CPU_QUERY_TILE]
-                tile = _search_cpu.product(buffer, min(nq, CPU_QUERY_TILE) * cpu_corpus_tile(nq), qt, ct)
+                tile = search_cpu.product(buffer, min(nq, CPU_QUERY_TILE) * cpu_corpus_tile(nq), qt, ct)
                 ok &= _C.range_merge_cpu(state, tile.data_ptr(), i0, qt.shape[0], width, width, first_id, p)
         if not ok:
-            raise _search_cpu.non_finite(first_id, width)
+            raise search_cpu.non_finite(first_id, width)
 
-    key = _gemm.shape_class("range_search", nq, CPU_CORPUS_TILE, dim)
+    key = gemm.shape_class("range_search", nq, CPU_CORPUS_TILE, dim)
     for first_id, ct in walk:
         if backend is None:  # measured on this tile into scratch states (once per machine and class)
             scratch = lambda b: merge(_C.RangeStateCpu(nq, threshold, params.l2), b, first_id, ct)  # noqa: E731
-            backend = _gemm.chooser.decide(key, scratch)
+            backend = gemm.chooser.decide(key, scratch)
         merge(state, backend, first_id, ct)
     n = state.total()
     lims = torch.empty(nq + 1, dtype=torch.int64)
@@ -192,7 +190,7 @@ def _range_cpu(q32: torch.Tensor, walk, threshold: float, params: _TileParams):
 
 def _range_cuda(q32: torch.Tensor, walk, threshold: float, params: _TileParams, zero_row: torch.Tensor):
     nq, device = q32.shape[0], q32.device
-    stream = torch.cuda.current_stream(device).cuda_stream
+    stream = current_stream(device)
     capacity = CUDA_FIRST_CAPACITY
     found_q, found_ids = (torch.empty(capacity, dtype=torch.int64, device=device) for _ in range(2))
     found_values = torch.empty(capacity, dtype=torch.float32, device=device)
@@ -222,7 +220,7 @@ def _range_cuda(q32: torch.Tensor, walk, threshold: float, params: _TileParams, 
             counter.fill_(done)
         done = n
         max_id = first_id + width
-    _search_cuda.device_checks(bad, zero_row)
+    search_cuda.device_checks(bad, zero_row)
     order = torch.argsort(found_q[:done] * max(max_id, 1) + found_ids[:done])  # by query, then id
     lims = torch.zeros(nq + 1, dtype=torch.int64, device=device)
     lims[1:] = torch.cumsum(torch.bincount(found_q[:done], minlength=nq), 0)
@@ -257,10 +255,10 @@ def topk_with_params(q: torch.Tensor, corpus, k: int, metric: str, selector, imp
         if k + CUDA_CORPUS_TILE >= 2**31:
             raise ValueError(f"the CUDA topk supports k below {2**31 - CUDA_CORPUS_TILE}, got {k}")
         with on_gpu(q.device):
-            zero_row = torch.full((), _search_cuda.NO_ROW, dtype=torch.int64, device=q.device)
+            zero_row = torch.full((), search_cuda.NO_ROW, dtype=torch.int64, device=q.device)
             walk = _with_progress(tiles(chunks, q32.shape[1], q.device, metric, CUDA_CORPUS_TILE, zero_row), total,
                                   progress, "topk")
-            scores, ids = _search_cuda.topk(q32, walk, k, min(nq, CUDA_QUERY_TILE), CUDA_CORPUS_TILE, zero_row,
+            scores, ids = search_cuda.topk(q32, walk, k, min(nq, CUDA_QUERY_TILE), CUDA_CORPUS_TILE, zero_row,
                                             _NoBar(), params)
     else:
         walk = tiles(chunks, q32.shape[1], q.device, metric, cpu_corpus_tile(nq))
@@ -269,7 +267,7 @@ def topk_with_params(q: torch.Tensor, corpus, k: int, metric: str, selector, imp
             if inside >= k:  # a range holding k ids or more: only its tiles are multiplied
                 walk = _narrowed(walk, f)
         walk = _with_progress(walk, total, progress, "topk")
-        scores, ids = _search_cpu.topk(q32, walk, k, total, min(nq, CPU_QUERY_TILE), cpu_corpus_tile(nq), _NoBar(),
+        scores, ids = search_cpu.topk(q32, walk, k, total, min(nq, CPU_QUERY_TILE), cpu_corpus_tile(nq), _NoBar(),
                                        params)
     valid = (ids >= 0) & f.contains(ids)  # excluded ids ranked last with kExcludedScore: padding
     if l2:
@@ -281,3 +279,21 @@ def topk_with_params(q: torch.Tensor, corpus, k: int, metric: str, selector, imp
 class _NoBar:
     def update(self, n: int) -> None:
         pass
+
+
+def check_range_search_cuda(device: torch.device) -> str:
+    """range_search's CUDA walk (inner product, id-filtered, L2) against hbfast.reference on ``device``,
+    on small integers (every score exact in float32)."""
+    from .selectors import IDSelectorRange
+
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randint(-3, 4, (37, 12), generator=gen).float().to(device)
+    c = torch.randint(-3, 4, (700, 12), generator=gen).float().to(device)
+    for threshold, metric, selector in ((6.0, "ip", None), (6.0, "ip", IDSelectorRange(100, 400)), (30.0, "l2", None)):
+        got = range_search(q, [c[:300], c[300:]], threshold, metric=metric, selector=selector, impl="kernel")
+        want = range_search(q, c, threshold, metric=metric, selector=selector, impl="reference")
+        for name, g, w in zip(("lims", "values", "ids"), got, want):
+            problem = safety.compare(f"range_search {name} ({metric}{', filtered' if selector else ''})", g, w, 0, 0)
+            if problem:
+                return problem
+    return ""

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from . import _C
-from ._ext import current_stream
+from ... import _C
+from ..ext import current_stream
 
 MAX_IDS = 2**32 - 1  # the keys hold the id in 32 bits (select.h)
 NO_ROW = 2**62  # "no zero-norm row seen" in the zero-norm tracker

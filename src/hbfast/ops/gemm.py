@@ -39,7 +39,7 @@ from typing import Callable, Dict, Hashable, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _C
+from .. import _C
 
 try:
     import fcntl
@@ -177,15 +177,14 @@ chooser = _Chooser(persist=True)
 
 
 @contextlib.contextmanager
-def products(q: Tensor, op: str, n_rows: int, n_cols: int):
-    """The block product of one step of the loss (op: its name, kept for callers): ``mm(a, b, out,
-    accumulate=False)`` writes a @ b into out (or adds it). For float32 CPU blocks, torch's (MKL) or
+def products(q: Tensor, n_rows: int, n_cols: int):
+    """The block product of one step of the loss: ``mm(a, b, out, accumulate=False)`` writes a @ b into out (or adds it). For float32 CPU blocks, torch's (MKL) or
     OpenBLAS over hbfast's threads, as :func:`loss_backend` chose for this machine and shape; torch's
     elsewhere (cuBLAS on a GPU, float64)."""
     if q.device.type == "cpu" and q.dtype == torch.float32 and loss_backend(n_rows, n_cols, q.shape[1]) == "openblas":
         yield _openblas_mm
     else:
-        yield _torch_mm
+        yield torch_mm
 
 
 # ---- measured once per machine and shape class, kept in a file ------------------------------------
@@ -264,7 +263,7 @@ def _measure_loss(rows: int, cols: int, dim: int) -> str:
     x, ga, gb = torch.empty(rows, cols), torch.empty(rows, dim), torch.empty(cols, dim)
 
     def trial(backend: str) -> None:
-        mm = _openblas_mm if backend == "openblas" else _torch_mm
+        mm = _openblas_mm if backend == "openblas" else torch_mm
         mm(a, b.t(), x)
         mm(x, b, ga)
         mm(x.t(), a, gb)
@@ -298,7 +297,7 @@ def pin_loss_choices(choices: Dict[str, str]) -> None:
         _loss_choices.update({k: v for k, v in (choices or {}).items() if v in BACKENDS})
 
 
-def _torch_mm(a: Tensor, b: Tensor, out: Tensor, accumulate: bool = False) -> None:
+def torch_mm(a: Tensor, b: Tensor, out: Tensor, accumulate: bool = False) -> None:
     if accumulate:
         out.addmm_(a, b)
     else:

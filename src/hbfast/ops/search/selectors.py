@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import _C
+from ... import _C
 
 __all__ = ["IDSelector", "IDSelectorArray", "IDSelectorBatch", "IDSelectorBitmap", "IDSelectorNot", "IDSelectorRange",
            "TileFilter", "check_selector"]

@@ -12,7 +12,8 @@ from typing import Optional
 
 import torch
 
-from . import _C, _gemm
+from ... import _C
+from .. import gemm
 
 
 def non_finite(first_id: int, width: int) -> ValueError:
@@ -48,7 +49,7 @@ def topk(q32: torch.Tensor, tiles, k: int, total: Optional[int], tile_q: int, co
 
     def merge(state, backend, first_id, ct):  # one corpus tile [width, D] into state
         width = ct.shape[0]
-        fused = _gemm.fused_id(backend)
+        fused = gemm.fused_id(backend)
         p = None if params is None else params(first_id, ct, fused is not None)
         if fused is not None:  # product and selection in one pass over small tiles
             if p is None:
@@ -66,12 +67,12 @@ def topk(q32: torch.Tensor, tiles, k: int, total: Optional[int], tile_q: int, co
             if not _C.topk_merge_cpu(state, tile.data_ptr(), i0, qt.shape[0], width, width, first_id):
                 raise non_finite(first_id, width)
 
-    key, backend = _gemm.shape_class("topk", nq, corpus_tile, dim, k <= _C.TOPK_HEAP_MAX_K), None
+    key, backend = gemm.shape_class("topk", nq, corpus_tile, dim, k <= _C.TOPK_HEAP_MAX_K), None
     seen = 0
     for first_id, ct in tiles:
         if backend is None:  # measured on this tile into scratch states (once per process and class)
             scratch = lambda b: merge(_C.TopkStateCpu(nq, k, max(capacity, k + 1)), b, first_id, ct)  # noqa: E731
-            backend = _gemm.chooser.decide(key, scratch)
+            backend = gemm.chooser.decide(key, scratch)
         merge(state, backend, first_id, ct)
         seen += ct.shape[0]
         bar.update(ct.shape[0])
@@ -88,7 +89,7 @@ def count_tile(backend: str, qt: torch.Tensor, first_id: int, ct: torch.Tensor, 
     """relevant_ranks on the CPU: adds to the counts in rel_args the candidates of corpus tile ct
     [tc, D] that beat each relevant item of the queries qt [tq, D] (see search._count_pass)."""
     width = ct.shape[0]
-    fused = _gemm.fused_id(backend)
+    fused = gemm.fused_id(backend)
     if fused is not None:  # product and counting in one pass over small tiles
         ok = _C.count_beating_search_cpu(fused, qt.data_ptr(), qt.shape[0], qt.shape[1], ct.data_ptr(), width, first_id,
                                          *rel_args)

@@ -16,7 +16,7 @@ import scipy_openblas32 as _openblas
 _OPENBLAS_LIB = sorted(f for f in os.listdir(_openblas.get_lib_dir()) if f.startswith("libscipy_openblas") and ".so" in f)
 ctypes.CDLL(os.path.join(_openblas.get_lib_dir(), _OPENBLAS_LIB[0]), mode=ctypes.RTLD_GLOBAL)
 
-from . import _C  # noqa: E402
+from .. import _C  # noqa: E402
 
 IMPLS = ("auto", "kernel", "reference")
 
@@ -49,14 +49,14 @@ def build_info() -> dict:
     and ``cuda_unusable`` (why CUDA tensors would fail although torch sees a GPU, "" if they work).
     ``openblas`` (the OpenBLAS linked in), ``gemm``: the CPU matrix products (``openblas``, ``mkl``: the libraries;
     ``override``: HBFAST_GEMM; ``chosen``: the product measured faster per shape class so far;
-    ``measuring``: classes still being measured; see ``hbfast._gemm``).
+    ``measuring``: classes still being measured; see ``hbfast.ops.gemm``).
     """
-    from . import _gemm
+    from . import gemm
 
     info = dict(_C.build_info())
     info["cuda_available"] = _cuda_available()
     info["cuda_unusable"] = cuda_unusable_reason()
-    info["gemm"] = _gemm.describe()
+    info["gemm"] = gemm.describe()
     return info
 
 

@@ -1,10 +1,11 @@
 """The walk over the score matrix that both fused losses (contrastive, SigLIP) make on both devices,
 one row block at a time, so that each keeps only its per-element epilogue:
+- the plan: which row blocks, and how many leading rows are kept from the forward for the backward
+  (``memory_budget``);
 - forward: each block's raw dot products [rows, N] (kept for the backward while they fit the memory
   budget, else in one reused work block) are handed to the epilogue;
 - backward: each block's dot products (kept, or recomputed into the gradient buffer), turned by the
   epilogue into scale * dL/dS in place, then multiplied out: grad_q rows = G @ keys, grad_keys += G.T @ q.
-The block plan itself (losses._blocks) is the caller's.
 """
 from __future__ import annotations
 
@@ -13,9 +14,36 @@ from typing import Callable, List, Tuple
 import torch
 from torch import Tensor
 
-from . import _C
+from ... import _C
 
-Mm = Callable[..., None]  # mm(a, b, out, accumulate=False): out = a @ b (or += it); see _gemm
+DEFAULT_MEMORY_BUDGET = 768 << 20  # bytes of score blocks kept from forward to backward
+BLOCK_ROWS = 1024  # rows per block of the score matrix (each block's grad_keys update reads and
+BLOCK_BYTES = 64 << 20  # writes all of grad_keys, so not fewer), unless a block exceeds this
+MAX_BLOCK_ROWS = 65535  # CUDA grid limit on the gradient kernel's rows
+
+
+def block_rows(n_rows: int, n_cols: int, item_size: int = 4) -> int:
+    """Rows per block: BLOCK_ROWS, fewer (at least 16) when a block [rows, n_cols] of item_size-byte
+    scores would take more than BLOCK_BYTES."""
+    rows = max(16, min(BLOCK_ROWS, BLOCK_BYTES // (item_size * max(n_cols, 1))))
+    return int(min(n_rows, rows, MAX_BLOCK_ROWS))
+
+
+def cached_rows(n_rows: int, n_cols: int, memory_budget: int, item_size: int = 4) -> int:
+    """How many leading rows of the score matrix the forward keeps for the backward."""
+    return int(min(n_rows, max(0, memory_budget) // (item_size * max(n_cols, 1))))
+
+
+def plan(n_rows: int, n_cols: int, n_cached: int, item_size: int) -> List[Tuple[int, int]]:
+    """The row blocks (lo, hi) of an [n_rows, n_cols] score matrix whose first n_cached rows are kept."""
+    step = block_rows(n_rows, n_cols, item_size)
+    out = []
+    for lo, hi in ((0, n_cached), (n_cached, n_rows)):  # a block never straddles the cache boundary
+        out += [(r, min(r + step, hi)) for r in range(lo, hi, step)]
+    return out
+
+
+Mm = Callable[..., None]  # mm(a, b, out, accumulate=False): out = a @ b (or += it); see ops.gemm
 
 
 def empty_block(rows: int, cols: int, like: Tensor) -> Tensor:

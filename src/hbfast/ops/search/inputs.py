@@ -12,26 +12,29 @@ from typing import Iterable, Iterator, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from . import _search_cuda
-from ._search_cuda import zero_norm_error as _zero_norm_error
+from . import cuda as search_cuda
+from .cuda import zero_norm_error
 
 Matrix = Union[torch.Tensor, np.ndarray]
 Corpus = Union[Matrix, Iterable[Matrix]]
 
-METRICS = ("ip", "cosine")
+METRICS = ("ip", "cosine", "l2")  # l2: squared Euclidean distance, smallest first (faiss's IndexFlatL2)
+RANK_METRICS = ("ip", "cosine")  # relevant_ranks's
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 # ----------------------------------------------------------------------------------------------
 # Input checks: every problem is reported here, before any pointer reaches _C.
-def _check_metric(metric: str) -> str:
-    metric = "cosine" if metric == "cos" else metric  # the name hbfast eval once used
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS} (or 'cos'), got {metric!r}")
+def check_metric(metric: str, allowed: Tuple[str, ...] = METRICS) -> str:
+    """The metric's name ("cos" is an alias of "cosine", as in ``hbfast eval --metric``) if it is one of
+    ``allowed``, else a ValueError naming them: the one metric check of every search op."""
+    metric = "cosine" if metric == "cos" else metric
+    if metric not in allowed:
+        raise ValueError(f"metric must be one of {allowed} (or 'cos'), got {metric!r}")
     return metric
 
 
-def _check_matrix(name: str, x) -> None:
+def check_matrix(name: str, x) -> None:
     """A 2-D float tensor or numpy array, else a clear error (nothing is read or copied)."""
     if isinstance(x, torch.Tensor):
         if x.dtype not in _FLOAT_DTYPES:
@@ -45,9 +48,9 @@ def _check_matrix(name: str, x) -> None:
         raise ValueError(f"{name} must be 2-D [n, dim], got shape {tuple(x.shape)}")
 
 
-def _as_tensor(name: str, x) -> torch.Tensor:
+def as_tensor(name: str, x) -> torch.Tensor:
     """A torch view of a checked tensor or numpy array (numpy is copied only when read-only)."""
-    _check_matrix(name, x)
+    check_matrix(name, x)
     if isinstance(x, torch.Tensor):
         return x.detach()
     if not x.flags.writeable:  # torch cannot view read-only memory (e.g. a memmap opened "r")
@@ -55,7 +58,7 @@ def _as_tensor(name: str, x) -> torch.Tensor:
     return torch.from_numpy(x)
 
 
-def _check_finite(name: str, t: torch.Tensor) -> None:
+def check_finite(name: str, t: torch.Tensor) -> None:
     if t.numel() == 0 or not t.dtype.is_floating_point:
         return
     # min and max carry any NaN and the infinities: one pass and no [n, D] mask (20x faster than isfinite().all())
@@ -63,38 +66,38 @@ def _check_finite(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"{name} contains NaN or infinite values")
 
 
-def _prepare(t: torch.Tensor, metric: str, name: str, first_id: int = 0,
+def prepare(t: torch.Tensor, metric: str, name: str, first_id: int = 0,
              zero_row: Optional[torch.Tensor] = None) -> torch.Tensor:
     """fp32, contiguous, rows normalised for cosine. [n, D] -> [n, D]
 
     With ``zero_row`` (an int64 device scalar, on the GPU) a zero-norm row is not reported here,
     which would wait for the device: the lowest such id is kept in ``zero_row`` for the caller to
-    report once at the end (_zero_norm_error)."""
+    report once at the end (zero_norm_error)."""
     t = t.to(torch.float32).contiguous()
     if metric == "cosine":
         norms = torch.linalg.vector_norm(t, dim=1, keepdim=True)  # [n, 1]
         if zero_row is not None:
             ids = torch.arange(first_id, first_id + t.shape[0], device=t.device)
-            torch.minimum(zero_row, torch.where(norms[:, 0] == 0, ids, _search_cuda.NO_ROW).min(), out=zero_row)
+            torch.minimum(zero_row, torch.where(norms[:, 0] == 0, ids, search_cuda.NO_ROW).min(), out=zero_row)
             return t / norms
         zero = (norms == 0).flatten().nonzero()
         if len(zero):
-            raise ValueError(_zero_norm_error(name, first_id + int(zero[0])))
+            raise ValueError(zero_norm_error(name, first_id + int(zero[0])))
         t = t / norms
     return t
 
 
-def _check_queries(queries, metric: str) -> Tuple[torch.Tensor, bool]:
-    q = _as_tensor("queries", queries)
+def check_queries(queries, metric: str) -> Tuple[torch.Tensor, bool]:
+    q = as_tensor("queries", queries)
     if q.shape[0] == 0 or q.shape[1] == 0:
         raise ValueError(f"queries is empty: shape {tuple(q.shape)}")
-    _check_finite("queries", q)
+    check_finite("queries", q)
     return q, isinstance(queries, np.ndarray)
 
 
-def _check_chunk(name: str, chunk, dim: int, device: torch.device):
+def check_chunk(name: str, chunk, dim: int, device: torch.device):
     """Checks a corpus chunk without reading it (a memmap stays on disk); returns it unchanged."""
-    _check_matrix(name, chunk)
+    check_matrix(name, chunk)
     if chunk.shape[1] != dim:
         raise ValueError(f"dimension mismatch: queries have dim {dim}, {name} has shape {tuple(chunk.shape)}")
     if isinstance(chunk, torch.Tensor) and chunk.device != device:
@@ -102,7 +105,7 @@ def _check_chunk(name: str, chunk, dim: int, device: torch.device):
     return chunk
 
 
-def _corpus_chunks(corpus: Corpus) -> Tuple[Iterator, Optional[int]]:
+def corpus_chunks(corpus: Corpus) -> Tuple[Iterator, Optional[int]]:
     """(iterator over chunks, total rows when known up front)."""
     if isinstance(corpus, (torch.Tensor, np.ndarray)):
         if corpus.ndim != 2:
@@ -120,7 +123,7 @@ def _corpus_chunks(corpus: Corpus) -> Tuple[Iterator, Optional[int]]:
     return iter(corpus), None
 
 
-def _check_k(k, total: Optional[int]) -> int:
+def check_k(k, total: Optional[int]) -> int:
     if isinstance(k, bool) or not isinstance(k, Integral):
         raise TypeError(f"k must be an int, got {type(k).__name__}")
     if k < 1:
@@ -130,12 +133,12 @@ def _check_k(k, total: Optional[int]) -> int:
     return int(k)
 
 
-def _output(x: torch.Tensor, as_numpy: bool):
+def output(x: torch.Tensor, as_numpy: bool):
     return x.cpu().numpy() if as_numpy else x
 
 
 @contextlib.contextmanager
-def _between_fused_tiles(device: torch.device):
+def between_fused_tiles(device: torch.device):
     """torch ops between two fused CPU tiles (checks, normalisation, relevant_ranks' per-chunk counts)
     run in one thread: a parallel torch op leaves torch's OpenMP threads spinning on the cores that
     hbfast's threads need for the next tile (topk with metric="cosine" took 0.82 s instead of 0.66 s;
@@ -151,31 +154,19 @@ def _between_fused_tiles(device: torch.device):
         torch.set_num_threads(threads)
 
 
-def _tiles(chunks: Iterator, dim: int, device: torch.device, metric: str, tile: int,
+def tiles(chunks: Iterator, dim: int, device: torch.device, metric: str, tile: int,
            zero_row: Optional[torch.Tensor] = None):
     """Yields (first global id, fp32 corpus tile [<= tile, D] on device), validating each chunk
-    (a zero-norm row goes to ``zero_row`` when given, see _prepare)."""
+    (a zero-norm row goes to ``zero_row`` when given, see prepare)."""
     base = 0
     for i, chunk in enumerate(chunks):
-        with _between_fused_tiles(device):
-            c = _check_chunk(f"corpus chunk {i}" if i else "corpus", chunk, dim, device)
+        with between_fused_tiles(device):
+            c = check_chunk(f"corpus chunk {i}" if i else "corpus", chunk, dim, device)
         for j0 in range(0, c.shape[0], tile):
-            with _between_fused_tiles(device):
-                part = _as_tensor("corpus", c[j0 : j0 + tile]).to(device)  # only this tile is read
-                prepared = _prepare(part, metric, "corpus", base + j0, zero_row)
+            with between_fused_tiles(device):
+                part = as_tensor("corpus", c[j0 : j0 + tile]).to(device)  # only this tile is read
+                prepared = prepare(part, metric, "corpus", base + j0, zero_row)
             yield base + j0, prepared
         base += c.shape[0]
     if base == 0:
         raise ValueError("corpus is empty")
-
-
-# ---- public names for the other search modules (radius.py: range search, filtered / L2 top-k) ----
-check_queries = _check_queries
-check_chunk = _check_chunk
-check_k = _check_k
-corpus_chunks = _corpus_chunks
-as_tensor = _as_tensor
-prepare = _prepare
-output = _output
-tiles = _tiles
-between_fused_tiles = _between_fused_tiles
