@@ -33,7 +33,7 @@ def translate(data, out, *, model, to, sources=None, batch_size: int = 32, max_l
         raise FileNotFoundError(f"translate: --data {data} is not a table file nor tar shards")
     translator = Translator(str(model), device=device, batch_size=batch_size, max_length=max_length,
                             num_beams=num_beams) if isinstance(model, (str, PathLike)) else model
-    common = dict(to=to, sources=sources, rank=rank, world=world, barrier=barrier, progress=progress)
+    common = {"to": to, "sources": sources, "rank": rank, "world": world, "barrier": barrier, "progress": progress}
     if shards:
         return translate_shards(data, out, translator, **common)
     return translate_table(data, out, translator, chunk_size=chunk_size, **common)

@@ -9,7 +9,7 @@ source. Pure functions: no model is loaded here.
 from __future__ import annotations
 
 import re
-from typing import Container, Optional
+from collections.abc import Container
 
 FAMILIES = ("marian", "nllb", "m2m100", "mbart50", "madlad")
 
@@ -107,7 +107,7 @@ def language_token(family: str, language: str) -> str:
     return {"m2m100": f"__{code}__", "madlad": f"<2{code}>"}.get(family, code)
 
 
-def marian_target_token(language: str, vocab: Container[str]) -> Optional[str]:
+def marian_target_token(language: str, vocab: Container[str]) -> str | None:
     """The ``>>xxx<<`` token of ``language`` in a Marian vocabulary (the ISO 639-3 code, or the
     ISO 639-1 one as opus-mt-en-ROMANCE has), None for a single-target model (no such tokens)."""
     tokens = [t for t in vocab if isinstance(t, str) and t.startswith(">>") and t.endswith("<<")]

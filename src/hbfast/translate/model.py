@@ -9,7 +9,8 @@ can stand in for a :class:`Translator` (the data functions only call those).
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Callable
 
 from . import codes
 
@@ -44,8 +45,8 @@ class Translator:
     and the generated ones; ``num_beams`` None keeps the model's generation config.
     """
 
-    def __init__(self, model: str, *, device: Optional[str] = None, batch_size: int = 32, max_length: int = 256,
-                 num_beams: Optional[int] = None):
+    def __init__(self, model: str, *, device: str | None = None, batch_size: int = 32, max_length: int = 256,
+                 num_beams: int | None = None):
         from transformers import AutoConfig, AutoTokenizer
 
         for name, value in (("batch_size", batch_size), ("max_length", max_length), ("num_beams", num_beams or 1)):
@@ -72,7 +73,7 @@ class Translator:
                 "max_length": self.max_length, "num_beams": self.num_beams}
 
     @property
-    def default_sources(self) -> Optional[list]:
+    def default_sources(self) -> list | None:
         """The one source language a single-pair model (``opus-mt-en-de``) reads, else None."""
         return [self.pair[0]] if self.pair[0] else None
 
@@ -100,17 +101,17 @@ class Translator:
         """ValueError naming the first (source, target) pair this model cannot translate."""
         pairs = list(pairs)
         targets = list(dict.fromkeys(t for _, t in pairs))
+        want_src, want_tgt = self.pair
         if self.family == "marian" and not self.multi_target:
-            want_src, want_tgt = self.pair
             if want_tgt is None and len(targets) > 1:
                 raise ValueError(f"{self.name} is a single-target Marian model (no >>xx<< tokens) and its name does "
                                  f"not say its target language: translate into one language at a time, not {targets}")
             wrong = [t for t in targets if want_tgt is not None and codes.ALIASES.get(t, t) != want_tgt]
             if wrong:
                 raise ValueError(f"{self.name} translates into {want_tgt!r} only, not {wrong}")
-            sources = [s for s, _ in pairs if want_src is not None and codes.ALIASES.get(s, s) != want_src]
-            if sources:
-                raise ValueError(f"{self.name} translates from {want_src!r} only, not from {sources[0]!r}")
+        wrong = [s for s, _ in pairs if want_src is not None and codes.ALIASES.get(s, s) != want_src]
+        if wrong:  # opus-mt-en-de, opus-mt-en-mul: English sources only
+            raise ValueError(f"{self.name} translates from {want_src!r} only, not from {wrong[0]!r}")
         for source, target in pairs:
             self._codes(source, target)
 
@@ -125,7 +126,7 @@ class Translator:
         self.device = str(device)
 
     def translate(self, texts: Sequence[str], source: str, target: str,
-                  progress: Optional[Callable[[int], None]] = None) -> list:
+                  progress: Callable[[int], None] | None = None) -> list:
         """Translations of ``texts`` from ``source`` into ``target``, in order; ``progress(n)`` after each batch."""
         import torch
 

@@ -16,8 +16,9 @@ import io
 import json
 import os
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable
 
 from ..clip.shards import captions_of, read_shard
 from ..clip.stream import expand_shards
@@ -46,7 +47,7 @@ def member_key(name: str) -> tuple:
     return (f"{directory}/{key}" if directory else key), extension.lower()
 
 
-def _caption_map(meta) -> Optional[dict]:
+def _caption_map(meta) -> dict | None:
     """The mapping in a sample's json that holds its captions (None when there is none)."""
     if not isinstance(meta, dict):
         return None

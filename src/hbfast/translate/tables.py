@@ -22,8 +22,9 @@ import hashlib
 import io
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable
 
 from ..data.pairs import LONG_COLUMNS
 from ..shards import atomic_write_bytes
@@ -67,8 +68,8 @@ class Chunk:
 
     @property
     def file_name(self) -> str:
-        safe = lambda s: re.sub(r"[^A-Za-z0-9_]+", "_", s)  # noqa: E731
-        return f"{safe(self.source)}-{safe(self.target)}-{self.key[:24]}.json"
+        source, target = (re.sub(r"[^A-Za-z0-9_]+", "_", x) for x in (self.source, self.target))
+        return f"{source}-{target}-{self.key[:24]}.json"
 
 
 def present(value) -> bool:
@@ -107,7 +108,7 @@ def _read_rows(path: Path) -> tuple:
     return list(dict.fromkeys(k for r in rows for k in r)), rows
 
 
-def read_table(path, sources: Optional[Sequence[str]] = None) -> Table:
+def read_table(path, sources: Sequence[str] | None = None) -> Table:
     """A table of one of the three kinds, told apart by its columns."""
     path = Path(path)
     if not path.is_file():
@@ -134,7 +135,7 @@ def read_table(path, sources: Optional[Sequence[str]] = None) -> Table:
     return Table(path, kind, columns, rows)
 
 
-def plan_jobs(table: Table, targets: Sequence[str], sources: Optional[Sequence[str]]) -> tuple:
+def plan_jobs(table: Table, targets: Sequence[str], sources: Sequence[str] | None) -> tuple:
     """(jobs, items without a source language): for each target, each item lacking it, in table order."""
     if table.kind == "captions-wide":
         items = [{lang: r for lang in table.columns if lang != "image" and present(table.rows[r][lang])}
@@ -186,7 +187,7 @@ def plan_chunks(table: Table, jobs: Sequence[Job], chunk_size: int, fingerprint:
     return chunks
 
 
-def read_chunk(path: Path, chunk: Chunk) -> Optional[dict]:
+def read_chunk(path: Path, chunk: Chunk) -> dict | None:
     """A finished chunk's record, or None when its file is missing or is not this chunk's."""
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
