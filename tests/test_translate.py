@@ -212,10 +212,12 @@ def test_caption_tables_wide_and_long(tmp_path):
     long = tmp_path / "long.parquet"
     pq.write_table(pa.Table.from_pylist([{"image": "0.png", "language": "de", "caption": "eine Katze"},
                                          {"image": "1.png", "language": "en", "caption": "a dog"},
-                                         {"image": "1.png", "language": "fr", "caption": "un chien"}]), long)
-    tr.translate(long, tmp_path / "long-out.parquet", model=Reverser(), to="en,ja", progress=False)
+                                         {"image": "1.png", "language": "fr", "caption": "un chien"},
+                                         {"image": "1.png", "language": "de", "caption": ""}]), long)
+    # 1.png's empty de caption is no source, and is not given a second de row
+    tr.translate(long, tmp_path / "long-out.parquet", model=Reverser(), to="en,ja,de", progress=False)
     rows = pq.read_table(tmp_path / "long-out.parquet").to_pylist()
-    assert [(r["image"], r["language"], r["translated_from"]) for r in rows[3:]] == \
+    assert [(r["image"], r["language"], r["translated_from"]) for r in rows[4:]] == \
         [("0.png", "en", "de"), ("0.png", "ja", "de"), ("1.png", "ja", "en")]
     data = load_image_text_table(tmp_path / "long-out.parquet")
     assert data.languages == ("de", "en", "fr", "ja") and data.captions["ja"] == ["ja<de:eztaK enie", "ja<en:god a"]
@@ -292,6 +294,9 @@ def test_cli_table_resumes_to_the_same_bytes(marian, tmp_path, monkeypatch, caps
     translated.clear()
     assert main(_cli(marian, data, out, *args)) == 0 and translated == []  # all done: nothing translated
     assert out.read_bytes() == whole
+    idle = tr.Translator(str(marian), max_length=8, batch_size=4)
+    tr.translate(data, out, model=idle, to="fr,ja", chunk_size=10, progress=False)
+    assert idle.model is None and out.read_bytes() == whole  # the weights were not even loaded
     assert "added 37" in capsys.readouterr().err
 
 

@@ -3,8 +3,9 @@
 Exists to keep the model side of ``hbfast translate`` (loading quietly, the family's language
 codes, batches of similar length, generation under ``torch.inference_mode``) apart from the data
 formats. The model's weights are loaded on the first call, so a rerun with nothing left to do does
-not load them. Any object with ``fingerprint``, ``check``, ``default_sources`` and ``translate``
-can stand in for a :class:`Translator` (the data functions only call those).
+not load them. Any object with ``fingerprint``, ``check``, ``default_sources``, ``truncated`` and
+``translate`` can stand in for a :class:`Translator` (the data functions only use those, and
+``load`` where there is one).
 """
 from __future__ import annotations
 
@@ -116,10 +117,13 @@ class Translator:
             self._codes(source, target)
 
     # ---- translation -------------------------------------------------------------------------------
-    def _load(self):
+    def load(self) -> None:
+        """Load the weights (once); the first ``translate`` does it otherwise."""
         import torch
         from transformers import AutoModelForSeq2SeqLM
 
+        if self.model is not None:
+            return
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         with quiet_transformers():
             self.model = AutoModelForSeq2SeqLM.from_pretrained(self.name).to(device).eval()
@@ -134,8 +138,7 @@ class Translator:
         if not texts:
             return []
         prefix, src_code, forced = self._codes(source, target)
-        if self.model is None:
-            self._load()
+        self.load()
         if src_code is not None:
             self.tokenizer.src_lang = src_code
         sources = [prefix + t for t in texts]

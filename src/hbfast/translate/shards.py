@@ -171,6 +171,8 @@ def translate_shards(data, out, translator, *, to, sources=None, rank: int = 0, 
         atomic_write_bytes(plan_path, (json.dumps(plan, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
     barrier()
     mine = [i for i in range(rank, len(paths), world) if not (out / names[i]).is_file()]
+    if mine and hasattr(translator, "load"):
+        translator.load()
     counts = {"shards": len(paths), "translated_shards": len(mine), "samples": 0, "added": 0, "dropped_empty": 0,
               "no_source": 0, "texts": 0}
     bar = _ShardBar(len(mine), progress and rank == 0, f"translating {len(mine)} shard(s)")

@@ -136,33 +136,35 @@ def read_table(path, sources: Sequence[str] | None = None) -> Table:
 
 
 def plan_jobs(table: Table, targets: Sequence[str], sources: Sequence[str] | None) -> tuple:
-    """(jobs, items without a source language): for each target, each item lacking it, in table order."""
+    """(jobs, items without a source language): for each target, each item lacking it, in table order.
+    An item's row with an empty text is no source, yet its language is not added again (long tables)."""
     if table.kind == "captions-wide":
-        items = [{lang: r for lang in table.columns if lang != "image" and present(table.rows[r][lang])}
-                 for r in range(len(table.rows))]
+        usable = [{lang: r for lang in table.columns if lang != "image" and present(table.rows[r][lang])}
+                  for r in range(len(table.rows))]
+        items = [(set(u), u) for u in usable]
     else:
         key_column = "id" if table.kind == "pairs" else "image"
         by_key = {}
         for r, row in enumerate(table.rows):
             key = row[key_column] if isinstance(row[key_column], str) else repr(row[key_column])
-            if all(present(row[f]) for f in table.fields("")):  # a row with an empty text is no source
-                by_key.setdefault(key, {}).setdefault(str(row["language"]), r)
-            else:
-                by_key.setdefault(key, {})
+            have, usable = by_key.setdefault(key, (set(), {}))
+            have.add(str(row["language"]))
+            if all(present(row[f]) for f in table.fields("")):
+                usable.setdefault(str(row["language"]), r)
         items = list(by_key.values())
-        if sources and not any(s in langs for langs in items for s in sources):
-            found = sorted({lang for langs in items for lang in langs})
+        if sources and not any(s in usable for _, usable in items for s in sources):
+            found = sorted({lang for have, _ in items for lang in have})
             raise ValueError(f"{table.path}: no row in the --from language(s) {list(sources)} (languages: {found})")
     jobs, no_source = [], 0
     for target in targets:
-        for langs in items:
-            if target in langs:
+        for have, usable in items:
+            if target in have:
                 continue
-            source = next((s for s in (sources or langs) if s in langs), None)
+            source = next((s for s in (sources or usable) if s in usable), None)
             if source is None:
                 no_source += 1
             else:
-                jobs.append(Job(langs[source], source, target))
+                jobs.append(Job(usable[source], source, target))
     return jobs, no_source
 
 
@@ -275,6 +277,8 @@ def translate_table(data, out, translator, *, to, sources=None, chunk_size: int 
         work.mkdir(parents=True, exist_ok=True)
     barrier()
     mine = [c for i, c in enumerate(chunks) if i % world == rank and read_chunk(work / c.file_name, c) is None]
+    if mine and hasattr(translator, "load"):
+        translator.load()  # before the bar starts, so that its rate and ETA are the translation's
     with tqdm(total=sum(len(c.texts) for c in mine), unit="text", unit_scale=True, desc=f"translating {table.path.name}",
               disable=not progress or rank != 0) as bar:
         for chunk in mine:
