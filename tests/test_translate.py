@@ -413,3 +413,17 @@ def test_bad_input_is_named(marian, tmp_path, capsys):
     assert main(_cli(marian, data, tmp_path / "o.jsonl", "--to", "")) == 2
     assert "--to needs at least one language" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_gzipped_shards_come_out_gzipped_and_the_same_each_time(tmp_path):
+    from hbfast.clip.shards import shards_to_table
+
+    (tmp_path / "in").mkdir()
+    write_shard(tmp_path / "in" / "a.tar.gz", [{"key": f"k{i}", "png": png_bytes(colour_image(i)),
+                                                "json": {"captions": {"en": f"caption {i}"}}} for i in range(3)], gzip=True)
+    for out in ("one", "two"):
+        tr.translate(tmp_path / "in", tmp_path / out, model=Reverser(), to="de", sources="en", progress=False)
+    assert (tmp_path / "one" / "a.tar.gz").read_bytes() == (tmp_path / "two" / "a.tar.gz").read_bytes()
+    assert (tmp_path / "one" / "a.tar.gz").read_bytes()[:2] == b"\x1f\x8b"
+    table = shards_to_table(str(tmp_path / "one"), ["en", "de"])
+    assert table.captions["de"] == [f"de<en:{i} noitpac" for i in range(3)]
