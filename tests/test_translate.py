@@ -410,6 +410,8 @@ def test_bad_input_is_named(marian, tmp_path, capsys):
     assert "--data" in capsys.readouterr().err
     assert main(_cli(marian, data, tmp_path / "o.jsonl", "--to", "ko")) == 2
     assert "no target token for language 'ko'" in capsys.readouterr().err
+    assert main(_cli(marian, data, tmp_path / "o.jsonl", "--to", "fr", "--num-beams", "0")) == 2
+    assert "num_beams must be a positive int, got 0" in capsys.readouterr().err
     assert main(_cli(marian, data, tmp_path / "o.jsonl", "--to", "")) == 2
     assert "--to needs at least one language" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()

@@ -50,7 +50,9 @@ class Translator:
                  num_beams: int | None = None):
         from transformers import AutoConfig, AutoTokenizer
 
-        for name, value in (("batch_size", batch_size), ("max_length", max_length), ("num_beams", num_beams or 1)):
+        for name, value in (("batch_size", batch_size), ("max_length", max_length), ("num_beams", num_beams)):
+            if name == "num_beams" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         with quiet_transformers():
