@@ -280,7 +280,7 @@ def test_cli_table_resumes_to_the_same_bytes(marian, tmp_path, monkeypatch, caps
     with pytest.raises(KeyboardInterrupt):
         main(_cli(marian, data, out, *args))
     assert not out.exists() and len(list((tmp_path / "resumed.jsonl.parts").glob("*.json"))) == 2
-    (tmp_path / "resumed.jsonl.parts" / ".en-ja-0.json.tmp99").write_text("half a chunk")
+    (tmp_path / "resumed.jsonl.parts" / f".en-ja-{'0' * 24}.json.tmp99").write_text("half a chunk")
     monkeypatch.setattr(tr.Translator, "translate", real)
     translated = []
     monkeypatch.setattr(tr.Translator, "translate", lambda self, texts, *a, **k: translated.append(len(texts)) or

@@ -303,8 +303,9 @@ def translate_table(data, out, translator, *, to, sources=None, chunk_size: int 
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out, _table_bytes(columns, rows, out_format))
         keep = {c.file_name for c in chunks}
-        for stale in work.iterdir():  # chunks of other runs, and half-written files of a stopped one
-            if stale.name not in keep and stale.is_file():
+        for stale in work.iterdir():  # chunks of other settings, and half-written files of a stopped run
+            ours = re.fullmatch(r"\.?[A-Za-z0-9_]+-[A-Za-z0-9_]+-[0-9a-f]{24}\.json(\.tmp\d+)?", stale.name)
+            if ours and stale.name not in keep and stale.is_file():
                 stale.unlink()
         summary.update(added=added, dropped_empty=dropped, truncated=truncated)
     barrier()
