@@ -51,10 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     add_index_options(ev)
     from .train.cli import add_commands
     from .clip.cli import add_clip_commands
+    from .translate.cli import add_translate_command
 
     add_commands(commands)
     add_clip_commands(commands)
     add_shard_commands(commands)
+    add_translate_command(commands)
     return parser
 
 
