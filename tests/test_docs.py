@@ -195,6 +195,15 @@ def test_quoted_repository_paths_exist(page):
         check_exists(path.split("::")[0].rstrip(".,:;)"))
 
 
+def test_readme_is_a_front_page():
+    """README.md stays short (the rest lives in docs/), and its relative links name files that exist."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) < 200
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+        if "://" not in target:
+            assert (ROOT / target).exists(), f"README.md links to {target}, which does not exist"
+
+
 def test_json_blocks_parse():
     import json
 
