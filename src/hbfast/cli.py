@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+build_parser = _parser  # public: tests/test_docs.py checks every documented command line against it
+
+
 def _model_name(model: str | None) -> str:
     return "all-MiniLM-L6-v2" if model is None else Path(str(model).rstrip("/")).name or str(model)
 
