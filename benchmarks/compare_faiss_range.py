@@ -83,7 +83,7 @@ def main(argv=None):
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, faiss threads {faiss.omp_get_max_threads()}, "
           f"hbfast threads {hbfast.get_num_threads()}")
     print(f"{a.nq} queries x {a.n} x {a.d}, k = {a.k}, best of {a.repeats}\n")
-    print(f"| index | call | faiss s | hbfast s | hbfast / faiss |")
+    print("| index | call | faiss s | hbfast s | hbfast / faiss |")
     print("|---|---|---|---|---|")
     sample = xq[: min(50, a.nq)]
     for kind in ("IndexFlatIP", "IndexFlatL2"):

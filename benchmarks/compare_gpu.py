@@ -31,8 +31,7 @@ import torch.nn.functional as F
 import hbfast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_losses import _open_clip_loss_module  # noqa: E402
-from compare_search import torch_topk  # noqa: E402
+from baselines import open_clip_loss_module, torch_topk  # noqa: E402
 
 TEMPERATURE = 0.05
 
@@ -117,7 +116,7 @@ def naive_loss(q, p, scale):
 
 
 def open_clip_loss(q, p, scale):
-    return _open_clip_loss_module().ClipLoss()(q, p, torch.tensor(scale, device=q.device))
+    return open_clip_loss_module().ClipLoss()(q, p, torch.tensor(scale, device=q.device))
 
 
 def hbfast_loss(q, p, scale):
@@ -140,7 +139,7 @@ def check_loss():
 
 def loss_impls():
     impls = {"naive": naive_loss, "hbfast": hbfast_loss}
-    if _open_clip_loss_module() is not None:
+    if open_clip_loss_module() is not None:
         impls["open_clip"] = open_clip_loss
     return impls
 

@@ -124,9 +124,9 @@ def siglip_step(impl: str, B: int, chunk: int, forward_only: bool):
         loss = SigLipLoss()
     elif impl == "open_clip":
         sys.path.insert(0, str(Path(__file__).parent))
-        from compare_losses import _open_clip_loss_module
+        from baselines import open_clip_loss_module
 
-        loss = _open_clip_loss_module().SigLipLoss()
+        loss = open_clip_loss_module().SigLipLoss()
     else:
         loss = ChunkedSigLip(chunk)
 
@@ -231,13 +231,13 @@ def check_correctness(root: Path) -> None:
     if value_err > 1e-5 or grad_err > 1e-4:
         raise SystemExit("the cached drop-in disagrees with sentence-transformers'")
     sys.path.insert(0, str(Path(__file__).parent))
-    from compare_losses import _open_clip_loss_module
+    from baselines import open_clip_loss_module
 
     from hbfast.integrations.open_clip import SigLipLoss
 
     image = F.normalize(torch.randn(300, 32, generator=torch.Generator().manual_seed(0)), dim=1)
     text = F.normalize(image + torch.randn(300, 32, generator=torch.Generator().manual_seed(1)), dim=1)
-    values = [loss(image, text, SCALE, BIAS) for loss in (_open_clip_loss_module().SigLipLoss(), SigLipLoss(),
+    values = [loss(image, text, SCALE, BIAS) for loss in (open_clip_loss_module().SigLipLoss(), SigLipLoss(),
                                                           ChunkedSigLip(64))]
     errs = [abs(float(v - values[0])) / abs(float(values[0])) for v in values[1:]]
     print(f"correctness: SigLIP vs open_clip's: hbfast {errs[0]:.1e}, chunked {errs[1]:.1e} (relative)")

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import json
 import os
-import pathlib
 import resource
 import subprocess
 import sys
@@ -31,6 +29,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+from baselines import open_clip_loss_module
 
 TEMPERATURE = 0.05
 IMPLS = ("floor", "naive", "tiled", "st_mnrl", "open_clip", "hbfast")
@@ -112,22 +112,8 @@ def st_mnrl_loss(q, p, scale):
 
 
 @functools.cache  # loaded once, not on every timed call
-def _open_clip_loss_module():
-    """open_clip's loss.py, loaded on its own: it needs only torch, while `import open_clip` pulls in
-    torchvision (whose wheels replace the CPU torch with a CUDA build). So
-    `pip install --no-deps open_clip_torch` is enough to compare with its ClipLoss. None when absent."""
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or spec.origin is None:
-        return None
-    path = pathlib.Path(spec.origin).parent / "loss.py"
-    loss_spec = importlib.util.spec_from_file_location("open_clip_loss", path)
-    module = importlib.util.module_from_spec(loss_spec)
-    loss_spec.loader.exec_module(module)
-    return module
-
-
 def open_clip_loss(q, p, scale):
-    return _open_clip_loss_module().ClipLoss()(q, p, torch.tensor(scale))
+    return open_clip_loss_module().ClipLoss()(q, p, torch.tensor(scale))
 
 
 def hbfast_loss(q, p, scale):
@@ -143,7 +129,7 @@ LOSSES = {"floor": floor_products, "naive": naive_loss, "tiled": tiled_loss, "st
 
 def available(impl: str) -> bool:
     if impl == "open_clip":
-        return _open_clip_loss_module() is not None
+        return open_clip_loss_module() is not None
     if impl == "st_mnrl":
         try:
             import sentence_transformers  # noqa: F401

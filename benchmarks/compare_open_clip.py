@@ -24,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from compare_losses import _open_clip_loss_module
+from baselines import open_clip_loss_module
 
 IMPLS = ("open_clip_clip", "hbfast_clip", "open_clip_siglip", "hbfast_siglip")
 SIZES = "1024x384,1024x768,4096x384,4096x768,16384x384,16384x768"
@@ -34,7 +34,7 @@ BASELINE_MATRICES = 8  # B x B float32 matrices open_clip's losses hold at their
 
 def make_loss(impl: str):
     if impl.startswith("open_clip"):
-        module = _open_clip_loss_module()
+        module = open_clip_loss_module()
     else:
         from hbfast.integrations import open_clip as module
     return module.SigLipLoss() if impl.endswith("siglip") else module.ClipLoss()
@@ -49,7 +49,7 @@ def inputs(B: int, D: int, seed: int = 0, dtype=torch.float32):
 
 
 def check_correctness() -> None:
-    if _open_clip_loss_module() is None:
+    if open_clip_loss_module() is None:
         print("correctness: open_clip not installed, skipped")
         return
     for kind in ("clip", "siglip"):
@@ -115,7 +115,7 @@ def main(argv=None) -> None:
     check_correctness()
     from tqdm import tqdm
 
-    have_open_clip = _open_clip_loss_module() is not None
+    have_open_clip = open_clip_loss_module() is not None
     budget_mb = _available_mb() / 2
     print(f"\nforward + backward, fp32, best of {args.repeats}; torch threads={torch.get_num_threads()}; "
           f"open_clip skipped above an estimated {budget_mb / 1024:.1f} GiB")

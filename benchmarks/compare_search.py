@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 import hbfast
+from baselines import torch_topk
 
 
 def timed(fn, repeat):
@@ -87,20 +88,6 @@ def check_topk(scores, ids, ref_scores, ref_ids, q, c, atol):
         b = float(q[qi].double() @ c[ref_ids[qi, j]].double())
         assert abs(a - b) <= atol, f"query {qi}: ids {int(ids[qi, j])} and {int(ref_ids[qi, j])} are not tied"
     return len(diff)
-
-
-def torch_topk(q, c, k, chunk=16384):
-    """The plain PyTorch way: matmul per corpus chunk, torch.topk, merge."""
-    best_s, best_i = None, None
-    for j0 in range(0, len(c), chunk):
-        s = q @ c[j0 : j0 + chunk].T
-        ts, ti = torch.topk(s, min(k, s.shape[1]), dim=1)
-        ti += j0
-        if best_s is not None:
-            ts, order = torch.topk(torch.cat([best_s, ts], 1), k, dim=1)
-            ti = torch.cat([best_i, ti], 1).gather(1, order)
-        best_s, best_i = ts, ti
-    return best_s, best_i
 
 
 def topk_data(quick):

@@ -424,8 +424,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("sgemm_cpu", &sgemm_cpu);
   m.def("load_torch_mkl", &hbfast::load_torch_mkl);
   m.def("set_cpu_simd", &hbfast::set_cpu_simd);
-  m.def("cpu_simd_enabled", &hbfast::cpu_simd_enabled);
-  m.def("torch_mkl_loaded", &hbfast::torch_mkl_loaded);
   m.def("set_fused_blocks", &hbfast::set_fused_blocks);
   m.def("ranked_metrics", &ranked_metrics, py::arg("ranks"), py::arg("gains"), py::arg("n_relevant"), py::arg("kinds"),
         py::arg("cutoffs"));
