@@ -112,19 +112,20 @@ def output_stem(dataset: str, model: str | None) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{dataset}_{name}")
 
 
-def _xtd_encoders(args, progress: bool):
+def _xtd_encoders(args):
+    """(text, image) encoders of an XTD evaluation; they draw no bar (evaluate_xtd draws hbfast's)."""
     from . import encoders
 
     if args.backend == "open_clip":
         both = encoders.OpenCLIPEncoder(args.model, args.pretrained, batch_size=args.batch_size,
-                                        device=args.device, progress=progress)
+                                        device=args.device, progress=False)
         return both.text, both.image
     if args.backend == "transformers":
         both = encoders.TransformersCLIPEncoder(args.model, batch_size=args.batch_size, device=args.device,
-                                                progress=progress)
+                                                progress=False)
         return both.text, both.image
     text = encoders.SentenceTransformerEncoder(args.model, batch_size=args.batch_size, device=args.device,
-                                               progress=progress)
+                                               progress=False)
     image = text if args.image_model is None else encoders.SentenceTransformerEncoder(
         args.image_model, batch_size=args.batch_size, device=args.device, progress=False)
     return text, image
@@ -148,7 +149,7 @@ def run_eval(args) -> int:
         ds = data.load_xtd(args.data_dir, images=args.images, languages=args.languages)
         if args.images is None:
             raise ValueError("--dataset xtd needs --images DIR (the COCO images listed in test_image_names.txt)")
-        text, image = _xtd_encoders(args, progress)
+        text, image = _xtd_encoders(args)
         result = protocols.evaluate_xtd(ds, text, image, metric=args.metric, model=model,
                                         batch_size=args.batch_size, progress=progress)
     else:

@@ -475,7 +475,7 @@ def evaluate_xtd(ds, text_encoder: Callable, image_encoder: Callable, *, metric:
     n = images.shape[0]
     diagonal = torch.arange(n).unsqueeze(1)  # caption i describes image i
     t2i, i2t = {}, {}
-    for lang in ds.languages:
+    for lang in tqdm(ds.languages, desc="encoding XTD captions", unit="language", disable=not progress):
         texts = _prepare(encode(text_encoder, ds.captions[lang], f"XTD {lang} captions", images.shape[1]), metric)
         t2i[lang] = _retrieval_scores(relevant_ranks(texts, images, diagonal))
         i2t[lang] = _retrieval_scores(relevant_ranks(images, texts, diagonal))
