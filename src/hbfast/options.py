@@ -72,7 +72,8 @@ def add_dataclass_arguments(parser, cls, *, only=None, exclude=(), defaults=None
         kind = _value_type(hints[f.name])
         if kind is bool:
             if default:
-                parser.add_argument("--no-" + flag[2:], dest="no_" + f.name, action="store_true", help=f.metadata["help"])
+                parser.add_argument("--no-" + flag[2:], dest="no_" + f.name, action="store_true",
+                                    help=f.metadata["help"])
             else:
                 parser.add_argument(flag, dest=f.name, action="store_true", help=f.metadata["help"])
             continue
