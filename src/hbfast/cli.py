@@ -194,9 +194,10 @@ def _preflight(args) -> None:
     from .hub import check_models
 
     models = [getattr(args, name, None) for name in MODEL_OPTIONS]
-    if getattr(args, "backend", None) == "open_clip":
-        models[0] = None  # an open_clip architecture name, not a directory or hub id
-    if check_models(models):
+    open_clip = getattr(args, "backend", None) == "open_clip"
+    if open_clip:
+        models[0] = None  # an open_clip architecture name (its --pretrained weights may come from the hub)
+    if check_models(models) and not open_clip:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # set before huggingface_hub is imported
     if getattr(args, "resume", False):
         from .train.checkpoint import check_resume_directory
