@@ -182,3 +182,20 @@ def test_other_libraries_are_silent_unless_verbose(tiny_run):
     assert bar and all(x.startswith("train hybrid:") for x in bar), bar
     out, err = _train_output(tiny_run, "verbose", "--verbose")
     assert "Loading weights" in err  # transformers' bar
+
+
+def test_hub_probe_is_one_quick_connection(monkeypatch):
+    import socket
+
+    for key in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(key, raising=False)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert hub.hub_unreachable() is None
+    assert "127.0.0.1 cannot be reached" in hub.hub_unreachable()  # the port is closed now
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert hub.hub_unreachable() is None  # behind a proxy the libraries find out themselves
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub.hub_unreachable() == "HF_HUB_OFFLINE is set"

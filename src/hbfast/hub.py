@@ -49,10 +49,13 @@ def in_hub_cache(repo_id: str) -> bool:
 
 
 def hub_unreachable(timeout: float = 3.0) -> str | None:
-    """None if a connection to the hub (HF_ENDPOINT) opens within ``timeout`` seconds, else why not."""
+    """None if a connection to the hub (HF_ENDPOINT) opens within ``timeout`` seconds (or a proxy is set),
+    else why not."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
         return "HF_HUB_OFFLINE is set"
     url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # through a proxy: a direct connection says nothing; the libraries try (and retry) themselves
     try:
         socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
         return None
