@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import hbfast
-from hbfast.cli import main
+from hbfast.cli import main, output_stem
 from lareqa_fixtures import TINY, tiny_lareqa_dir, write_xtd
 
 
@@ -36,7 +36,8 @@ def test_eval_tiny_model_writes_results(tiny_model, tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     assert "mono / cross / multi" in printed and "mean max rank distance" in printed
-    stem = f"xquad-r_{tiny_model.name}"
+    stem = output_stem("xquad-r", str(tiny_model))
+    assert stem.startswith(f"xquad-r_{tiny_model.name}-")
     assert {p.name for p in out.iterdir()} == {f"{stem}.json", f"{stem}.csv", f"{stem}.png"}
     written = hbfast.eval.LAReQAResult.from_json(out / f"{stem}.json")
     # the same numbers as the Python API with the same encoders
@@ -123,7 +124,7 @@ def test_xtd_with_tiny_clip(tmp_path, tiny_clip, capsys):
     rc = main(["eval", "--dataset", "xtd", "--model", str(tiny_clip), "--backend", "transformers", "--data-dir",
                str(root), "--images", str(root / "images"), "--out", str(out), "--no-progress", "--batch-size", "3"])
     assert rc == 0 and "t2i R@1" in capsys.readouterr().out
-    stem = f"xtd_{tiny_clip.name}"
+    stem = output_stem("xtd", str(tiny_clip))
     assert {p.name for p in out.iterdir()} == {f"{stem}.json", f"{stem}.csv", f"{stem}.png"}
     written = json.loads((out / f"{stem}.json").read_text())
     both = hbfast.encoders.TransformersCLIPEncoder(tiny_clip, progress=False)

@@ -143,7 +143,9 @@ def test_clip_demo_writes_the_results_the_issue_names(tmp_path):
 
 def test_clip_sweep_checks_its_arguments(setup, tmp_path, capsys):
     assert main(["sweep", "--task", "clip", "--alpha", "0,1.5", "--data", "synthetic", "--out", str(tmp_path)]) == 2
-    assert "--alpha values must be in [0, 1]" in capsys.readouterr().err
+    assert "distinct values in [0, 1], got '0,1.5' (outside [0, 1]: [1.5])" in capsys.readouterr().err
+    assert main(["sweep", "--task", "clip", "--alpha", "0,1,0", "--data", "synthetic", "--out", str(tmp_path)]) == 2
+    assert "(repeated: [0.0])" in capsys.readouterr().err  # once the second run overwrote the first
     assert main(["sweep", "--task", "clip", "--alpha", "0,1", "--data", str(setup["table"]),
                  "--text-model", str(setup["text"]), "--out", str(tmp_path)]) == 2
     assert "needs --xtd-images" in capsys.readouterr().err

@@ -35,14 +35,20 @@ def packaged_model_path() -> Path:
 
 
 def resolve_model(model: str | os.PathLike | None) -> str:
-    """A local directory (hub kept offline) or a hub id."""
+    """A local directory (resolved; the hub kept offline) or a hub id, by the rule of :mod:`hbfast.hub`:
+    a missing local path, or a hub id neither cached nor reachable, is an error at once."""
+    from .hub import check_models
+
     if model is None:
         model = packaged_model_path()
-    if Path(model).exists():
-        if not Path(model).is_dir() or not (Path(model) / "config.json").is_file():
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
             raise ValueError(f"{model}: not a model directory (no config.json)")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local model must never reach for the hub
-        return str(Path(model).resolve())
+        return str(path.resolve())
+    if check_models([model]):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # cached, and the hub is out of reach: no retries
     return str(model)
 
 

@@ -27,8 +27,9 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .ops.search import relevant_ranks, topk
+from .ops.search.inputs import RANK_METRICS, check_metric
 
-METRICS = ("cosine", "ip")  # "cos" is accepted for "cosine" (the name hbfast.topk uses)
+METRICS = RANK_METRICS  # ("ip", "cosine"), and the alias "cos" (ops.search.inputs.check_metric)
 
 
 # ---- embeddings ----
@@ -85,14 +86,6 @@ def _text_bar(total: int, desc: str, progress: bool):
 
 def _prepare(x: torch.Tensor, metric: str) -> torch.Tensor:
     return torch.nn.functional.normalize(x, dim=1) if metric == "cosine" else x
-
-
-def _check_metric(metric: str) -> str:
-    """The metric's one name: "cosine" (alias "cos") or "ip"."""
-    metric = "cosine" if metric == "cos" else metric
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS} (or 'cos'), got {metric!r}")
-    return metric
 
 
 # ---- results: JSON, CSV, heatmap ----
@@ -228,7 +221,7 @@ class LAReQAResult:
 def evaluate_lareqa(ds, query_encoder: Callable, passage_encoder: Callable | None = None, *,
                     metric: str = "cosine", model: str = "", progress: bool = True) -> LAReQAResult:
     """Encode ``ds`` (a ``hbfast.data.LAReQADataset``) and score every LAReQA setting."""
-    metric = _check_metric(metric)
+    metric = check_metric(metric, METRICS)
     passage_encoder = passage_encoder or query_encoder
     start = time.perf_counter()
     queries, candidates, dim = {}, {}, None
@@ -264,7 +257,7 @@ def _relevant_by_language(ds) -> dict[str, torch.Tensor]:
 def lareqa_from_embeddings(ds, queries: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor], *,
                            metric: str = "cosine", model: str = "") -> LAReQAResult:
     """Score every LAReQA setting from precomputed embeddings: ``queries[lang]`` [nq, d], ``candidates[lang]`` [nc, d]."""
-    metric = _check_metric(metric)
+    metric = check_metric(metric, METRICS)
     start = time.perf_counter()
     languages = list(ds.languages)
     checked_queries, checked_candidates, dim = {}, {}, None
@@ -368,7 +361,7 @@ def ndcg_recall(ranked: tuple[torch.Tensor, torch.Tensor], doc_ids: Sequence[str
 def evaluate_beir(ds, query_encoder: Callable, passage_encoder: Callable | None = None, *, metric: str = "cosine",
                   model: str = "", title: bool = True, progress: bool = False) -> BEIRResult:
     """nDCG@10 and Recall@100 (the paper's MIRACL table) over the queries with a positive judgement."""
-    metric = _check_metric(metric)
+    metric = check_metric(metric, METRICS)
     passage_encoder = passage_encoder or query_encoder
     judged = {q for q, docs in ds.qrels.items() if any(g > 0 for g in docs.values())}
     if not judged:
@@ -475,14 +468,14 @@ def _retrieval_scores(ranks: torch.Tensor) -> dict[str, float]:
 def evaluate_xtd(ds, text_encoder: Callable, image_encoder: Callable, *, metric: str = "cosine", model: str = "",
                  batch_size: int = 64, progress: bool = True) -> XTDResult:
     """Text->image and image->text retrieval over the XTD images, per caption language."""
-    metric = _check_metric(metric)
+    metric = check_metric(metric, METRICS)
     start = time.perf_counter()
     images = _prepare(encode_images(image_encoder, ds.image_paths(), batch_size=batch_size, progress=progress,
                                     what="XTD images"), metric)  # [n, d]
     n = images.shape[0]
     diagonal = torch.arange(n).unsqueeze(1)  # caption i describes image i
     t2i, i2t = {}, {}
-    for lang in ds.languages:
+    for lang in tqdm(ds.languages, desc="encoding XTD captions", unit="language", disable=not progress):
         texts = _prepare(encode(text_encoder, ds.captions[lang], f"XTD {lang} captions", images.shape[1]), metric)
         t2i[lang] = _retrieval_scores(relevant_ranks(texts, images, diagonal))
         i2t[lang] = _retrieval_scores(relevant_ranks(images, texts, diagonal))

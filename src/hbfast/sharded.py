@@ -31,12 +31,12 @@ import torch.distributed as dist
 from . import _C
 from .ops import gemm, safety
 from .ops.ext import current_stream, on_gpu
+from .ops.search.inputs import check_metric
 from .ops.search import cpu as search_cpu, cuda as search_cuda, generic as search_generic
 from .ops.search.flat import (CPU_CORPUS_TILE, CPU_QUERY_TILE, CUDA_CORPUS_TILE, CUDA_QUERY_TILE,
                                check_relevant_ranks_cuda, topk)
 from .shards import Shards, open_shards
 
-METRICS = ("ip", "cosine", "l2")
 DEFAULT_MEMORY_BUDGET = 1 << 30
 _NO_ID = torch.iinfo(torch.int64).max  # padding of a rank's candidates: after every real id
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 1 << 10, "m": 1e6, "mb": 1e6, "mib": 1 << 20,
@@ -110,9 +110,7 @@ class ShardedIndex:
     def __init__(self, dir_or_manifest, metric: str = "ip", memory_budget=DEFAULT_MEMORY_BUDGET, *,
                  progress: bool = False):
         self.shards = open_shards(dir_or_manifest)
-        metric = "cosine" if metric == "cos" else metric
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS} (or 'cos'), got {metric!r}")
+        metric = check_metric(metric)
         if self.shards.count == 0:
             raise ValueError(f"{self.shards.directory}: the shard directory holds no rows")
         self.metric = metric

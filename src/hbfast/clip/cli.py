@@ -6,10 +6,9 @@ calls :func:`add_clip_commands` once.
 """
 from __future__ import annotations
 
-import argparse
-
-from ..train.cli import add_train_options
-from .run import CLIP_DEFAULTS, add_clip_options
+from ..options import add_dataclass_arguments
+from ..train.config import TrainConfig
+from .run import CLIP_DEFAULTS, ClipOptions
 
 
 def run_train_clip(args) -> int:
@@ -28,17 +27,11 @@ def run_train_clip(args) -> int:
     return 0
 
 
-def _wrap(parser: argparse.ArgumentParser, flag: str, clip_run) -> None:
-    """Dispatch ``parser``'s command to ``clip_run`` when ``flag`` says so, else to its own runner."""
-    own = parser.get_default("run")
-
-    def run(args):
-        return clip_run(args) if flag_set(args) else own(args)
-
-    def flag_set(args):
-        return bool(getattr(args, "clip", False)) if flag == "clip" else getattr(args, "task", "text") == "clip"
-
-    parser.set_defaults(run=run)
+def add_clip_run_options(p, *, out_default: str, sweep: bool = False) -> None:
+    """An image-text run's options: the trainer's (train-clip's defaults) and ``ClipOptions``."""
+    exclude = ("alpha", "resume") if sweep else ()
+    add_dataclass_arguments(p, TrainConfig, exclude=exclude, defaults={"out": out_default, **CLIP_DEFAULTS})
+    add_dataclass_arguments(p, ClipOptions, required=() if sweep else ("data", "text_model"))
 
 
 def run_clip_demo(args) -> int:
@@ -56,25 +49,23 @@ def run_clip_sweep(args) -> int:
     return 0
 
 
-def add_clip_commands(commands) -> None:
+def add_clip_commands(commands, *, sweep_task: str = "text") -> None:
     tc = commands.add_parser(
         "train-clip", help="train a multilingual image-text dual encoder (CLIP / LiT) with hybrid batches",
         description="Train a text tower (and optionally the image tower) against images with hybrid batches; "
                     "--data is a JSONL/CSV/Parquet image-caption table (wide: image + one column per language; "
                     "long: image, language, caption). Writes OUT/checkpoint-<step>/, OUT/final/, OUT/log.jsonl "
                     "and, with --xtd-images, OUT/xtd.jsonl.")
-    add_train_options(tc, out_default="hbfast-train-clip")
-    add_clip_options(tc)
-    tc.set_defaults(run=run_train_clip, **CLIP_DEFAULTS)
+    add_clip_run_options(tc, out_default="hbfast-train-clip")
+    tc.set_defaults(run=run_train_clip)
 
     demo = commands.choices.get("demo")
     if demo is not None:
         demo.add_argument("--clip", action="store_true",
                           help="the image-text demo instead (synthetic shapes task; default --out hbfast-demo-clip)")
-        _wrap(demo, "clip", run_clip_demo)
+        text_demo = demo.get_default("run")
+        demo.set_defaults(run=lambda args: run_clip_demo(args) if args.clip else text_demo(args))
     sweep = commands.choices.get("sweep")
-    if sweep is not None:
-        sweep.add_argument("--task", default="text", choices=("text", "clip"),
-                           help="clip: image-text runs (train-clip options; --data synthetic runs the demo's task)")
-        add_clip_options(sweep, required=False)
-        _wrap(sweep, "task", run_clip_sweep)
+    if sweep is not None and sweep_task == "clip":
+        add_clip_run_options(sweep, out_default="hbfast-sweep", sweep=True)
+        sweep.set_defaults(run=run_clip_sweep)

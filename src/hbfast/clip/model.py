@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..encoders import resolve_model
 from ..ops.loss.siglip import SIGLIP_INIT_BIAS, SIGLIP_INIT_SCALE
 
 LOSSES = ("contrastive", "sigmoid", "naive")
@@ -26,16 +27,6 @@ IMAGE_TEXT_LOSSES = ("contrastive", "sigmoid")
 TEXT_POOLINGS = ("mean", "cls", "pooler")
 CONFIG_NAME = "hbfast_clip.json"
 HEADS_NAME = "heads.safetensors"
-
-
-def _local_or_hub(name: str | os.PathLike) -> str:
-    path = Path(name)
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ValueError(f"{name}: not a transformers model directory (no config.json)")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        return str(path.resolve())
-    return str(name)
 
 
 class ImagePreprocessor:
@@ -93,7 +84,7 @@ def load_image_tower(name: str | os.PathLike) -> nn.Module:
     features (vision tower and projection, :class:`ProjectedImageTower`)."""
     from transformers import AutoConfig, AutoModel
 
-    name = _local_or_hub(name)
+    name = resolve_model(name)
     config = AutoConfig.from_pretrained(name)
     model = AutoModel.from_pretrained(name)
     if hasattr(model, "get_image_features") and getattr(config, "vision_config", None) is not None:
@@ -107,7 +98,7 @@ def load_text_tower(name: str | os.PathLike):
     """(model, tokenizer) of a transformers text encoder; the text half of a full CLIP-style model."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    name = _local_or_hub(name)
+    name = resolve_model(name)
     config = AutoConfig.from_pretrained(name)
     model = AutoModel.from_pretrained(name)
     if hasattr(model, "text_model") and getattr(config, "text_config", None) is not None:
@@ -283,7 +274,7 @@ def build_clip_model(image_model: Optional[str], text_model: str, *, dim: int = 
     image = preprocess = None
     if image_model is not None:
         image = load_image_tower(image_model)
-        preprocess = ImagePreprocessor.for_model(_local_or_hub(image_model), image.config.image_size)
+        preprocess = ImagePreprocessor.for_model(resolve_model(image_model), image.config.image_size)
     return ClipDualEncoder(text, tokenizer, image_tower=image, image_width=image_width, dim=dim,
                            freeze_image=freeze_image, text_pooling=text_pooling, max_length=max_length,
                            preprocess=preprocess, image_text_loss=image_text_loss)

@@ -7,6 +7,7 @@ unfrozen tower, cached features of a frozen tower, or precomputed embedding shar
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tarfile
 from pathlib import Path
@@ -14,10 +15,47 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..train.config import config_from
+from ..options import from_args, option
+from ..train.config import DataOptions, TrainConfig
 
-# Options that train-clip adds to the trainer's (train options keep their names and meaning).
+# train-clip's own defaults of the trainer's options (which keep their names and meaning).
 CLIP_DEFAULTS = {"temperature": 0.07, "lr": 1e-4}
+
+
+@dataclasses.dataclass
+class ClipOptions(DataOptions):
+    """train-clip's options beside the trainer's (``TrainConfig``); ``train_clip`` reads them from the
+    parsed arguments."""
+
+    data: str | None = option(None, "image-caption table (.jsonl/.csv/.parquet; wide: image + one column per "
+                                    "language; long: image, language, caption) or tar shards (a directory or "
+                                    "'dir/{000..099}.tar'); sweep --task clip: 'synthetic' for the demo's task "
+                                    "(default: none; train-clip requires it)")
+    image_model: str | None = option(None, "transformers vision model or CLIP/SigLIP model (directory or hub id; "
+                                           "default: none, then --image-embeddings)")
+    text_model: str | None = option(None, "transformers text encoder or CLIP model (directory or hub id; "
+                                          "default: none; train-clip requires it)")
+    image_embeddings: str | None = option(None, "precomputed image embeddings (.npy / parquet file or directory of "
+                                                "shards), row for row with --data; no image tower is then loaded "
+                                                "(default: none)")
+    unfreeze_image: bool = option(False, "train the image tower too (full CLIP fine-tuning)")
+    no_cache: bool = option(False, "frozen tower: recompute image features every step")
+    cache_dir: str | None = option(None, "LiT image feature cache (default: OUT/image-cache)")
+    dim: int = option(512, "shared embedding dimension of the projections")
+    text_pooling: str = option("mean", "text tower pooling", choices=("mean", "cls", "pooler"))
+    translation_weight: float = option(0.0, "weight of the text-text loss of X-Y rows' caption pairs (0: off)")
+    image_text_loss: str = option("contrastive", "contrastive: CLIP's symmetric softmax loss; sigmoid: SigLIP's "
+                                                 "pairwise sigmoid loss with a learnable scale (init 10) and bias "
+                                                 "(init -10)", choices=("contrastive", "sigmoid"))
+    stream: bool = option(False, "stream --data tar shards ('dir/{000..099}.tar' or a directory): each rank reads "
+                                 "its own shards into a bounded buffer; resumable at shard granularity")
+    stream_buffer: int = option(4096, "--stream: samples each rank keeps buffered")
+    on_corrupt: str = option("skip", "tar shards: skip a corrupt shard (logged, counted) or stop with an error",
+                             choices=("skip", "fail"))
+    xtd_images: str | None = option(None, "COCO images of XTD: evaluate every checkpoint and the final model "
+                                          "(default: no evaluation)")
+    xtd_data: str | None = option(None, "XTD captions directory (default: downloaded once)")
+    xtd_languages: str | None = option(None, "comma-separated XTD languages (default: all)")
 
 
 def xtd_metrics(result) -> dict:
@@ -99,7 +137,7 @@ def train_clip(args: argparse.Namespace) -> dict:
         evaluate = xtd_evaluator(load_xtd(args.xtd_data, images=args.xtd_images, languages=args.xtd_languages))
     task = ClipTask(data, model, features=features, translation_pairs=args.translation_weight > 0,
                     name=f"{image_model or 'precomputed'} + {args.text_model}")
-    config = config_from(args, symmetric=True, learnable_scale=True)
+    config = from_args(TrainConfig, args, symmetric=True, learnable_scale=True)
     trainer = ClipTrainer(task, config, translation_weight=args.translation_weight, evaluate=evaluate,
                           image_text_loss=args.image_text_loss)
     return trainer.run()
@@ -148,7 +186,7 @@ def _train_clip_streamed(args: argparse.Namespace) -> dict:
         evaluate = xtd_evaluator(load_xtd(args.xtd_data, images=args.xtd_images, languages=args.xtd_languages))
     task = StreamClipTask(model, languages, translation_pairs=args.translation_weight > 0, embeddings=embeddings,
                           name=f"{args.image_model or 'shard embeddings'} + {args.text_model}", shards=len(shards))
-    config = config_from(args, symmetric=True, learnable_scale=True)
+    config = from_args(TrainConfig, args, symmetric=True, learnable_scale=True)
     rank, world, device = distributed.setup(args.device)
     if config.batch_size % world:
         raise ValueError(f"--batch-size {config.batch_size} (the global batch) must be divisible by the "
@@ -165,31 +203,3 @@ def _train_clip_streamed(args: argparse.Namespace) -> dict:
     if rank == 0 and summary["corrupt_shards"]:
         print(f"skipped {summary['corrupt_shards']} corrupt shard(s) (read passes x shards; see the log)", flush=True)
     return summary
-
-
-def add_clip_options(p: argparse.ArgumentParser, required: bool = True) -> None:
-    """train-clip's own options, added to the trainer's (whose --model it does not use)."""
-    p.add_argument("--image-model", default=None, help="transformers vision model or CLIP/SigLIP model (dir or hub id)")
-    p.add_argument("--text-model", required=required, help="transformers text encoder or CLIP model (dir or hub id)")
-    p.add_argument("--image-embeddings", default=None,
-                   help="precomputed image embeddings (.npy / parquet file or directory of shards), row for row "
-                        "with --data; no image tower is then loaded")
-    p.add_argument("--unfreeze-image", action="store_true", help="train the image tower too (full CLIP fine-tuning)")
-    p.add_argument("--no-cache", action="store_true", help="frozen tower: recompute image features every step")
-    p.add_argument("--cache-dir", default=None, help="LiT image feature cache (default OUT/image-cache)")
-    p.add_argument("--dim", type=int, default=512, help="shared embedding dimension of the projections")
-    p.add_argument("--text-pooling", default="mean", choices=("mean", "cls", "pooler"))
-    p.add_argument("--translation-weight", type=float, default=0.0,
-                   help="weight of the text-text loss of X-Y rows' caption pairs (0: off)")
-    p.add_argument("--image-text-loss", default="contrastive", choices=("contrastive", "sigmoid"),
-                   help="contrastive: CLIP's symmetric softmax loss; sigmoid: SigLIP's pairwise sigmoid loss with a "
-                        "learnable scale (init 10) and bias (init -10)")
-    p.add_argument("--stream", action="store_true",
-                   help="stream --data tar shards ('dir/{000..099}.tar' or a directory): each rank reads its own "
-                        "shards into a bounded buffer; resumable at shard granularity")
-    p.add_argument("--stream-buffer", type=int, default=4096, help="--stream: samples each rank keeps buffered")
-    p.add_argument("--on-corrupt", default="skip", choices=("skip", "fail"),
-                   help="tar shards: skip a corrupt shard (logged, counted) or stop with an error")
-    p.add_argument("--xtd-images", default=None, help="COCO images of XTD: evaluate every checkpoint and the final model")
-    p.add_argument("--xtd-data", default=None, help="XTD captions directory (default: downloaded once)")
-    p.add_argument("--xtd-languages", default=None, help="comma-separated XTD languages (default: all)")

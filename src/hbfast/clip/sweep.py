@@ -11,21 +11,13 @@ import copy
 import json
 from pathlib import Path
 
+from ..train.sweep import parse_alphas
+
 METRICS = ("t2i_r1", "i2t_r1", "t2i_r10", "map")
 
 
-def _alphas(text: str) -> list:
-    try:
-        alphas = [float(a) for a in str(text).split(",") if a.strip()]
-    except ValueError:
-        raise ValueError(f"--alpha must be comma-separated numbers, got {text!r}") from None
-    if not alphas or any(not 0.0 <= a <= 1.0 for a in alphas):
-        raise ValueError(f"--alpha values must be in [0, 1], got {text!r}")
-    return alphas
-
-
 def run_clip_sweep(args) -> dict:
-    alphas = _alphas(args.alpha)
+    alphas = parse_alphas(args.alpha)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = {}

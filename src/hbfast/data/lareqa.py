@@ -85,7 +85,7 @@ class LAReQADataset:
     source: str
 
     def subset(self, languages: Sequence[str]) -> "LAReQADataset":
-        languages = _check_languages(self.name, tuple(languages), self.languages)
+        languages = check_languages(self.name, tuple(languages), self.languages)
         return dataclasses.replace(
             self,
             languages=languages,
@@ -115,7 +115,9 @@ class LAReQADataset:
         return f"LAReQADataset({self.name!r}, {sizes}; from {self.source})"
 
 
-def _check_languages(name: str, wanted: tuple[str, ...] | None, available: Sequence[str]) -> tuple[str, ...]:
+def check_languages(name: str, wanted: tuple[str, ...] | None, available: Sequence[str]) -> tuple[str, ...]:
+    """The languages of data set ``name`` to load (all ``available`` for None), or an error naming the
+    unknown ones or an empty list (LAReQA and XTD alike)."""
     if wanted is None:
         return tuple(available)
     if isinstance(wanted, str):
@@ -223,11 +225,11 @@ def _load_dir(name: str, directory: Path, languages: tuple[str, ...] | None) -> 
             raise ValueError(
                 f"{name}: {directory} lacks {', '.join(f'{m}.json' for m in missing)} (found: {available})"
             )
-        languages = _check_languages(name, languages, LANGUAGES[name])
+        languages = check_languages(name, languages, LANGUAGES[name])
     else:
         if not available:
             raise ValueError(f"{directory}: no <language>.json files")
-        languages = _check_languages(name, languages, available)
+        languages = check_languages(name, languages, available)
     return _from_paragraphs(
         name, {lang: read_lareqa_json(directory / f"{lang}.json") for lang in languages}, str(directory)
     )
@@ -263,7 +265,7 @@ def _load_bundle(name: str, path: Path, languages: tuple[str, ...] | None) -> LA
         by_language.setdefault(lang, []).append(
             Paragraph(table["sentences"][i], table["question_ids"][i], table["questions"][i], table["answer_sentences"][i])
         )
-    languages = _check_languages(name, languages, tuple(by_language))
+    languages = check_languages(name, languages, tuple(by_language))
     return _from_paragraphs(name, {lang: by_language[lang] for lang in languages}, f"bundled {path.name}")
 
 
@@ -328,7 +330,7 @@ def download_lareqa(
     """
     if name not in URLS:
         raise ValueError(f"unknown LAReQA dataset {name!r}; known: {sorted(URLS)}")
-    languages = _check_languages(name, tuple(languages) if languages is not None else None, LANGUAGES[name])
+    languages = check_languages(name, tuple(languages) if languages is not None else None, LANGUAGES[name])
     files = {f"{lang}.json": SHA256[name][lang] for lang in languages}
     return download_files(name, files, base_url or URLS[name], Path(cache_dir or default_cache_dir()) / name, fetch)
 

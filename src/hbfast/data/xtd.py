@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .lareqa import _check_languages, default_cache_dir, download_files
+from .lareqa import check_languages, default_cache_dir, download_files
 
 LANGUAGES = ("en", "es", "it", "ko", "pl", "ru", "tr", "zh", "de", "fr", "jp")
 _SUBDIRS = ("XTD10", "MIC", "STAIR", ".")
@@ -87,7 +87,7 @@ def read_xtd_dir(directory: str | os.PathLike, languages: Sequence[str] | None =
         raise ValueError(
             f"XTD: {directory} lacks captions for {missing} (test_1kcaptions_<lang>.txt); found: {found}"
         )
-    languages = _check_languages("XTD", tuple(wanted), LANGUAGES)
+    languages = check_languages("XTD", tuple(wanted), LANGUAGES)
     columns = {"image": _read_lines(names_path)}
     if len(set(columns["image"])) != len(columns["image"]):
         raise ValueError(f"{names_path}: duplicate image names")
@@ -112,7 +112,7 @@ def download_xtd(
 ) -> Path:
     """Download the image names and the captions of ``languages`` (default: all 11) into
     ``cache_dir/xtd10/``, each checked by sha256; returns that directory (usable as ``data_dir``)."""
-    languages = _check_languages("XTD", tuple(languages) if languages is not None else None, LANGUAGES)
+    languages = check_languages("XTD", tuple(languages) if languages is not None else None, LANGUAGES)
     wanted = {"XTD10/test_image_names.txt"} | {path for path in SHA256 if path.endswith(
         tuple(f"_{lang}.txt" for lang in languages))}
     files = {path: sha for path, sha in SHA256.items() if path in wanted}

@@ -47,6 +47,13 @@ def checkpoints(out: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def check_resume_directory(out: str | os.PathLike) -> None:
+    """--resume continues a run in ``out``: a missing directory is an error (and is not created)."""
+    if not Path(out).is_dir():
+        raise FileNotFoundError(f"--resume: the directory {out} does not exist, so it holds no checkpoint to "
+                                "resume from (drop --resume to start a run)")
+
+
 def latest(out: str | os.PathLike) -> Path | None:
     found = checkpoints(out)
     return found[-1][1] if found else None

@@ -1,7 +1,10 @@
-"""Every option of a training run, in one dataclass (the CLI, the demo and the sweep fill it)."""
+"""Every option of a training run: ``TrainConfig`` (the loop's) and ``TextOptions`` (the text task's), each
+field declared once with its default and help; the CLI is built from them (:mod:`hbfast.options`)."""
 from __future__ import annotations
 
 import dataclasses
+
+from ..options import option
 
 BATCH_TYPES = {"hybrid": None, "X-X": 1.0, "X-Y": 0.0}  # batch type -> the alpha it forces
 LOSSES = ("fused", "naive")
@@ -14,33 +17,36 @@ RUN_DEFINING = ("batch_type", "alpha", "lang_weights", "batch_size", "steps", "s
 
 @dataclasses.dataclass
 class TrainConfig:
-    out: str = "hbfast-train"
-    batch_type: str = "hybrid"  # hybrid | X-X | X-Y
-    alpha: float = 0.5  # P(X-X batch) for hybrid
-    lang_weights: str = "uniform"  # uniform | size | comma-separated weights
-    batch_size: int = 32  # global batch (all ranks together)
-    steps: int = 1000
-    save_every: int = 0  # 0: only final/
-    resume: bool = False
-    seed: int = 0
-    lr: float = 3e-5
-    warmup: float = 0.1  # fraction of steps with linear warmup, then linear decay to 0
-    weight_decay: float = 0.01
-    clip: float = 1.0  # max gradient norm (0: no clipping)
-    temperature: float = 0.05
-    learnable_scale: bool = False
-    symmetric: bool = False  # the paper: query -> passage only
-    loss: str = "fused"  # fused (hbfast.contrastive_loss) | naive (plain PyTorch)
-    mini_batch: int = 0  # > 0: cached-embedding mode, embedding this many rows at a time
-    heldout: float = 0.0  # fraction of items held out for early stopping (0: none)
-    eval_every: int = 0  # held-out loss every this many steps (0: never)
-    eval_batches: int = 4  # held-out batches per evaluation
-    patience: int = 0  # stop after this many held-out evaluations without improvement (0: never stop)
-    keep: int = 0  # keep only the newest this many checkpoints (0: all)
-    device: str | None = None
-    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    progress: bool = True
-    world_size: int = 1  # set by the loop from torch.distributed
+    """The training loop's options; each field is also the ``hbfast train`` flag of its name."""
+
+    out: str = option("hbfast-train", "output directory: checkpoint-<step>/, final/, log.jsonl")
+    batch_type: str = option("hybrid", "hybrid, or only X-X / only X-Y batches", choices=list(BATCH_TYPES))
+    alpha: float = option(0.5, "hybrid: probability of an X-X (monolingual) batch")
+    lang_weights: str = option("uniform", "X-X language draw: uniform, size, or w1,w2,...")
+    batch_size: int = option(32, "global batch size (all processes together)")
+    steps: int = option(1000, "optimizer steps")
+    save_every: int = option(0, "checkpoint every K steps (0: only final/)")
+    resume: bool = option(False, "continue from the latest checkpoint in --out (which must exist)")
+    seed: int = option(0, "seed of the batch plan and the initialisation")
+    lr: float = option(3e-5, "peak learning rate (AdamW)")
+    warmup: float = option(0.1, "fraction of steps of linear warmup, then linear decay to 0")
+    weight_decay: float = option(0.01, "AdamW weight decay (not on biases and norms)")
+    clip: float = option(1.0, "max gradient norm (0: no clipping)")
+    temperature: float = option(0.05, "softmax temperature of the contrastive loss")
+    learnable_scale: bool = option(False, "learn the logit scale (CLIP)")
+    symmetric: bool = option(False, "average the query->passage and passage->query losses (the paper: "
+                                    "query->passage only)")
+    loss: str = option("fused", "fused (hbfast.contrastive_loss) or naive (plain PyTorch)", choices=LOSSES)
+    mini_batch: int = option(0, "cached-embedding mode: embed this many rows at a time (0: off)")
+    heldout: float = option(0.0, "fraction of items held out for early stopping (0: none)")
+    eval_every: int = option(0, "held-out loss every N steps (0: never; with --heldout: steps / 10)")
+    eval_batches: int = option(4, "held-out batches per evaluation")
+    patience: int = option(0, "stop after this many held-out evaluations without improvement (0: never)")
+    keep: int = option(0, "keep only the newest K checkpoints (0: all)")
+    device: str | None = option(None, "torch device (default: cuda if available, under torchrun this rank's GPU)")
+    bf16: bool = option(True, "no bf16 autocast on CUDA (default: bf16 autocast on CUDA)")
+    progress: bool = option(True, "no progress bar (default: one progress bar)")
+    world_size: int = option(1, "set by the loop from torch.distributed", cli=False)
 
     def __post_init__(self):
         if self.batch_type not in BATCH_TYPES:
@@ -75,19 +81,26 @@ class TrainConfig:
         return {k: values[k] for k in RUN_DEFINING}
 
 
-# ---- from parsed command-line arguments (train/cli.py, train/sweep.py, clip/run.py) ----------------
+@dataclasses.dataclass
+class DataOptions:
+    """What every training task reads of its data (text pairs, image captions)."""
 
-CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
-
-
-def config_from(args, **override) -> TrainConfig:
-    values = {k: v for k, v in vars(args).items() if k in CONFIG_FIELDS}
-    values.update(bf16=not args.no_bf16, progress=not args.no_progress, **override)
-    values.pop("world_size", None)
-    return TrainConfig(**values)
+    languages: str | None = option(None, "comma-separated subset of the data's languages (default: all)")
+    max_length: int = option(128, "tokens per text")
 
 
-def text_options(args) -> dict:
-    return {"model": args.model, "data": args.data, "languages": args.languages, "max_length": args.max_length,
-            "pooling": args.pooling, "prefixes": args.prefixes, "dropout": args.dropout,
-            "freeze_embeddings": args.freeze_embeddings}
+@dataclasses.dataclass
+class TextOptions(DataOptions):
+    """The text dual encoder's options: ``train(config, **dataclasses.asdict(TextOptions(...)))``."""
+
+    model: str | None = option(None, "sentence-transformers or transformers model: a local directory, or a hub "
+                                     "id ('name' or 'org/name'); a value that exists locally, starts with "
+                                     "/ ./ ../ ~, or has a second '/' is a directory, and a missing one is an "
+                                     "error at once (default: the packaged all-MiniLM-L6-v2)")
+    data: str = option("mlqa-r", "mlqa-r, xquad-r (bundled), a LAReQA directory, or a .jsonl/.csv/.parquet file "
+                                 "with columns id, language, query, passage")
+    pooling: str | None = option(None, "embedding pooling (default: the model's own, else mean)",
+                                 choices=("mean", "cls"))
+    prefixes: bool = option(False, 'prepend "Query: " / "Passage: " (as the paper)')
+    dropout: float | None = option(None, "set every dropout probability of the model (default: the model's)")
+    freeze_embeddings: bool = option(False, "freeze the word embeddings")

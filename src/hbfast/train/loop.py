@@ -238,6 +238,8 @@ class Trainer:
 
     def run(self) -> dict:
         cfg = self.config
+        if cfg.resume:
+            checkpoint.check_resume_directory(self.out)
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             checkpoint.remove_partial(self.out)

@@ -2,22 +2,46 @@
 and ``OUT/sweep.png`` (every metric against alpha)."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import shutil
 import sys
 import time
 from pathlib import Path
 
+from ..options import from_args, option
+from .config import TextOptions, TrainConfig
 from .demo import METRICS, evaluate_model
 
 
+@dataclasses.dataclass
+class SweepOptions:
+    """What every sweep (text and image-text) adds to its task's training options."""
+
+    alpha: str = option("0,0.25,0.5,0.75,1", "comma-separated alphas (distinct, in [0, 1]), one run each")
+
+
+@dataclasses.dataclass
+class TextSweepOptions:
+    eval_data: str = option("xquad-r", "LAReQA dataset to evaluate each run on")
+    paragraphs: int | None = option(None, "evaluate on the first N paragraphs per language (default: all)")
+
+
 def parse_alphas(text: str) -> list[float]:
+    """The alphas of ``--alpha "0,0.5,1"`` (text and image-text sweeps): numbers in [0, 1], each once
+    (a repeated value would train the same run twice and overwrite its directory)."""
     try:
         alphas = [float(x) for x in str(text).split(",") if x.strip()]
     except ValueError:
         raise ValueError(f"--alpha must be comma-separated numbers, got {text!r}") from None
-    if not alphas or any(not 0.0 <= a <= 1.0 for a in alphas) or len(set(alphas)) != len(alphas):
+    if not alphas:
         raise ValueError(f"--alpha needs distinct values in [0, 1], got {text!r}")
+    outside = [a for a in alphas if not (math.isfinite(a) and 0.0 <= a <= 1.0)]
+    repeated = sorted({a for a in alphas if alphas.count(a) > 1})
+    if outside or repeated:
+        what = f"outside [0, 1]: {outside}" if outside else f"repeated: {repeated}"
+        raise ValueError(f"--alpha needs distinct values in [0, 1], got {text!r} ({what})")
     return alphas
 
 
@@ -44,7 +68,6 @@ def plot(runs: list[dict], path: Path, title: str) -> None:
 def run_sweep(args) -> dict:
     from ..data import load_lareqa
     from . import train
-    from .config import config_from, text_options
 
     alphas = parse_alphas(args.alpha)
     if args.batch_type != "hybrid":
@@ -60,7 +83,8 @@ def run_sweep(args) -> dict:
         print(f"[{k + 1}/{len(alphas)}] alpha {alpha}", file=sys.stderr, flush=True)
         run_dir = out / f"alpha-{alpha:g}"
         shutil.rmtree(run_dir, ignore_errors=True)
-        summary = train(config_from(args, alpha=alpha, out=str(run_dir), resume=False), **text_options(args))
+        config = from_args(TrainConfig, args, alpha=alpha, out=str(run_dir), resume=False)
+        summary = train(config, **dataclasses.asdict(from_args(TextOptions, args)))
         scores = evaluate_model(summary["final"], ds, progress=not args.no_progress, device=args.device)
         runs.append({"alpha": alpha, **{m: scores[m] for m in METRICS}, "train_seconds": summary["seconds"],
                      "eval_seconds": scores["eval_seconds"], "last_loss": summary["last_loss"],
