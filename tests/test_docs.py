@@ -121,7 +121,7 @@ def check_hbfast(argv: list[str]) -> None:
     from hbfast.cli import build_parser
 
     try:
-        build_parser().parse_args(argv)
+        build_parser(argv).parse_args(argv)
     except SystemExit as e:  # argparse exits 0 after --help, 2 on a bad command line
         if e.code not in (0, None):
             raise AssertionError(f"`hbfast {shlex.join(argv)}` does not parse (exit {e.code})") from None
