@@ -70,11 +70,15 @@ def add_clip_commands(commands) -> None:
     demo = commands.choices.get("demo")
     if demo is not None:
         demo.add_argument("--clip", action="store_true",
-                          help="the image-text demo instead (synthetic shapes task; default --out hbfast-demo-clip)")
+                          help="the image-text demo instead (offline study: frozen synthetic-scene image tower + MiniLM, "
+                               "3 seeds; default --out hbfast-demo-clip)")
         _wrap(demo, "clip", run_clip_demo)
     sweep = commands.choices.get("sweep")
     if sweep is not None:
         sweep.add_argument("--task", default="text", choices=("text", "clip"),
-                           help="clip: image-text runs (train-clip options; --data synthetic runs the demo's task)")
+                           help="clip: image-text runs (train-clip options; without --data, or with --data synthetic, "
+                                "the offline study of demo --clip)")
         add_clip_options(sweep, required=False)
+        sweep.add_argument("--seeds", type=int, default=3,
+                           help="clip, offline study (no --data or --data synthetic): seeds per alpha (default 3)")
         _wrap(sweep, "task", run_clip_sweep)
