@@ -9,6 +9,7 @@ Also the aggregation over seeds (mean, std, min, max per metric and language).
 """
 from __future__ import annotations
 
+import copy
 import shutil
 import time
 from pathlib import Path
@@ -47,7 +48,7 @@ class Study:
                                            n_scenes=settings.get("test_scenes"))
         self.chance = 1.0 / len(self.test.scenes)
         self.evaluate = xtd_evaluator(self.test)
-        self._features = None
+        self._features = self._text = None
 
     def model(self, seed: int):
         """The study's start for ``seed``: pretrained MiniLM, the frozen tower, fresh projections."""
@@ -55,8 +56,10 @@ class Study:
 
         from .model import ClipDualEncoder, ImagePreprocessor, load_text_tower
 
+        if self._text is None:
+            self._text = load_text_tower(self.text_model)
         torch.manual_seed(seed)
-        text, tokenizer = load_text_tower(self.text_model)
+        text, tokenizer = copy.deepcopy(self._text[0]), self._text[1]
         text.embeddings.requires_grad_(False)  # a BERT encoder (MiniLM): no gradient below the trained layers
         for layer in text.encoder.layer[:self.settings["frozen_layers"]]:
             layer.requires_grad_(False)

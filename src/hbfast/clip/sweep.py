@@ -59,6 +59,8 @@ def run_clip_sweep(args) -> dict:
                                            {"seeds": seeds, "seconds": [e["seconds"] for e in evaluations],
                                             "settings": {k: v for k, v in evaluations[0]["settings"].items()
                                                          if k != "seed"}})
+            partial = {"task": "clip", "alphas": [float(x) for x in runs], "runs": runs, "partial": True}
+            (out / "sweep.json").write_text(json.dumps(partial, indent=1))  # kept if the sweep is stopped
         end = study.timing()
         extra = {"data": setup.describe(), "chance": setup.chance,
                  "seconds": end["wall_s"] - start["wall_s"], "cpu_seconds": end["cpu_s"] - start["cpu_s"],
