@@ -53,6 +53,8 @@ def run_clip_demo(out="hbfast-demo-clip", *, quick: bool = False, steps: int | N
 
 
 def _cell(group: dict, metric: str) -> str:
+    if len(group[metric]["per_seed"]) == 1:
+        return f"{group[metric]['mean']:.3f}"
     return f"{group[metric]['mean']:.3f}±{group[metric]['std']:.3f}"
 
 

@@ -1,10 +1,11 @@
-"""A small synthetic multilingual image-caption task that tiny towers learn on a CPU in minutes.
+"""A small synthetic multilingual image-caption task for the offline CLIP study (``demo --clip``).
 
 Exists because no real image-caption training data or image weights can be fetched offline: images
 of one shape (4) in one colour (6), one size (2) at one position (5) -- 240 scenes -- are drawn
-with PIL (jittered placement, shade and background noise), and each scene is captioned from a
-fixed vocabulary in 8 languages. It is synthetic: it shows that the pipeline learns and lets
-batch types be compared; it says nothing about real images.
+with PIL (jittered placement, size and shade, background noise), and each scene is captioned from a
+fixed vocabulary in 8 languages whose words differ (and split into different word pieces for an
+English-pretrained tokenizer), so that aligning the languages is a real problem for the text tower.
+It is synthetic: it lets batch types be compared; it says nothing about real images.
 """
 from __future__ import annotations
 
