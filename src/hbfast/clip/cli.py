@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..options import add_dataclass_arguments
 from ..train.config import TrainConfig
 from .run import CLIP_DEFAULTS, ClipOptions
+from .sweep import ClipSweepOptions
 
 
 def run_train_clip(args) -> int:
@@ -62,10 +63,12 @@ def add_clip_commands(commands, *, sweep_task: str = "text") -> None:
     demo = commands.choices.get("demo")
     if demo is not None:
         demo.add_argument("--clip", action="store_true",
-                          help="the image-text demo instead (synthetic shapes task; default --out hbfast-demo-clip)")
+                          help="the image-text demo instead (offline study: frozen synthetic-scene image tower + MiniLM, "
+                               "3 seeds; default --out hbfast-demo-clip)")
         text_demo = demo.get_default("run")
         demo.set_defaults(run=lambda args: run_clip_demo(args) if args.clip else text_demo(args))
     sweep = commands.choices.get("sweep")
     if sweep is not None and sweep_task == "clip":
         add_clip_run_options(sweep, out_default="hbfast-sweep", sweep=True)
+        add_dataclass_arguments(sweep, ClipSweepOptions)
         sweep.set_defaults(run=run_clip_sweep)

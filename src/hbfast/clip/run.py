@@ -59,11 +59,11 @@ class ClipOptions(DataOptions):
 
 
 def xtd_metrics(result) -> dict:
-    """Mean over languages of t2i R@1, i2t R@1, t2i R@10 and t2i mAP, with the same per language."""
+    """Mean over languages of R@1, R@10 and mAP in both directions, with the same per language."""
     def row(lang):
         t2i, i2t = result.text_to_image[lang], result.image_to_text[lang]
-        return {"t2i_r1": t2i["R@1"], "i2t_r1": i2t["R@1"], "t2i_r10": t2i["R@10"], "map": t2i["mAP"],
-                "i2t_map": i2t["mAP"]}
+        return {"t2i_r1": t2i["R@1"], "i2t_r1": i2t["R@1"], "t2i_r10": t2i["R@10"], "i2t_r10": i2t["R@10"],
+                "map": t2i["mAP"], "i2t_map": i2t["mAP"]}
     per = {lang: row(lang) for lang in result.languages}
     mean = {k: float(sum(p[k] for p in per.values()) / len(per)) for k in next(iter(per.values()))}
     return {**mean, "per_language": per}

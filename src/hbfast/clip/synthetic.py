@@ -1,14 +1,16 @@
-"""A small synthetic multilingual image-caption task that tiny towers learn on a CPU in minutes.
+"""A small synthetic multilingual image-caption task for the offline CLIP study (``demo --clip``).
 
 Exists because no real image-caption training data or image weights can be fetched offline: images
 of one shape (4) in one colour (6), one size (2) at one position (5) -- 240 scenes -- are drawn
-with PIL (jittered placement, shade and background noise), and each scene is captioned from a
-fixed vocabulary in 8 languages. It is synthetic: it shows that the pipeline learns and lets
-batch types be compared; it says nothing about real images.
+with PIL (jittered placement, size and shade, background noise), and each scene is captioned from a
+fixed vocabulary in 8 languages whose words differ (and split into different word pieces for an
+English-pretrained tokenizer), so that aligning the languages is a real problem for the text tower.
+It is synthetic: it lets batch types be compared; it says nothing about real images.
 """
 from __future__ import annotations
 
 import itertools
+import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -80,7 +82,7 @@ def draw(scene: tuple, rng: np.random.Generator, image_size: int = 32):
     shape, colour, size, position = scene
     background = rng.integers(0, 60, size=(image_size, image_size, 3), dtype=np.uint8)
     image = Image.fromarray(background + np.uint8(rng.integers(100, 140)))
-    radius = image_size * (0.13 if size == "small" else 0.27) * rng.uniform(0.85, 1.15)
+    radius = image_size * (0.17 if size == "small" else 0.3) * rng.uniform(0.85, 1.15)
     centres = {"top left": (0.27, 0.27), "top right": (0.73, 0.27), "bottom left": (0.27, 0.73),
                "bottom right": (0.73, 0.73), "centre": (0.5, 0.5)}
     cx, cy = (np.array(centres[position]) + rng.uniform(-0.05, 0.05, 2)) * image_size
@@ -125,22 +127,26 @@ def make_training_data(directory: str | Path, n_images: int = 2000, *, languages
 
 class SyntheticXTD:
     """The evaluation set in :func:`hbfast.eval.evaluate_xtd`'s shape: every scene once (fresh jitter),
-    one caption per scene and language, images written to ``directory/test/``."""
+    or the first ``n_scenes`` of a fixed shuffle of them (small test runs), one caption per scene and
+    language, images written to ``directory/test/``."""
 
     def __init__(self, directory: str | Path, *, languages: Optional[Sequence[str]] = None, seed: int = 12345,
-                 image_size: int = 32):
+                 image_size: int = 32, n_scenes: Optional[int] = None):
         import datasets
 
         self.languages = tuple(languages or LANGUAGES)
         rng = np.random.default_rng(seed)
+        self.scenes = SCENES if n_scenes is None else tuple(
+            SCENES[i] for i in sorted(np.random.default_rng(0).permutation(len(SCENES))[:int(n_scenes)]))
         self.image_dir = Path(directory) / "test"
-        self.image_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.image_dir, ignore_errors=True)
+        self.image_dir.mkdir(parents=True)
         names = []
-        for i, scene in enumerate(SCENES):
+        for i, scene in enumerate(self.scenes):
             names.append(f"{i:04d}.png")
             draw(scene, rng, image_size).save(self.image_dir / names[-1])
         self.captions = datasets.Dataset.from_dict(
-            {"image": names, **{lang: [caption(s, lang) for s in SCENES] for lang in self.languages}})
+            {"image": names, **{lang: [caption(s, lang) for s in self.scenes] for lang in self.languages}})
 
     def image_paths(self) -> list:
         return [self.image_dir / name for name in self.captions["image"]]
