@@ -51,7 +51,7 @@ def add_train_options(p: argparse.ArgumentParser, *, out_default: str, with_resu
     p.add_argument("--prefixes", action="store_true", help='prepend "Query: " / "Passage: " (as the paper)')
     p.add_argument("--freeze-embeddings", action="store_true", help="freeze the word embeddings")
     p.add_argument("--device", default=None)
-    p.add_argument("--no-bf16", action="store_true", help="no bf16 autocast on CUDA")
+    p.add_argument("--no-bf16", action="store_true", help="no bf16 autocast (on by default on CUDA and on CPUs with AVX512-BF16 / AMX)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -98,7 +98,7 @@ def add_commands(commands) -> None:
                     "(alpha 0.5) batches, each evaluated on the bundled XQuAD-R beside the untrained model.")
     de.add_argument("--out", default="hbfast-demo")
     size = de.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="the same path, small enough for tests")
+    size.add_argument("--quick", action="store_true", help="a 2-3 minute taste: fewer steps, a smaller evaluation")
     size.add_argument("--full", action="store_true", help="evaluate on the whole XQuAD-R")
     de.add_argument("--steps", type=int, default=None, help="override the step budget")
     de.add_argument("--paragraphs", type=int, default=None, help="override: first N XQuAD-R paragraphs per language")

@@ -38,7 +38,7 @@ class TrainConfig:
     patience: int = 0  # stop after this many held-out evaluations without improvement (0: never stop)
     keep: int = 0  # keep only the newest this many checkpoints (0: all)
     device: str | None = None
-    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    bf16: bool = True  # bf16 autocast of the encoder on CUDA and on CPUs with AVX512-BF16 / AMX (else ignored)
     progress: bool = True
     world_size: int = 1  # set by the loop from torch.distributed
 
