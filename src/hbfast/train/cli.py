@@ -51,7 +51,8 @@ def add_train_options(p: argparse.ArgumentParser, *, out_default: str, with_resu
     p.add_argument("--prefixes", action="store_true", help='prepend "Query: " / "Passage: " (as the paper)')
     p.add_argument("--freeze-embeddings", action="store_true", help="freeze the word embeddings")
     p.add_argument("--device", default=None)
-    p.add_argument("--no-bf16", action="store_true", help="no bf16 autocast (on by default on CUDA and on CPUs with AVX512-BF16 / AMX)")
+    p.add_argument("--no-bf16", action="store_true",
+                   help="no bf16 autocast (on by default on CUDA and on CPUs with AVX512-BF16 / AMX)")
     p.add_argument("--no-progress", action="store_true")
 
 

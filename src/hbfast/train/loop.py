@@ -3,7 +3,8 @@
 Batches come from ``HybridBatchSampler`` over ``task.availability``; the loss is
 ``hbfast.contrastive_loss`` on L2-normalised embeddings (cosine similarity) with the batch's group
 ids, or plain PyTorch (``loss="naive"``). AdamW with warmup and linear decay, gradient clipping,
-bf16 autocast on CUDA and on CPUs with AVX512-BF16 / AMX, a held-out loss for early stopping, a JSONL log and a progress bar.
+bf16 autocast on CUDA and on CPUs with AVX512-BF16 / AMX (the loss takes float32), a held-out loss
+for early stopping, a JSONL log and a progress bar.
 With ``mini_batch > 0`` a step runs in the cached-embedding (GradCache) mode: embed mini-batches
 without grad, take the loss and its embedding gradients over the whole batch, then re-embed each
 mini-batch with grad (same RNG state, so the same dropout) and back-propagate those gradients.
