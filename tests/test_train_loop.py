@@ -126,7 +126,7 @@ def test_full_disk_while_checkpointing_keeps_the_last_good_checkpoint(setup, tmp
 
 @pytest.mark.parametrize("cpu_has_bf16", [True, False])
 def test_bf16_autocast_on_cpu_only_where_supported(setup, tmp_path, monkeypatch, cpu_has_bf16):
-    import hbfast.train.loop as loop
+    from hbfast.train import loop
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: cpu_has_bf16)
     assert loop.bf16_autocast_supported(torch.device("cpu")) is cpu_has_bf16
