@@ -99,7 +99,8 @@ def add_commands(commands) -> None:
                     "(alpha 0.5) batches, each evaluated on the bundled XQuAD-R beside the untrained model.")
     de.add_argument("--out", default="hbfast-demo")
     size = de.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="a 2-3 minute taste: fewer steps, a smaller evaluation")
+    size.add_argument("--quick", action="store_true",
+                      help="a quick taste: fewer steps, a smaller evaluation (text demo: 2-3 minutes on 2 CPU cores)")
     size.add_argument("--full", action="store_true", help="evaluate on the whole XQuAD-R")
     de.add_argument("--steps", type=int, default=None, help="override the step budget")
     de.add_argument("--paragraphs", type=int, default=None, help="override: first N XQuAD-R paragraphs per language")
