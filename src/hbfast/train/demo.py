@@ -7,9 +7,10 @@ the bundled XQuAD-R (another dataset; el, ru, th, tr are not in MLQA-R). Writes
 
 Budget (docs/demo.md, benchmarks/RESULTS.md "First run"): the training is ~80% of the time, so the
 demo trains 80 steps of 32 pairs at max length 64 per model (bf16 autocast where the CPU has
-AVX512-BF16 / AMX) and evaluates on the first 48 paragraphs per XQuAD-R language: about 10 minutes
-on 2 cores, measured. ``--quick`` (24 steps, 12 paragraphs) takes 2-3 minutes and already lifts
-cross and multi above the untrained model.
+AVX512-BF16 / AMX) and evaluates on the first 48 paragraphs per XQuAD-R language: 5 min 39 s
+measured on the project's quiet 2-core Intel (AMX), about 10-12 min estimated on a 2-core AMD EPYC.
+``--quick`` (24 steps, 12 paragraphs: 2 minutes there) already lifts cross and multi above the
+untrained model.
 """
 from __future__ import annotations
 
