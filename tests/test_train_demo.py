@@ -25,7 +25,12 @@ def test_example_train_loop_runs(tmp_path):
 
 
 def test_demo_quick_writes_results_and_plot(tmp_path, monkeypatch, capsys):
+    from hbfast.train import demo
+
     monkeypatch.setenv("HBFAST_CACHE", str(tmp_path / "cache"))
+    # --quick itself (2-3 minutes) is measured in benchmarks/RESULTS.md; here its path at a test's size.
+    assert demo.QUICK["steps"] < demo.DEMO["steps"] and demo.QUICK["paragraphs"] < demo.DEMO["paragraphs"]
+    monkeypatch.setattr(demo, "QUICK", {**demo.QUICK, "batch_size": 8, "max_length": 24})
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--steps", "2", "--paragraphs", "2", "--out", str(out), "--no-progress"]) == 0
     results = json.loads((out / "results.json").read_text())
@@ -35,6 +40,7 @@ def test_demo_quick_writes_results_and_plot(tmp_path, monkeypatch, capsys):
             assert 0.0 < run[metric] <= 1.0
         assert run["rank_distance"] >= 0 and "settings" in run
     assert results["runs"]["hybrid"]["settings"]["alpha"] == 0.5
+    assert results["settings"]["batch_size"] == 8 and results["settings"]["steps"] == 2
     assert results["runs"]["X-X"]["settings"]["batch_type"] == "X-X"
     assert (out / "results.png").stat().st_size > 10_000
     for name in ("X-X", "X-Y", "hybrid"):

@@ -55,7 +55,9 @@ def test_train_writes_checkpoints_log_and_a_sentence_transformers_model(setup, t
 
 def _final(setup, tmp_path, name, **overrides):
     model, data = setup
-    cfg = TrainConfig(out=str(tmp_path / name), steps=3, batch_size=8, lr=1e-3, progress=False, **overrides)
+    # float32: the equalities below are float32 ones (bf16 autocast rounds each mini-batch's products its own way)
+    cfg = TrainConfig(out=str(tmp_path / name), steps=3, batch_size=8, lr=1e-3, progress=False, bf16=False,
+                      **overrides)
     task, heldout = text_tasks(cfg, model=model, data=str(data), max_length=16, dropout=0.0)
     Trainer(task, cfg, heldout).run()
     return tmp_path / name / "final"
@@ -120,3 +122,27 @@ def test_full_disk_while_checkpointing_keeps_the_last_good_checkpoint(setup, tmp
     uninterrupted = tmp_path / "whole"
     assert main(_args(setup, uninterrupted, "--steps", "3", "--save-every", "1")) == 0
     assert_same_weights(out / "final", uninterrupted / "final")
+
+
+@pytest.mark.parametrize("cpu_has_bf16", [True, False])
+def test_bf16_autocast_on_cpu_only_where_supported(setup, tmp_path, monkeypatch, cpu_has_bf16):
+    from hbfast.train import loop
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: cpu_has_bf16)
+    assert loop.bf16_autocast_supported(torch.device("cpu")) is cpu_has_bf16
+    model, data = setup
+    seen = []
+    for bf16 in (True, False):
+        cfg = TrainConfig(out=str(tmp_path / f"bf16-{bf16}"), steps=2, batch_size=8, lr=1e-3, progress=False,
+                          device="cpu", bf16=bf16)
+        task, _ = text_tasks(cfg, model=model, data=str(data), max_length=16)
+        trainer = Trainer(task, cfg)
+        assert trainer.bf16 is (bf16 and cpu_has_bf16)
+        batch = task.collate([(0, 0, 1), (1, 0, 0)])
+        with trainer._autocast():  # what the encoder's linear layers compute in
+            hidden = trainer.model.encoder.get_input_embeddings()(batch.query["input_ids"])
+            seen.append((hidden @ torch.ones(hidden.shape[-1], 1)).dtype)
+        assert trainer._embed(batch, "query", batch.query).dtype == torch.float32  # what the loss gets
+        summary = trainer.run()
+        assert summary["steps"] == 2 and summary["last_loss"] > 0
+    assert seen == [torch.bfloat16 if cpu_has_bf16 else torch.float32, torch.float32]

@@ -44,7 +44,8 @@ class TrainConfig:
     patience: int = option(0, "stop after this many held-out evaluations without improvement (0: never)")
     keep: int = option(0, "keep only the newest K checkpoints (0: all)")
     device: str | None = option(None, "torch device (default: cuda if available, under torchrun this rank's GPU)")
-    bf16: bool = option(True, "no bf16 autocast on CUDA (default: bf16 autocast on CUDA)")
+    bf16: bool = option(True, "no bf16 autocast of the encoder (default: on, on CUDA and on CPUs with "
+                                  "AVX512-BF16 / AMX; the loss always takes float32)")
     progress: bool = option(True, "no progress bar (default: one progress bar)")
     world_size: int = option(1, "set by the loop from torch.distributed", cli=False)
 

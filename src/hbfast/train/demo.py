@@ -5,10 +5,12 @@ batches (same seed, same step budget), and each model, beside the untrained one,
 the bundled XQuAD-R (another dataset; el, ru, th, tr are not in MLQA-R). Writes
 ``OUT/results.json``, ``OUT/results.png`` and each run's model and training log.
 
-Budget (README, "The demo"): measured on a quiet 2-core CPU, a step of 32 pairs at max length 64
-takes about 1.3 s and an evaluation on the first 60 paragraphs of every XQuAD-R language under half
-a minute (the first one, with loading, about a minute), so DEMO's 160 steps per model make the
-whole demo about 14 minutes.
+Budget (docs/demo.md, benchmarks/RESULTS.md "First run"): the training is ~80% of the time, so the
+demo trains 80 steps of 32 pairs at max length 64 per model (bf16 autocast where the CPU has
+AVX512-BF16 / AMX) and evaluates on the first 48 paragraphs per XQuAD-R language: 5 min 39 s
+measured on the project's quiet 2-core Intel (AMX), about 10-12 min estimated on a 2-core AMD EPYC.
+``--quick`` (24 steps, 12 paragraphs: 2 minutes there) already lifts cross and multi above the
+untrained model.
 """
 from __future__ import annotations
 
@@ -19,9 +21,9 @@ from pathlib import Path
 
 from .config import TrainConfig
 
-# Chosen by measurement (README): step and evaluation times at these settings, scaled to a 15-minute budget.
-DEMO = {"steps": 160, "batch_size": 32, "max_length": 64, "lr": 1e-4, "paragraphs": 60}
-QUICK = {"steps": 4, "batch_size": 8, "max_length": 24, "lr": 1e-4, "paragraphs": 3}
+# Chosen by measurement (docs/demo.md): about 10 minutes, and 2-3 minutes for --quick, on 2 CPU cores.
+DEMO = {"steps": 80, "batch_size": 32, "max_length": 64, "lr": 1e-4, "paragraphs": 48}
+QUICK = {"steps": 24, "batch_size": 32, "max_length": 64, "lr": 1e-4, "paragraphs": 12}
 RUNS = (("X-X", "X-X", 1.0), ("X-Y", "X-Y", 0.0), ("hybrid", "hybrid", 0.5))
 METRICS = ("mono", "cross", "multi", "rank_distance")
 

@@ -3,7 +3,8 @@
 Batches come from ``HybridBatchSampler`` over ``task.availability``; the loss is
 ``hbfast.contrastive_loss`` on L2-normalised embeddings (cosine similarity) with the batch's group
 ids, or plain PyTorch (``loss="naive"``). AdamW with warmup and linear decay, gradient clipping,
-bf16 autocast on CUDA, a held-out loss for early stopping, a JSONL log and a progress bar.
+bf16 autocast on CUDA and on CPUs with AVX512-BF16 / AMX (the loss takes float32), a held-out loss
+for early stopping, a JSONL log and a progress bar.
 With ``mini_batch > 0`` a step runs in the cached-embedding (GradCache) mode: embed mini-batches
 without grad, take the loss and its embedding gradients over the whole batch, then re-embed each
 mini-batch with grad (same RNG state, so the same dropout) and back-propagate those gradients.
@@ -38,6 +39,14 @@ def _naive_loss(criterion: ContrastiveLoss):
         return reference.contrastive_loss(q, p, temperature=criterion.temperature, logit_scale=scale,
                                           symmetric=criterion.symmetric, group_ids=group_ids, normalize=True)
     return loss
+
+
+def bf16_autocast_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast is worth it on ``device``: CUDA, or a CPU with AVX512-BF16 / AMX (else it is slower)."""
+    if device.type == "cuda":
+        return True
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # torch >= 2.1
+    return device.type == "cpu" and probe is not None and bool(probe())
 
 
 def lr_schedule(warmup_steps: int, total: int):
@@ -85,6 +94,7 @@ class Trainer:
                                  f"{config.batch_size}: raise --heldout or lower --batch-size ({e})") from None
         torch.manual_seed(config.seed + self.rank)
         np.random.seed(config.seed + self.rank)
+        self.bf16 = config.bf16 and bf16_autocast_supported(self.device)  # the loss always takes float32
         self.model = task.build_model().to(self.device)
         self.model.train()
         distributed.broadcast_parameters(self.model)
@@ -105,8 +115,8 @@ class Trainer:
 
     # ---- one step ---------------------------------------------------------------------------------
     def _autocast(self):
-        if self.device.type == "cuda" and self.config.bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _embed(self, batch: Batch, side: str, inputs):
