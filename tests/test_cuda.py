@@ -561,3 +561,22 @@ def test_loss_at_a_batch_whose_square_overflows_int32():
     with torch.no_grad():
         both = hbfast.contrastive_loss(q.float(), p.float(), temperature=0.1)
     assert relative_errors([both], [symmetric])[0] < 1e-5
+
+
+@requires_cuda
+def test_every_cuda_op_family_passes_its_first_use_check(monkeypatch):
+    """ops.safety's checks on this GPU: each op family's kernels agree with the PyTorch path (a
+    mismatch would warn, and the warning is an error here), so nothing falls back."""
+    from hbfast.ops import safety
+    from hbfast.ops.loss import siglip
+    from hbfast.ops.search import radius
+
+    monkeypatch.setattr(safety, "_verdicts", {})
+    device = torch.device("cuda", 0)
+    checks = [("contrastive_loss", contrastive.check_cuda), ("siglip_loss", siglip.check_cuda),
+              ("topk", flat.check_topk_cuda), ("relevant_ranks", flat.check_relevant_ranks_cuda),
+              ("range_search", radius.check_range_search_cuda)]
+    for op, check in checks:
+        assert check(device) == "", op  # the figures of a mismatch, if any
+        assert safety.trusted(op, device, check)
+    assert all(safety.verdicts().values()) and len(safety.verdicts()) == len(checks)
