@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
 import compare_losses  # noqa: E402
-from hbfast import _C  # noqa: E402
+from hbfast.ops import _C  # noqa: E402
 from hbfast.losses import BLOCK_ROWS  # noqa: E402
 
 SIZES = [tuple(map(int, s.split("x"))) for s in os.environ.get("HBFAST_BENCH_SIZES", "2048x256,4096x768").split(",")]

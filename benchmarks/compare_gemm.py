@@ -23,7 +23,7 @@ import time
 import torch
 
 import hbfast
-from hbfast import _C
+from hbfast.ops import _C
 
 
 def interleaved(calls: dict, repeats: int) -> dict:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the CPU kernels' tests against a build of hbfast._C with AddressSanitizer and
+# Runs the CPU kernels' tests against a build of hbfast.ops._C with AddressSanitizer and
 # UndefinedBehaviorSanitizer (HBFAST_SANITIZE=address,undefined): out-of-bounds reads and writes,
 # use-after-free, signed overflow, misaligned or null accesses in any C++ kernel fail the run.
 #
@@ -24,7 +24,7 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 # preload; the tests named *trec*) and the
 # B = 65536 accuracy cases (minutes each under ASan).
 # The launcher drops an editable install's import hook for hbfast (it would win over PYTHONPATH) and
-# refuses to run unless hbfast._C is the sanitized build.
+# refuses to run unless hbfast.ops._C is the sanitized build.
 PYTHONPATH="$PWD/$target${PYTHONPATH:+:$PYTHONPATH}" LD_PRELOAD="$runtimes" python - "$PWD/$target" \
   tests/test_losses.py tests/test_siglip.py tests/test_loss_accuracy.py tests/test_search.py tests/test_metrics.py \
   tests/test_sampling.py tests/test_gemm.py -q -p no:cacheprovider -k "not large_batch and not trec" "$@" <<'PY'
@@ -33,10 +33,10 @@ target = sys.argv[1]
 sys.meta_path[:] = [f for f in sys.meta_path if "hbfast" not in type(f).__module__]
 for name in [m for m in sys.modules if m == "hbfast" or m.startswith("hbfast.")]:
     del sys.modules[name]
-import hbfast._C
-if not os.path.abspath(hbfast._C.__file__).startswith(os.path.abspath(target)):
-    sys.exit(f"sanitize_tests: hbfast._C is {hbfast._C.__file__}, not the sanitized build in {target}")
-print(f"sanitized hbfast._C: {hbfast._C.__file__}", flush=True)
+import hbfast.ops._C
+if not os.path.abspath(hbfast.ops._C.__file__).startswith(os.path.abspath(target)):
+    sys.exit(f"sanitize_tests: hbfast.ops._C is {hbfast.ops._C.__file__}, not the sanitized build in {target}")
+print(f"sanitized hbfast.ops._C: {hbfast.ops._C.__file__}", flush=True)
 import pytest
 sys.exit(pytest.main(sys.argv[2:]))
 PY

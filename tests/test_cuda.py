@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import hbfast
-from hbfast import _C
+from hbfast.ops import _C
 from hbfast.ops import ext
 from hbfast.ops.loss import DEFAULT_MEMORY_BUDGET
 from hbfast.ops.loss import contrastive

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import cuda_emulation
 import hbfast
-from hbfast import _C
+from hbfast.ops import _C
 from hbfast.ops import ext, safety
 from hbfast.ops.loss import DEFAULT_MEMORY_BUDGET, contrastive, cuda as loss_cuda, siglip
 from hbfast.ops.search import cuda as search_cuda, flat

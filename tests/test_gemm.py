@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import hbfast
-from hbfast import _C, reference
+from hbfast import reference
+from hbfast.ops import _C
 from hbfast.ops import gemm
 
 BACKENDS = list(gemm.BACKENDS)

@@ -21,7 +21,7 @@ def _sources() -> dict:
 
 @functools.lru_cache(maxsize=None)
 def _is_extension(name: str) -> bool:
-    """A compiled module of the package (hbfast._C): a module, though no .py file holds it."""
+    """A compiled module of the package (hbfast.ops._C): a module, though no .py file holds it."""
     try:
         spec = importlib.util.find_spec(name)
     except (ImportError, ValueError):

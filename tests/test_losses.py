@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import hbfast
-from hbfast import _C
+from hbfast.ops import _C
 from hbfast.ops.loss import blocks
 from testing import DEVICES, requires_cuda
 

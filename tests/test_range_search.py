@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import hbfast
-from hbfast import _C, reference
+from hbfast import reference
+from hbfast.ops import _C
 from hbfast.ops import gemm
 from hbfast.ops.search import radius
 from hbfast.ops.search.selectors import TileFilter

@@ -253,7 +253,7 @@ def test_size_weights_allow_an_empty_language():
 
 
 def test_availability_counts_matches_numpy():
-    from hbfast import _C
+    from hbfast.ops import _C
 
     avail = random_availability(100_003, 13, 0.3, seed=5)
     counts, n_multi = _C.availability_counts(avail.view(np.uint8))

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import hbfast
-from hbfast import _C
+from hbfast.ops import _C
 from hbfast.ops.loss import blocks
 from testing import DEVICES, assert_fails_on_the_device, requires_cuda
 

@@ -23,7 +23,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import _C
+from .ops.ext import kernels
 
 # Kinds in csrc/cpu/metrics_cpu.h.
 _AP, _RR, _NDCG, _RECALL, _PRECISION = range(5)
@@ -92,7 +92,7 @@ def _run_metrics(ranks: np.ndarray, names: Sequence[str], gains=None, n_relevant
     specs = [parse_metric(n) for n in names]
     kinds = np.array([s[0] for s in specs], dtype=np.int32)
     cutoffs = np.array([s[1] for s in specs], dtype=np.int64)
-    values = _C.ranked_metrics(ranks, gains, n_relevant, kinds, cutoffs)  # [m, nq]
+    values = kernels.ranked_metrics(ranks, gains, n_relevant, kinds, cutoffs)  # [m, nq]
     return {name: values[i] for i, name in enumerate(names)}
 
 
@@ -279,7 +279,7 @@ def evaluate(run, qrels, metrics: Union[str, Sequence[str]] = ("map", "mrr", "nd
     else:
         scores, ids = _run_arrays(run)
         rel_ids, gains = _qrels_arrays(qrels, ids.shape[0])
-    ranks = _C.run_ranks(ids, scores, rel_ids)  # [nq, r] rank of each judged item in the run, -1 if absent
+    ranks = kernels.run_ranks(ids, scores, rel_ids)  # [nq, r] rank of each judged item in the run, -1 if absent
     out = _run_metrics(ranks, names, gains, None)
     if per_query:
         if qids is not None:

@@ -13,7 +13,7 @@ from typing import Iterator, List, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import _C
+from .ops.ext import kernels
 from .ops.ext import check_impl
 
 Weights = Union[str, Sequence[float], np.ndarray]
@@ -100,7 +100,7 @@ def _validate(availability, batch_size, alpha, seed, epoch, lang_weights, rank, 
     rank = _check_int("rank", rank, 0)
     if rank >= world_size:
         raise ValueError(f"rank must be < world_size ({world_size}), got {rank}")
-    counts, n_multi = _C.availability_counts(avail)  # [L] items per language, items with >= 2
+    counts, n_multi = kernels.availability_counts(avail)  # [L] items per language, items with >= 2
     weights = _language_weights(lang_weights, counts)
     global_batch = batch_size * world_size
     capacity = []
@@ -123,7 +123,7 @@ def _plan_kernel(avail, weights, alpha, global_batch, seed, epoch, drop_last):
     query_lang = np.empty((max_batches, global_batch), dtype=np.int32)
     passage_lang = np.empty((max_batches, global_batch), dtype=np.int32)
     mono = np.empty(max_batches, dtype=np.uint8)
-    nb = _C.hybrid_batches(avail, weights, alpha, global_batch, seed, epoch, drop_last, items, query_lang, passage_lang, mono)
+    nb = kernels.hybrid_batches(avail, weights, alpha, global_batch, seed, epoch, drop_last, items, query_lang, passage_lang, mono)
     return items[:nb], query_lang[:nb], passage_lang[:nb], mono[:nb].view(np.bool_)
 
 

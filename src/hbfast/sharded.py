@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import _C
+from .ops.ext import kernels
 from .ops import gemm, safety
 from .ops.ext import current_stream, on_gpu
 from .ops.search.inputs import check_metric
@@ -403,7 +403,7 @@ class ShardedIndex:
             if not counts_on_cuda:  # the kernel failed its first-use check on this device (ops.safety)
                 rows = slice(i0, i0 + qt.shape[0])
                 return search_generic.count_tile(tile, first_id, rel_scores[rows], rel[rows], target, own)
-            _C.count_beating_cuda(tile.data_ptr(), qt.shape[0], ct.shape[0], ct.shape[0], first_id, *rel_args,
+            kernels.count_beating_cuda(tile.data_ptr(), qt.shape[0], ct.shape[0], ct.shape[0], first_id, *rel_args,
                                   bad.data_ptr(), stream)
 
         with self._bar("relevant_ranks", 1) as bar, on_gpu(q32.device):

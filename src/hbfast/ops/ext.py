@@ -16,7 +16,9 @@ import scipy_openblas32 as _openblas
 _OPENBLAS_LIB = sorted(f for f in os.listdir(_openblas.get_lib_dir()) if f.startswith("libscipy_openblas") and ".so" in f)
 ctypes.CDLL(os.path.join(_openblas.get_lib_dir(), _OPENBLAS_LIB[0]), mode=ctypes.RTLD_GLOBAL)
 
-from .. import _C  # noqa: E402
+from . import _C  # noqa: E402
+
+kernels = _C  # the extension, for the op modules of hbfast.ops.loss / hbfast.ops.search (and metrics, sampling)
 
 IMPLS = ("auto", "kernel", "reference")
 

@@ -39,7 +39,7 @@ from typing import Callable, Dict, Hashable, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .. import _C
+from . import _C
 
 try:
     import fcntl

@@ -14,7 +14,7 @@ from typing import Callable, List, Tuple
 import torch
 from torch import Tensor
 
-from ... import _C
+from ..ext import kernels
 
 DEFAULT_MEMORY_BUDGET = 768 << 20  # bytes of score blocks kept from forward to backward
 BLOCK_ROWS = 1024  # rows per block of the score matrix (each block's grad_keys update reads and
@@ -51,7 +51,7 @@ def empty_block(rows: int, cols: int, like: Tensor) -> Tensor:
     first write."""
     t = torch.empty(rows, cols, dtype=like.dtype, device=like.device)
     if t.device.type == "cpu" and t.numel() >= (1 << 20):
-        _C.contrastive_advise_huge_pages(t.data_ptr(), t.numel() * t.element_size())
+        kernels.contrastive_advise_huge_pages(t.data_ptr(), t.numel() * t.element_size())
     return t
 
 

@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ... import _C
+from ..ext import kernels
 from .. import gemm
 from . import blocks as walk
 
@@ -46,7 +46,7 @@ def contrastive_forward(q: Tensor, keys: Tensor, scale: Tensor, codes: Optional[
     f64 = q.dtype == torch.float64
 
     def epilogue(x, lo, hi):
-        _C.contrastive_forward_block(
+        kernels.contrastive_forward_block(
             x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, s, _ptr(codes), row_stats[lo:].data_ptr(),
             positive[lo:].data_ptr(), _ptr(col_max) if with_columns else 0, _ptr(col_sum) if with_columns else 0, f64,
         )
@@ -72,7 +72,7 @@ def contrastive_backward(coefficients: Tuple[Tensor, Optional[Tensor], Tensor], 
 
     def epilogue(x, g, lo, hi):
         nonlocal dscale
-        dscale += _C.contrastive_backward_block(
+        dscale += kernels.contrastive_backward_block(
             x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, s, _ptr(codes), row_stats[lo:].data_ptr(),
             _ptr(col_stats) if col_coef is not None else 0, row_coef[lo:].data_ptr(), _ptr(col_coef),
             diag_coef[lo:].data_ptr(), g.data_ptr(), N, f64,
@@ -96,7 +96,7 @@ def siglip_forward(image: Tensor, text: Tensor, scale: Tensor, bias: Tensor, row
     f64 = image.dtype == torch.float64
 
     def epilogue(x, lo, hi):
-        _C.siglip_forward_block(x.data_ptr(), N, hi - lo, row_offset + lo, N, s, b, row_loss[lo:].data_ptr(), f64)
+        kernels.siglip_forward_block(x.data_ptr(), N, hi - lo, row_offset + lo, N, s, b, row_loss[lo:].data_ptr(), f64)
 
     cache = walk.forward(image, text, n_cached, blocks, gemm.torch_mm, epilogue)
     if not math.isfinite(float(row_loss.sum())):
@@ -115,7 +115,7 @@ def siglip_backward(grad_row_loss: Tensor, image: Tensor, text: Tensor, scale: T
 
     def epilogue(x, g, lo, hi):
         nonlocal sum_gx, sum_g
-        gx, g1 = _C.siglip_backward_block(x.data_ptr(), N, hi - lo, row_offset + lo, N, s, b,
+        gx, g1 = kernels.siglip_backward_block(x.data_ptr(), N, hi - lo, row_offset + lo, N, s, b,
                                           row_coef[lo:].data_ptr(), g.data_ptr(), N, f64)
         sum_gx, sum_g = sum_gx + gx, sum_g + g1
 

@@ -16,7 +16,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ... import _C
+from ..ext import kernels
 from ..ext import current_stream, on_gpu
 from ..gemm import torch_mm
 from . import blocks as walk
@@ -56,7 +56,7 @@ def _ptr(t: Optional[Tensor]) -> int:
 def _column_scratch(blocks, n_batch: int, like: Tensor) -> Tuple[Tensor, Tensor, int]:
     """Partial (max, sum) buffers [chunks, n_batch] for the largest block, and COLUMN_CHUNK_ROWS."""
     chunk_rows = max(1, int(COLUMN_CHUNK_ROWS))
-    chunks = _C.contrastive_column_chunks(max(hi - lo for lo, hi in blocks), chunk_rows)
+    chunks = kernels.contrastive_column_chunks(max(hi - lo for lo, hi in blocks), chunk_rows)
     scratch = torch.empty(2, chunks, n_batch, dtype=torch.float32, device=like.device)
     return scratch[0], scratch[1], chunk_rows
 
@@ -80,7 +80,7 @@ def contrastive_forward(q: Tensor, keys: Tensor, scale: Tensor, codes: Optional[
     stream = current_stream(q.device)
 
     def epilogue(x, lo, hi):
-        _C.contrastive_forward_block_cuda(
+        kernels.contrastive_forward_block_cuda(
             x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, scale.data_ptr(), _ptr(codes), chunk_rows,
             _ptr(partial_max) if with_columns else 0, _ptr(partial_sum) if with_columns else 0,
             row_spans(hi - lo, N), _ptr(row_partial), row_lse[lo:].data_ptr(), positive[lo:].data_ptr(),
@@ -109,7 +109,7 @@ def contrastive_backward(coefficients: Tuple[Tensor, Optional[Tensor], Tensor], 
     stream = current_stream(q.device)
 
     def epilogue(x, g, lo, hi):
-        _C.contrastive_backward_block_cuda(
+        kernels.contrastive_backward_block_cuda(
             x.data_ptr(), N, hi - lo, row_offset + lo, N, n_batch, scale32.data_ptr(), _ptr(codes),
             row_lse[lo:].data_ptr(), _ptr(col_lse) if col_coef is not None else 0, row_coef[lo:].data_ptr(),
             _ptr(col_coef), diag_coef[lo:].data_ptr(), g.data_ptr(), N, dscale.data_ptr(), stream,
@@ -140,7 +140,7 @@ def siglip_forward(image: Tensor, text: Tensor, scale: Tensor, bias: Tensor, row
     stream = current_stream(image.device)
 
     def epilogue(x, lo, hi):
-        _C.siglip_forward_block_cuda(x.data_ptr(), N, hi - lo, row_offset + lo, N, scale_bias.data_ptr(),
+        kernels.siglip_forward_block_cuda(x.data_ptr(), N, hi - lo, row_offset + lo, N, scale_bias.data_ptr(),
                                      row_spans(hi - lo, N), 0 if row_partial is None else row_partial.data_ptr(),
                                      row_loss[lo:].data_ptr(), stream)
 
@@ -161,7 +161,7 @@ def siglip_backward(grad_row_loss: Tensor, image: Tensor, text: Tensor, scale: T
     stream = current_stream(image.device)
 
     def epilogue(x, g, lo, hi):
-        _C.siglip_backward_block_cuda(x.data_ptr(), N, hi - lo, row_offset + lo, N, scale_bias.data_ptr(),
+        kernels.siglip_backward_block_cuda(x.data_ptr(), N, hi - lo, row_offset + lo, N, scale_bias.data_ptr(),
                                       row_coef[lo:].data_ptr(), g.data_ptr(), N, sums.data_ptr(), stream)
 
     with on_gpu(image.device):

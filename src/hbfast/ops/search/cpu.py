@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from ... import _C
+from ..ext import kernels
 from .. import gemm
 
 
@@ -35,7 +35,7 @@ def product(buffer: list, size: int, qt: torch.Tensor, ct: torch.Tensor) -> torc
 def topk(q32: torch.Tensor, tiles, k: int, total: Optional[int], tile_q: int, corpus_tile: int, bar, params=None):
     """q32 [nq, D] on the CPU; tiles yields (first id, corpus tile [<= corpus_tile, D]).
     Returns (scores [nq, k], ids [nq, k]) best first. params: None, or params(first_id, tile, fused) -> the
-    tile's _C.TileParams (an id filter, L2 values: range_math.h), which must stay alive until the
+    tile's kernels.TileParams (an id filter, L2 values: range_math.h), which must stay alive until the
     next call (fused: the product is fused, which computes L2's corpus norms itself)."""
     nq, dim = q32.shape
     # Buffer mode (k > TOPK_HEAP_MAX_K): room for k kept + 2k new candidates (8-byte keys) before a
@@ -44,7 +44,7 @@ def topk(q32: torch.Tensor, tiles, k: int, total: Optional[int], tile_q: int, co
     capacity = 3 * k if k <= 1 << 16 else k + k // 2
     if total is not None:
         capacity = min(capacity, total + 1)
-    state = _C.TopkStateCpu(nq, k, max(capacity, k + 1))
+    state = kernels.TopkStateCpu(nq, k, max(capacity, k + 1))
     buffer = []  # torch's product tile, made on first use (hbfast's fused product keeps its own small tiles)
 
     def merge(state, backend, first_id, ct):  # one corpus tile [width, D] into state
@@ -53,9 +53,9 @@ def topk(q32: torch.Tensor, tiles, k: int, total: Optional[int], tile_q: int, co
         p = None if params is None else params(first_id, ct, fused is not None)
         if fused is not None:  # product and selection in one pass over small tiles
             if p is None:
-                ok = _C.topk_search_cpu(state, fused, q32.data_ptr(), dim, ct.data_ptr(), width, first_id)
+                ok = kernels.topk_search_cpu(state, fused, q32.data_ptr(), dim, ct.data_ptr(), width, first_id)
             else:
-                ok = _C.topk_search_params_cpu(state, fused, q32.data_ptr(), dim, ct.data_ptr(), width, first_id, p)
+                ok = kernels.topk_search_params_cpu(state, fused, q32.data_ptr(), dim, ct.data_ptr(), width, first_id, p)
             if not ok:
                 raise non_finite(first_id, width)
             return
@@ -63,15 +63,15 @@ def topk(q32: torch.Tensor, tiles, k: int, total: Optional[int], tile_q: int, co
             qt = q32[i0 : i0 + tile_q]  # [tq, D]
             tile = product(buffer, tile_q * corpus_tile, qt, ct)  # [tq, tc]
             if p is not None:
-                _C.topk_tile_scores_cpu(tile.data_ptr(), i0, qt.shape[0], width, width, first_id, p)
-            if not _C.topk_merge_cpu(state, tile.data_ptr(), i0, qt.shape[0], width, width, first_id):
+                kernels.topk_tile_scores_cpu(tile.data_ptr(), i0, qt.shape[0], width, width, first_id, p)
+            if not kernels.topk_merge_cpu(state, tile.data_ptr(), i0, qt.shape[0], width, width, first_id):
                 raise non_finite(first_id, width)
 
-    key, backend = gemm.shape_class("topk", nq, corpus_tile, dim, k <= _C.TOPK_HEAP_MAX_K), None
+    key, backend = gemm.shape_class("topk", nq, corpus_tile, dim, k <= kernels.TOPK_HEAP_MAX_K), None
     seen = 0
     for first_id, ct in tiles:
         if backend is None:  # measured on this tile into scratch states (once per process and class)
-            scratch = lambda b: merge(_C.TopkStateCpu(nq, k, max(capacity, k + 1)), b, first_id, ct)  # noqa: E731
+            scratch = lambda b: merge(kernels.TopkStateCpu(nq, k, max(capacity, k + 1)), b, first_id, ct)  # noqa: E731
             backend = gemm.chooser.decide(key, scratch)
         merge(state, backend, first_id, ct)
         seen += ct.shape[0]
@@ -80,7 +80,7 @@ def topk(q32: torch.Tensor, tiles, k: int, total: Optional[int], tile_q: int, co
         raise ValueError(f"k = {k} is larger than the corpus ({seen} items)")
     scores = torch.empty(nq, k, dtype=torch.float32)
     ids = torch.empty(nq, k, dtype=torch.int64)
-    _C.topk_finish_cpu(state, scores.data_ptr(), ids.data_ptr())
+    kernels.topk_finish_cpu(state, scores.data_ptr(), ids.data_ptr())
     return scores, ids
 
 
@@ -91,10 +91,10 @@ def count_tile(backend: str, qt: torch.Tensor, first_id: int, ct: torch.Tensor, 
     width = ct.shape[0]
     fused = gemm.fused_id(backend)
     if fused is not None:  # product and counting in one pass over small tiles
-        ok = _C.count_beating_search_cpu(fused, qt.data_ptr(), qt.shape[0], qt.shape[1], ct.data_ptr(), width, first_id,
+        ok = kernels.count_beating_search_cpu(fused, qt.data_ptr(), qt.shape[0], qt.shape[1], ct.data_ptr(), width, first_id,
                                          *rel_args)
     else:
         tile = product(buffer, size, qt, ct)
-        ok = _C.count_beating_cpu(tile.data_ptr(), qt.shape[0], width, width, first_id, *rel_args)
+        ok = kernels.count_beating_cpu(tile.data_ptr(), qt.shape[0], width, width, first_id, *rel_args)
     if not ok:
         raise non_finite(first_id, width)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ... import _C
+from ..ext import kernels
 from ..ext import current_stream
 
 MAX_IDS = 2**32 - 1  # the keys hold the id in 32 bits (select.h)
@@ -51,9 +51,9 @@ def topk(q32: torch.Tensor, tiles, k: int, tile_q: int, corpus_tile: int, zero_r
             tile = buffer[: qt.shape[0] * width].view(qt.shape[0], width)  # [tq, tc]
             torch.matmul(qt, ct.T, out=tile)
             if p is not None:  # id filter / L2 values, in place (range_math.h)
-                _C.topk_tile_scores_cuda(tile.data_ptr(), i0, qt.shape[0], width, width, first_id, p, stream)
+                kernels.topk_tile_scores_cuda(tile.data_ptr(), i0, qt.shape[0], width, width, first_id, p, stream)
             src, dst = keys[current[t]], keys[1 - current[t]]
-            _C.topk_merge_cuda(tile.data_ptr(), qt.shape[0], width, width, first_id,
+            kernels.topk_merge_cuda(tile.data_ptr(), qt.shape[0], width, width, first_id,
                                src[i0].data_ptr(), dst[i0].data_ptr(), k, bad.data_ptr(), stream)
             current[t] = 1 - current[t]
         seen += width
@@ -67,5 +67,5 @@ def topk(q32: torch.Tensor, tiles, k: int, tile_q: int, corpus_tile: int, zero_r
     final = final.gather(1, order).contiguous()
     scores = torch.empty(nq, k, dtype=torch.float32, device=device)
     ids = torch.empty(nq, k, dtype=torch.int64, device=device)
-    _C.topk_decode_cuda(final.data_ptr(), nq * k, scores.data_ptr(), ids.data_ptr(), stream)
+    kernels.topk_decode_cuda(final.data_ptr(), nq * k, scores.data_ptr(), ids.data_ptr(), stream)
     return scores, ids

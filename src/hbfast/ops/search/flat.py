@@ -22,7 +22,8 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from ... import _C, reference
+from ... import reference
+from ..ext import kernels
 from .. import ext, gemm, safety
 from ..ext import check_impl, on_gpu, require_cuda
 from . import cpu as search_cpu, cuda as search_cuda, generic, radius
@@ -325,7 +326,7 @@ def _count_pass(q32, chunks, rel, rel_scores, counts, own_scores, starts, tile_q
         if not counts_on_cuda:  # the kernel failed its first-use check on this device
             rows = slice(i0, i0 + qt.shape[0])
             return generic.count_tile(tile, first_id, rel_scores[rows], rel[rows], target, own)
-        _C.count_beating_cuda(tile.data_ptr(), qt.shape[0], ct.shape[0], ct.shape[0], first_id, *rel_args,
+        kernels.count_beating_cuda(tile.data_ptr(), qt.shape[0], ct.shape[0], ct.shape[0], first_id, *rel_args,
                               bad.data_ptr(), stream)
 
     with _progress(total, progress, "relevant_ranks") as bar:

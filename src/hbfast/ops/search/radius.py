@@ -20,7 +20,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ... import _C, reference
+from ... import reference
+from ..ext import kernels
 from .. import gemm, safety
 from ..ext import check_impl, current_stream, on_gpu, require_cuda
 from . import cpu as search_cpu, cuda as search_cuda
@@ -59,7 +60,7 @@ def _sq_norms(t: torch.Tensor) -> torch.Tensor:
     if t.device.type != "cpu":
         return (t * t).sum(1)
     out = torch.empty(t.shape[0], dtype=torch.float32)
-    _C.sq_norms_cpu(t.data_ptr(), t.shape[0], t.shape[1], out.data_ptr())
+    kernels.sq_norms_cpu(t.data_ptr(), t.shape[0], t.shape[1], out.data_ptr())
     return out
 
 
@@ -156,7 +157,7 @@ def range_search(queries, corpus, threshold, *, metric: str = "ip", selector=Non
 
 def _range_cpu(q32: torch.Tensor, walk, threshold: float, params: _TileParams):
     nq, dim = q32.shape
-    state = _C.RangeStateCpu(nq, threshold, params.l2)
+    state = kernels.RangeStateCpu(nq, threshold, params.l2)
     buffer, backend = [], None  # torch's product tile (made on first use); the product chosen
 
     def merge(state, backend, first_id, ct):
@@ -164,27 +165,27 @@ def _range_cpu(q32: torch.Tensor, walk, threshold: float, params: _TileParams):
         fused = gemm.fused_id(backend)
         p = params(first_id, ct, fused is not None)
         if fused is not None:  # product and selection in one pass over small tiles
-            ok = _C.range_search_cpu(state, fused, q32.data_ptr(), dim, ct.data_ptr(), width, first_id, p)
+            ok = kernels.range_search_cpu(state, fused, q32.data_ptr(), dim, ct.data_ptr(), width, first_id, p)
         else:
             ok = True
             for i0 in range(0, nq, CPU_QUERY_TILE):
                 qt = q32[i0 : i0 + CPU_QUERY_TILE]
                 tile = search_cpu.product(buffer, min(nq, CPU_QUERY_TILE) * cpu_corpus_tile(nq), qt, ct)
-                ok &= _C.range_merge_cpu(state, tile.data_ptr(), i0, qt.shape[0], width, width, first_id, p)
+                ok &= kernels.range_merge_cpu(state, tile.data_ptr(), i0, qt.shape[0], width, width, first_id, p)
         if not ok:
             raise search_cpu.non_finite(first_id, width)
 
     key = gemm.shape_class("range_search", nq, CPU_CORPUS_TILE, dim)
     for first_id, ct in walk:
         if backend is None:  # measured on this tile into scratch states (once per machine and class)
-            scratch = lambda b: merge(_C.RangeStateCpu(nq, threshold, params.l2), b, first_id, ct)  # noqa: E731
+            scratch = lambda b: merge(kernels.RangeStateCpu(nq, threshold, params.l2), b, first_id, ct)  # noqa: E731
             backend = gemm.chooser.decide(key, scratch)
         merge(state, backend, first_id, ct)
     n = state.total()
     lims = torch.empty(nq + 1, dtype=torch.int64)
     values = torch.empty(n, dtype=torch.float32)
     ids = torch.empty(n, dtype=torch.int64)
-    _C.range_finish_cpu(state, lims.data_ptr(), values.data_ptr(), ids.data_ptr())
+    kernels.range_finish_cpu(state, lims.data_ptr(), values.data_ptr(), ids.data_ptr())
     return lims, values, ids
 
 
@@ -207,7 +208,7 @@ def _range_cuda(q32: torch.Tensor, walk, threshold: float, params: _TileParams, 
                 qt = q32[i0 : i0 + tile_q]
                 tile = buffer[: qt.shape[0] * width].view(qt.shape[0], width)
                 torch.matmul(qt, ct.T, out=tile)
-                _C.range_collect_cuda(tile.data_ptr(), qt.shape[0], width, width, i0, first_id, threshold, p,
+                kernels.range_collect_cuda(tile.data_ptr(), qt.shape[0], width, width, i0, first_id, threshold, p,
                                       found_q.data_ptr(), found_ids.data_ptr(), found_values.data_ptr(), capacity,
                                       counter.data_ptr(), bad.data_ptr(), stream)
             n = int(counter.item())

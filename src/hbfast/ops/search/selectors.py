@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ... import _C
+from ..ext import kernels
 
 __all__ = ["IDSelector", "IDSelectorArray", "IDSelectorBatch", "IDSelectorBitmap", "IDSelectorNot", "IDSelectorRange",
            "TileFilter", "check_selector"]
@@ -42,12 +42,12 @@ class TileFilter:
     invert: bool = False
 
     def params(self, l2: bool = False, q_norms: Optional[torch.Tensor] = None,
-               c_norms: Optional[torch.Tensor] = None) -> "_C.TileParams":
+               c_norms: Optional[torch.Tensor] = None) -> "kernels.TileParams":
         """The kernels' TileParams (the tensors must outlive the call that uses them)."""
         def address(t):
             return 0 if t is None else t.data_ptr()
 
-        return _C.TileParams(int(l2), address(q_norms), address(c_norms), self.lo, self.hi, address(self.bits),
+        return kernels.TileParams(int(l2), address(q_norms), address(c_norms), self.lo, self.hi, address(self.bits),
                              self.n_bits, self.invert)
 
     def contains(self, ids: torch.Tensor) -> torch.Tensor:
