@@ -18,7 +18,6 @@ global ids), the relevant item's score being the one its own tile computes, as i
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import math
 import re
 from numbers import Integral
@@ -31,7 +30,7 @@ import torch.distributed as dist
 from .ops.ext import kernels
 from .ops import gemm, safety
 from .ops.ext import current_stream, on_gpu
-from .ops.search.inputs import check_metric
+from .ops.search.inputs import between_fused_tiles, check_metric, check_relevant
 from .ops.search import cpu as search_cpu, cuda as search_cuda, generic as search_generic
 from .ops.search.flat import (CPU_CORPUS_TILE, CPU_QUERY_TILE, CUDA_CORPUS_TILE, CUDA_QUERY_TILE,
                                check_relevant_ranks_cuda, topk)
@@ -74,21 +73,6 @@ def assign_shards(shards: Shards, rank: int, world: int) -> range:
     owner = [min(world - 1, int((s.first_id + s.rows / 2) * world // max(shards.count, 1))) for s in shards.shards]
     mine = [i for i, o in enumerate(owner) if o == rank]
     return range(mine[0], mine[-1] + 1) if mine else range(0)
-
-
-@contextlib.contextmanager
-def _one_torch_thread(device: torch.device):
-    """torch ops between two fused CPU tiles in one thread (torch's OpenMP threads left spinning slow
-    down hbfast's own threads on the next tile)."""
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class ShardedIndex:
@@ -170,24 +154,6 @@ class ShardedIndex:
             q = torch.cat([q, torch.ones(q.shape[0], 1, dtype=q.dtype, device=q.device)], 1)
         return q.contiguous(), as_numpy, sq
 
-    def _check_relevant(self, relevant, nq: int, device) -> torch.Tensor:
-        if isinstance(relevant, np.ndarray):
-            relevant = torch.from_numpy(np.array(relevant))
-        if not isinstance(relevant, torch.Tensor):
-            raise TypeError(f"relevant_ids must be an int64 tensor or array [nq, r], got {type(relevant).__name__}")
-        if relevant.dtype.is_floating_point or relevant.dtype == torch.bool or relevant.dtype.is_complex:
-            raise TypeError(f"relevant_ids must hold integer row ids, got {relevant.dtype}")
-        if relevant.ndim != 2 or relevant.shape[0] != nq:
-            raise ValueError(f"relevant_ids must be [nq, r] = [{nq}, r] row ids (pad with -1), got shape "
-                             f"{tuple(relevant.shape)}")
-        rel = relevant.to(device=device, dtype=torch.int64).contiguous()
-        if rel.numel():
-            lo, hi = int(rel.min()), int(rel.max())
-            if lo < -1 or hi >= self.shards.count:
-                raise ValueError(f"relevant_ids must be in [0, {self.shards.count}) or -1 for padding, "
-                                 f"found values in [{lo}, {hi}]")
-        return rel
-
     def _tile_rows(self, device: torch.device) -> int:
         return CUDA_CORPUS_TILE if device.type == "cuda" else CPU_CORPUS_TILE
 
@@ -230,7 +196,7 @@ class ShardedIndex:
         square = torch.empty(tile_rows, dim, dtype=torch.float32, device=device) if self.metric == "l2" else None
         for si, j0, j1, rows in self._raw_tiles(tile_rows):
             shard, n = self.shards.shards[si], j1 - j0
-            with _one_torch_thread(device):
+            with between_fused_tiles(device):
                 t = buffer[:n, :dim]
                 t.copy_(torch.from_numpy(rows))
                 if not all(math.isfinite(v) for v in torch.stack(torch.aminmax(t)).tolist()):
@@ -333,7 +299,8 @@ class ShardedIndex:
         rows that beat it: a higher score, or an equal score and a lower id), -1 at padding; as
         ``hbfast.relevant_ranks`` on the concatenated corpus."""
         q, as_numpy, _ = self._queries(queries)
-        rel = self._check_relevant(relevant_ids, q.shape[0], q.device)
+        rel = check_relevant(relevant_ids, q.shape[0], self.shards.count, q.device, name="relevant_ids",
+                             ids_name="relevant_ids", to_device=True)
         nq, r = rel.shape
         counts = torch.zeros(nq, r, dtype=torch.int64, device=q.device)
         if r:

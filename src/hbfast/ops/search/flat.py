@@ -29,7 +29,7 @@ from ..ext import check_impl, on_gpu, require_cuda
 from . import cpu as search_cpu, cuda as search_cuda, generic, radius
 from .cuda import device_checks, zero_norm_error
 from .inputs import (RANK_METRICS, Corpus, Matrix, as_tensor, between_fused_tiles, check_chunk, check_finite, check_k,
-                     check_metric, check_queries, corpus_chunks, output, prepare, tiles)
+                     check_metric, check_relevant, check_queries, corpus_chunks, output, prepare, tiles)
 from .selectors import check_selector
 
 # Tile shapes: large tiles keep MKL efficient (few calls, each a large product);
@@ -122,25 +122,6 @@ def _topk_cuda(q32: torch.Tensor, chunks, k: int, metric: str, progress: bool):
 
 
 # ----------------------------------------------------------------------------------------------
-def _check_relevant(relevant, nq: int, total: int, device: torch.device) -> torch.Tensor:
-    if isinstance(relevant, np.ndarray):
-        relevant = torch.from_numpy(np.array(relevant))
-    if not isinstance(relevant, torch.Tensor):
-        raise TypeError(f"relevant must be an int64 tensor or array [nq, r], got {type(relevant).__name__}")
-    if relevant.dtype.is_floating_point or relevant.dtype == torch.bool or relevant.dtype.is_complex:
-        raise TypeError(f"relevant must hold integer corpus ids, got {relevant.dtype}")
-    if relevant.ndim != 2 or relevant.shape[0] != nq:
-        raise ValueError(f"relevant must be [nq, r] = [{nq}, r] corpus ids (pad with -1), got shape {tuple(relevant.shape)}")
-    if relevant.device != device:
-        raise ValueError(f"mixed devices: queries are on {device}, relevant is on {relevant.device}")
-    rel = relevant.to(torch.int64).contiguous()
-    if rel.numel():
-        lo, hi = torch.stack([rel.min(), rel.max()]).tolist()  # one device wait
-        if lo < -1 or hi >= total:
-            raise ValueError(f"relevant ids must be in [0, {total}) or -1 for padding, found values in [{lo}, {hi}]")
-    return rel
-
-
 def _gather_rows(corpus, ids: torch.Tensor) -> torch.Tensor:
     """Rows `ids` (global, >= 0) of a tensor/array or of a sequence of chunks, as float32. [n] -> [n, D]"""
     chunks = [corpus] if isinstance(corpus, (torch.Tensor, np.ndarray)) else list(corpus)
@@ -239,7 +220,7 @@ def relevant_ranks(queries, corpus, relevant, *, metric: str = "ip", per_chunk: 
         check_chunk(f"corpus chunk {i}" if i else "corpus", ch, q.shape[1], q.device)
     if not total:
         raise ValueError("corpus is empty")
-    rel = _check_relevant(relevant, q.shape[0], total, q.device)
+    rel = check_relevant(relevant, q.shape[0], total, q.device)
     chunk_starts = torch.tensor(np.cumsum([0] + [int(ch.shape[0]) for ch in chunks]), device=q.device)  # [chunks + 1]
     if impl == "reference":
         cs = [as_tensor("corpus", ch).to(q.device) for ch in chunks]

@@ -137,6 +137,29 @@ def output(x: torch.Tensor, as_numpy: bool):
     return x.cpu().numpy() if as_numpy else x
 
 
+def check_relevant(relevant, nq: int, total: int, device: torch.device, *, name: str = "relevant",
+                   ids_name: str = "relevant ids", to_device: bool = False) -> torch.Tensor:
+    """Relevant ids [nq, r] (an integer tensor or array; -1 pads) as int64 on ``device``, each in
+    [0, total) or -1, else a clear error naming ``name`` (``ids_name`` for an id out of range). ``to_device``: move them there (else a tensor
+    on another device is an error)."""
+    if isinstance(relevant, np.ndarray):
+        relevant = torch.from_numpy(np.array(relevant))
+    if not isinstance(relevant, torch.Tensor):
+        raise TypeError(f"{name} must be an int64 tensor or array [nq, r], got {type(relevant).__name__}")
+    if relevant.dtype.is_floating_point or relevant.dtype == torch.bool or relevant.dtype.is_complex:
+        raise TypeError(f"{name} must hold integer corpus ids, got {relevant.dtype}")
+    if relevant.ndim != 2 or relevant.shape[0] != nq:
+        raise ValueError(f"{name} must be [nq, r] = [{nq}, r] corpus ids (pad with -1), got shape {tuple(relevant.shape)}")
+    if relevant.device != device and not to_device:
+        raise ValueError(f"mixed devices: queries are on {device}, {name} is on {relevant.device}")
+    rel = relevant.to(device=device, dtype=torch.int64).contiguous()
+    if rel.numel():
+        lo, hi = torch.stack([rel.min(), rel.max()]).tolist()  # one device wait
+        if lo < -1 or hi >= total:
+            raise ValueError(f"{ids_name} must be in [0, {total}) or -1 for padding, found values in [{lo}, {hi}]")
+    return rel
+
+
 @contextlib.contextmanager
 def between_fused_tiles(device: torch.device):
     """torch ops between two fused CPU tiles (checks, normalisation, relevant_ranks' per-chunk counts)
