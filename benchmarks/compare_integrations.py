@@ -40,9 +40,9 @@ def loss_call(impl: str, B: int, D: int):
     if impl == "hbfast":
         from hbfast.integrations.sentence_transformers import MultipleNegativesRankingLoss
     else:
-        from hbfast.integrations.sentence_transformers import _st_losses
+        from hbfast.integrations.sentence_transformers import st_losses
 
-        MultipleNegativesRankingLoss = _st_losses.MultipleNegativesRankingLoss
+        MultipleNegativesRankingLoss = st_losses.MultipleNegativesRankingLoss
     loss = MultipleNegativesRankingLoss(None)
 
     def call():
@@ -119,7 +119,7 @@ def check_correctness() -> None:
     for negatives in (0, 2):
         cols = [torch.randn(300, 64, generator=g) for _ in range(2 + negatives)]
         grads = []
-        for loss in (hst.MultipleNegativesRankingLoss(None), hst._st_losses.MultipleNegativesRankingLoss(None)):
+        for loss in (hst.MultipleNegativesRankingLoss(None), hst.st_losses.MultipleNegativesRankingLoss(None)):
             leaves = [c.clone().requires_grad_() for c in cols]
             value = loss.compute_loss_from_embeddings(leaves, None)
             grads.append([value.detach()] + list(torch.autograd.grad(value, leaves)))

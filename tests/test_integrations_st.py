@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+import hbfast
+
 st = pytest.importorskip("sentence_transformers")
 from hbfast.integrations.sentence_transformers import st_losses  # noqa: E402  (6.x or 5.x path)
 from sentence_transformers import util as st_util  # noqa: E402
@@ -151,7 +153,7 @@ def test_hybrid_sampler_batches_satisfy_the_invariants(world_size, alpha):
     sampler.set_epoch(0)
     assert list(sampler) == epochs[0]  # a pure function of (seed, epoch)
     # the per-rank batches are exactly hbfast.hybrid_batches' rank slices
-    plan = hst.hybrid_batches(make(dataset, 4, False, seed=3).layout.availability, 4, alpha=alpha, seed=3, epoch=0,
+    plan = hbfast.hybrid_batches(make(dataset, 4, False, seed=3).layout.availability, 4, alpha=alpha, seed=3, epoch=0,
                               drop_last=False, rank=world_size - 1, world_size=world_size)
     last_rank = epochs[0][world_size - 1 :: world_size]
     assert [len(b) for b in last_rank] == [int((row >= 0).sum()) for row in plan.items][: len(last_rank)]
@@ -168,7 +170,7 @@ def test_accelerate_hands_each_rank_its_slice_of_the_global_batch():
     layout = sampler.layout
     for rank in (0, 1):
         shard = BatchSamplerShard(sampler, num_processes=2, process_index=rank, split_batches=False, even_batches=False)
-        plan = hst.hybrid_batches(layout.availability, 3, alpha=0.5, seed=5, epoch=0, rank=rank, world_size=2)
+        plan = hbfast.hybrid_batches(layout.availability, 3, alpha=0.5, seed=5, epoch=0, rank=rank, world_size=2)
         expected = [layout.rows(i, q, p).tolist() for i, q, p in zip(plan.items, plan.query_lang, plan.passage_lang)]
         assert list(shard) == expected
 
