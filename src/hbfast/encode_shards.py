@@ -18,7 +18,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .shards import (IDS_JSONL, MANIFEST, ShardError, atomic_save_npy, atomic_write_bytes, check_dtype,
+from .shards import (IDS_JSONL, MANIFEST, ShardError, atomic_save_npy, atomic_write_bytes, check_dtype, check_resume_plan,
                      read_npy_header, shard_name)
 
 PLAN = "encode.json"  # the arguments a shard directory is being encoded with (resume checks them)
@@ -156,15 +156,10 @@ def encode_to_shards(encoder: Callable, ids: Sequence[str], texts: Sequence[str]
             "corpus_sha256": corpus_digest(ids, texts), **(plan_extra or {})}
     plan_path = out / PLAN
     # Every rank checks (so that all raise together); rank 0 writes the plan of a new directory.
-    if plan_path.is_file():
-        old = json.loads(plan_path.read_text(encoding="utf-8"))
-        if old != plan:
-            changed = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
-            raise ValueError(f"{out} holds an encode with other arguments ({', '.join(changed)} differ); "
-                             "rerun with the same ones to resume, or use a new --out")
-    elif (out / MANIFEST).is_file():
+    resuming = check_resume_plan(plan_path, plan, "an encode")
+    if not resuming and (out / MANIFEST).is_file():
         raise ValueError(f"{out} holds shards that hbfast encode did not plan; use a new --out")
-    elif rank == 0:
+    if not resuming and rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(plan_path, (json.dumps(plan, indent=1) + "\n").encode("utf-8"))
     barrier()

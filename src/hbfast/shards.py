@@ -47,6 +47,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def check_resume_plan(plan_path: Path, plan: dict, what: str) -> bool:
+    """Whether a resumable job's directory already holds its plan (``plan_path``, JSON); a plan made
+    with other arguments is a ValueError naming them (``what``: "an encode", ...)."""
+    if not plan_path.is_file():
+        return False
+    old = json.loads(plan_path.read_text(encoding="utf-8"))
+    if old != plan:
+        changed = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
+        raise ValueError(f"{plan_path.parent} holds {what} with other arguments ({', '.join(changed)} differ); "
+                         "rerun with the same ones to resume, or use a new --out")
+    return True
+
+
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     """``np.save`` through a temporary file and a rename."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")

@@ -22,7 +22,7 @@ from typing import Callable
 
 from ..clip.shards import captions_of, read_shard
 from ..clip.stream import expand_shards
-from ..shards import atomic_write_bytes
+from ..shards import atomic_write_bytes, check_resume_plan
 from .codes import parse_languages
 
 PLAN = "translate.json"
@@ -160,13 +160,7 @@ def translate_shards(data, out, translator, *, to, sources=None, rank: int = 0, 
         raise ValueError(f"--out {out} holds the input shards; write the translations to another directory")
     plan = {"shards": names, "to": targets, "from": list(sources), **translator.fingerprint}
     plan_path = out / PLAN
-    if plan_path.is_file():
-        old = json.loads(plan_path.read_text(encoding="utf-8"))
-        if old != plan:
-            changed = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
-            raise ValueError(f"{out} holds shards translated with other arguments ({', '.join(changed)} differ); "
-                             "rerun with the same ones to resume, or use a new --out")
-    elif rank == 0:
+    if not check_resume_plan(plan_path, plan, "shards translated") and rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(plan_path, (json.dumps(plan, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
     barrier()
