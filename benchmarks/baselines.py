@@ -1,7 +1,9 @@
-"""The plain baselines several comparisons share (open_clip's loss module, PyTorch's top-k), in one
-place so that no comparison imports another's."""
+"""What several comparisons share, in one place so that no comparison imports another's: the plain
+baselines (open_clip's loss module, PyTorch's top-k) and the time-and-peak-memory measurement of a call."""
+import gc
 import importlib.util
 import pathlib
+import time
 
 import torch
 
@@ -32,3 +34,38 @@ def torch_topk(q, c, k, chunk=16384):
             ti = torch.cat([best_i, ti], 1).gather(1, order)
         best_s, best_i = ts, ti
     return best_s, best_i
+
+
+def status_kib(field: str) -> int:
+    """A field of /proc/self/status in KiB (VmRSS, VmHWM)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak() -> int:
+    """Hands freed memory back (so reuse cannot hide growth), resets the peak (VmHWM) to the current
+    RSS and returns that RSS (KiB): call, then (status_kib("VmHWM") - it) is the call's peak."""
+    import ctypes
+
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    before = status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return before
+
+
+def time_and_peak(fn, repeats: int) -> dict:
+    """Best wall and CPU time of ``repeats`` calls of fn, and the largest peak memory above the RSS
+    before them (MiB); fn warmed up by the caller."""
+    before = reset_peak()
+    times, cpu = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return {"best_s": min(times), "cpu_s": min(cpu), "peak_mb": (status_kib("VmHWM") - before) / 1024}

@@ -18,14 +18,13 @@ it (Linux). Ratios are baseline / drop-in for time and drop-in / baseline for me
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import subprocess
 import sys
-import time
 
 import numpy as np
 import torch
+from baselines import time_and_peak
 
 SIZES = "1024x384,1024x768,4096x384,4096x768,16384x384,16384x768"
 SEARCH = (1000, 100_000, 768)  # queries, corpus, dim
@@ -67,14 +66,6 @@ def search_call(impl: str, metric: str, k: int, quick: bool):
     return lambda: index.search(xq, k)
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def child(spec: dict) -> dict:
     """Times one configuration and measures its peak extra memory (run in a fresh process)."""
     if spec["kind"] == "loss":
@@ -83,21 +74,7 @@ def child(spec: dict) -> dict:
     else:
         fn = search_call(spec["impl"], spec["metric"], spec["k"], spec["quick"])
         fn()  # warm-up at full size (the search allocates nothing that outlives it)
-    gc.collect()
-    import ctypes
-
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    before = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
-        f.write("5")
-    times, cpu = [], []
-    for _ in range(spec["repeats"]):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    peak = (_status_kib("VmHWM") - before) / 1024  # the largest of the calls' peaks
-    return {"best_s": min(times), "cpu_s": min(cpu), "peak_mb": peak}
+    return time_and_peak(fn, spec["repeats"])  # the largest of the calls' peaks
 
 
 def run_child(spec: dict) -> dict:

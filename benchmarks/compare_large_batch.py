@@ -28,16 +28,15 @@ steps (Linux). Ratios: baseline time / hbfast time, hbfast memory / baseline mem
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from baselines import time_and_peak
 import torch.nn.functional as F
 
 CACHED_SIZES, SIGLIP_SIZES = "4096,65536", "16384,65536"
@@ -144,14 +143,6 @@ def siglip_step(impl: str, B: int, chunk: int, forward_only: bool):
 
 # ---- measurement --------------------------------------------------------------------------------------
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def child(spec: dict) -> dict:
     if spec["kind"] == "cached":
         root = Path(spec["root"])
@@ -167,20 +158,7 @@ def child(spec: dict) -> dict:
         if spec["impl"] == "hbfast":  # as above
             siglip_step("hbfast", spec["B"], spec["chunk"], True)()
         step = siglip_step(spec["impl"], spec["B"], spec["chunk"], spec["forward_only"])
-    gc.collect()
-    import ctypes
-
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    before = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
-        f.write("5")
-    times, cpu = [], []
-    for _ in range(spec["repeats"]):
-        t0, c0 = time.perf_counter(), time.process_time()
-        step()
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return {"best_s": min(times), "cpu_s": min(cpu), "peak_mb": (_status_kib("VmHWM") - before) / 1024}
+    return time_and_peak(step, spec["repeats"])
 
 
 def run_child(spec: dict) -> dict:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 import hbfast
-from baselines import torch_topk
+from baselines import reset_peak, status_kib, torch_topk
 
 
 def timed(fn, repeat):
@@ -53,23 +53,9 @@ def memory_probe(spec, quick):
     calls = {"topk": topk_calls, "ranks": ranks_calls}[section](quick)
     fn = calls[name]
     fn()  # one-time costs (imports, thread pools) are not the call's memory
-    gc.collect()
-    import ctypes
-
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed memory back, so reuse cannot hide growth
-    before = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
-        f.write("5")
+    before = reset_peak()
     fn()
-    print((_status_kib("VmHWM") - before) / 1024)
-
-
-def _status_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+    print((status_kib("VmHWM") - before) / 1024)
 
 
 def row(name, seconds, base, extra=""):
